@@ -1,0 +1,45 @@
+# One command per dev task; CI runs `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install dev-install system-deps demo run test test-unit lint typecheck bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+dev-install: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+demo: install            ## embedded default: start, run a FileCompression job, stop
+	$(BIN)/openimm demo
+
+run: install             ## embedded server (API + workers) on 127.0.0.1:8080
+	$(BIN)/openimm serve
+
+test: system-deps dev-install lint typecheck   ## everything CI runs
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: dev-install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: dev-install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: dev-install
+	$(BIN)/mypy
+
+bench: dev-install system-deps
+	$(BIN)/python benchmarks/spine_throughput.py
+
+clean:
+	rm -rf $(VENV) openimm-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Alembic migrations (revisions named by date). Run with ``openimm migrate``."""

@@ -1,0 +1,1 @@
+"""HTTP edge: one router per protocol (IMM RPC, object upload, ops endpoints)."""

@@ -1,0 +1,96 @@
+"""The FastAPI application: lifespan wiring, the one error handler, ops endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from pipeline import credentials, migrate, queue
+from pipeline.api import objects, resource_actions, rpc, task_actions  # noqa: F401 (register)
+from pipeline.api.services import Services
+from pipeline.db import Database
+from pipeline.errors import ImmError
+from pipeline.ids import request_id
+from pipeline.metrics import OpenimmCollector
+from pipeline.settings import Settings
+from pipeline.storage import open_store
+
+log = logging.getLogger("openimm.api")
+
+
+def build_services(settings: Settings) -> Services:
+    db = Database.from_settings(settings)
+    return Services(settings=settings, db=db, celery=queue.make_celery(settings),
+                    store=open_store(settings), keys=credentials.load_keys(settings))
+
+
+def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        if run_migrations:
+            await run_in_threadpool(migrate.upgrade, settings.db_url)
+        app.state.services = services
+        registry = CollectorRegistry()
+        registry.register(OpenimmCollector(settings, services.db, services.celery))
+        app.state.registry = registry
+        yield
+        services.db.dispose()
+
+    app = FastAPI(title="openimm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.middleware("http")(_request_id_middleware)
+    app.add_exception_handler(ImmError, _imm_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(rpc.router)
+    app.include_router(objects.router)
+    app.add_api_route("/healthz", _healthz, methods=["GET"])
+    app.add_api_route("/metrics", _metrics, methods=["GET"])
+    return app
+
+
+async def _request_id_middleware(request: Request,
+                                 call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    request.state.request_id = request_id()
+    response = await call_next(request)
+    response.headers["x-acs-request-id"] = request.state.request_id
+    return response
+
+
+def error_body(request: Request, code: str, message: str) -> dict[str, str]:
+    rid = getattr(request.state, "request_id", "") or request_id()
+    return {"RequestId": rid, "HostId": request.url.hostname or "", "Code": code,
+            "Message": message,
+            "Recommend": f"https://github.com/openimm/openimm#errors?code={code}"}
+
+
+async def _imm_error(request: Request, exc: ImmError) -> JSONResponse:
+    return JSONResponse(error_body(request, exc.code, exc.message), status_code=exc.http_status)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body(request, "InternalError", "An internal error occurred."),
+                        status_code=500)
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+
+    def ping() -> None:
+        with services.db.session() as s:
+            s.execute(text("SELECT 1"))
+
+    await run_in_threadpool(ping)
+    return JSONResponse({"status": "ok"})
+
+
+async def _metrics(request: Request) -> Response:
+    data = await run_in_threadpool(generate_latest, request.app.state.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

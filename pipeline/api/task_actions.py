@@ -1,0 +1,204 @@
+"""Task actions: GetTask, ListTasks, CancelTask and the Create*Task family."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline import projects, queue, tasks
+from pipeline.api import views
+from pipeline.api.rpc import action
+from pipeline.api.services import Caller, Services
+from pipeline.errors import ImmError, InvalidArgument, InvalidParameter
+from pipeline.ids import parse_time
+from pipeline.params import Params
+from pipeline.storage import check_public_host, parse_oss_prefix, parse_oss_uri, resolve_file_uri
+
+log = logging.getLogger("openimm.api")
+USER_DATA_MAX_BYTES = 2048
+TAGS_MAX_BYTES = 8192
+MAX_SOURCES = 100
+COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
+
+
+class QueueUnavailable(ImmError):
+    """The task queue is unavailable; the task was not created. Retry later."""
+
+    code = "ServiceUnavailable"
+    http_status = 503
+
+
+def _notification(p: Params) -> dict[str, Any]:
+    value = p.json("Notification", dict) or {}
+    unknown = set(value) - {"MNS", "RocketMQ", "ExtendedMessageURI"}
+    if unknown:
+        raise InvalidParameter("Notification", f"Unknown field(s): {', '.join(sorted(unknown))}.")
+    if value.get("RocketMQ"):
+        raise InvalidParameter("Notification", "RocketMQ is not supported; use MNS.")
+    mns = value.get("MNS")
+    if mns is not None and not (isinstance(mns, dict) and isinstance(mns.get("TopicName"), str)
+                                and mns["TopicName"]):
+        raise InvalidParameter("Notification", "MNS needs a non-empty TopicName.")
+    return value
+
+
+def _common(p: Params) -> dict[str, Any]:
+    tags = p.json("Tags", dict) or {}
+    if len(str(tags).encode()) > TAGS_MAX_BYTES:
+        raise InvalidParameter("Tags", f"Tags must be at most {TAGS_MAX_BYTES} bytes.")
+    p.json("CredentialConfig", dict)  # accepted for SDK compatibility; local stores need none
+    return {"user_data": p.str("UserData", max_bytes=USER_DATA_MAX_BYTES), "tags": tags,
+            "notification": _notification(p), "client_token": p.str("ClientToken") or None}
+
+
+def submit(svc: Services, caller: Caller, project_name: str, task_type: str,
+           request: dict[str, Any], common: dict[str, Any],
+           dataset_name: str = "") -> dict[str, Any]:
+    """Write the Running task row, then enqueue it. If the broker refuses, the row is removed
+    again so the client sees an error and nothing half-created remains."""
+    spec = tasks.NewTask(task_type=task_type, queue=queue.queue_for(task_type, svc.settings),
+                         request=request, dataset_name=dataset_name, **common)
+    with svc.db.session() as s:
+        project = projects.get_project(s, caller.owner, project_name)
+        task, created = tasks.create(s, project, spec, request_id=caller.request_id)
+        task_id, event_id = task.id, task.event_id
+    if created:
+        try:
+            queue.enqueue(svc.celery, task_id, task_type, spec.queue, svc.settings)
+        except Exception as exc:
+            log.exception("enqueue of %s failed", task_id)
+            with svc.db.session() as s:
+                s.delete(s.get(tasks.Task, task_id))
+            raise QueueUnavailable() from exc
+    return {"TaskId": task_id, "EventId": event_id}
+
+
+@action("GetTask", "ProjectName TaskType TaskId RequestDefinition")
+def get_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    project_name = p.name("ProjectName")
+    task_type, task_id = p.str("TaskType", required=True), p.str("TaskId", required=True)
+    with_def = p.bool("RequestDefinition")
+    with svc.db.session() as s:
+        project = projects.get_project(s, caller.owner, project_name)
+        task = tasks.get(s, project, task_id, task_type)
+        return views.get_task(task, caller.request_id, with_def)
+
+
+def _time_range(p: Params, name: str) -> tuple[Any, Any]:
+    value = p.json(name, dict) or {}
+    try:
+        return tuple(parse_time(value[k]) if value.get(k) else None  # type: ignore[return-value]
+                     for k in ("Start", "End"))
+    except (TypeError, ValueError):
+        raise InvalidParameter(name, "Start and End must be RFC3339 times.") from None
+
+
+def _task_filter(p: Params) -> tasks.TaskFilter:
+    types = p.json("TaskTypes", list) or []
+    if not all(isinstance(t, str) for t in types):
+        raise InvalidParameter("TaskTypes", "Expected a JSON array of strings.")
+    selector = p.str("TagSelector")
+    if selector and "=" not in selector:
+        raise InvalidParameter("TagSelector", "Expected key=value.")
+    tag = tuple(selector.split("=", 1)) if selector else None
+    return tasks.TaskFilter(
+        task_types=types, status=p.choice("Status", tasks.STATUSES),
+        start_range=_time_range(p, "StartTimeRange"), end_range=_time_range(p, "EndTimeRange"),
+        tag=tag,  # type: ignore[arg-type]
+    )
+
+
+@action("ListTasks", "ProjectName TaskTypes Status StartTimeRange EndTimeRange TagSelector "
+        "NextToken MaxResults Order Sort RequestDefinition")
+def list_tasks(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    project_name = p.name("ProjectName")
+    filt = _task_filter(p)
+    max_results = p.int("MaxResults", default=100, minimum=0, maximum=100) or 100
+    order = p.str("Order", default="asc").lower()
+    if order not in ("asc", "desc"):
+        raise InvalidParameter("Order", "It must be asc or desc.")
+    sort = p.choice("Sort", tuple(tasks.SORT_COLUMNS), default="TaskId")
+    with_def = p.bool("RequestDefinition")
+    with svc.db.session() as s:
+        project = projects.get_project(s, caller.owner, project_name)
+        rows, token = tasks.list_tasks(s, project, filt, sort=sort, order=order,
+                                       max_results=max_results, next_token=p.str("NextToken"))
+        return {"ProjectName": project.name, "NextToken": token, "MaxResults": str(max_results),
+                "Tasks": [views.task_info(t, with_def) for t in rows]}
+
+
+@action("CancelTask", "ProjectName TaskId TaskType")
+def cancel_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    """openimm extension: Running → Cancelled; queued work is revoked, running work is
+    interrupted with the soft-time-limit signal so it cleans up before stopping."""
+    project_name, task_id = p.name("ProjectName"), p.str("TaskId", required=True)
+    task_type = p.str("TaskType")
+    with svc.db.session() as s:
+        project = projects.get_project(s, caller.owner, project_name)
+        tasks.get(s, project, task_id, task_type)
+        task = tasks.cancel(s, project, task_id)
+        result = views.get_task(task, caller.request_id, False)
+    svc.celery.control.revoke(task_id, terminate=True, signal="SIGUSR1")
+    return result
+
+
+def _check_source_uri(uri: str, svc: Services) -> None:
+    if uri.startswith("oss://"):
+        parse_oss_prefix(uri)
+    elif uri.startswith("file://"):
+        resolve_file_uri(uri, svc.settings.allowed_file_roots)
+    elif uri.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        check_public_host(urlsplit(uri).hostname or "", svc.settings.http_allow_private)
+    else:
+        raise InvalidParameter("Sources", f"Unsupported URI {uri!r}: use oss://bucket/key.")
+
+
+def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
+    sources = p.json("Sources", list) or []
+    if len(sources) > MAX_SOURCES:
+        raise InvalidParameter("Sources", f"At most {MAX_SOURCES} rules; use SourceManifestURI.")
+    for src in sources:
+        if not isinstance(src, dict) or not isinstance(src.get("URI"), str):
+            raise InvalidParameter("Sources", "Every source needs a URI string.")
+        unknown = set(src) - {"URI", "Alias", "Mode"}
+        if unknown:
+            raise InvalidParameter("Sources", f"Unknown field(s) {', '.join(sorted(unknown))}.")
+        if src.get("Mode", "prefix") not in ("prefix", "fullname"):
+            raise InvalidParameter("Sources", "Mode must be prefix or fullname.")
+        if src.get("Alias") and not str(src["Alias"]).startswith("/"):
+            raise InvalidParameter("Sources", "Alias must start with '/'.")
+        _check_source_uri(src["URI"], svc)
+    return sources
+
+
+@action("CreateFileCompressionTask",
+        COMMON_TASK_PARAMS + " Sources SourceManifestURI TargetURI CompressedFormat")
+def create_file_compression_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    project_name = p.name("ProjectName")
+    target = p.str("TargetURI", required=True)
+    parse_oss_uri(target)
+    if p.str("CompressedFormat", default="zip") != "zip":
+        raise InvalidParameter("CompressedFormat", "Only zip is supported.")
+    sources = _compression_sources(p, svc)
+    manifest = p.str("SourceManifestURI")
+    if bool(sources) == bool(manifest):
+        raise InvalidArgument("Specify exactly one of Sources and SourceManifestURI.")
+    if manifest:
+        parse_oss_uri(manifest)
+    request = {"Sources": sources, "SourceManifestURI": manifest, "TargetURI": target,
+               "CompressedFormat": "zip"}
+    return submit(svc, caller, project_name, "FileCompression", request, _common(p))
+
+
+@action("CreateDiagnosticTask", COMMON_TASK_PARAMS + " Mode Seconds")
+def create_diagnostic_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    """openimm extension for benchmarks and failure drills; off unless OPENIMM_DIAGNOSTICS=1."""
+    if not svc.settings.diagnostics:
+        raise InvalidArgument("Diagnostic tasks are disabled; set OPENIMM_DIAGNOSTICS=1.")
+    project_name = p.name("ProjectName")
+    mode = p.choice("Mode", ("Noop", "Sleep", "Crash", "Fail"), default="Noop")
+    seconds = p.int("Seconds", default=1, minimum=0, maximum=3600)
+    request = {"Mode": mode, "Seconds": seconds}
+    return submit(svc, caller, project_name, "Diagnostic", request, _common(p))

@@ -1,0 +1,182 @@
+"""``openimm`` command line: thin parsing over library functions. Every flag has an
+``OPENIMM_*`` twin (flags override the environment for that run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {"host": getattr(args, "host", None),
+                                   "port": getattr(args, "port", None),
+                                   "data_dir": getattr(args, "data_dir", None)}.items()
+                 if v is not None}
+    return load_settings().model_copy(update=overrides)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from pipeline.server import run_api
+
+    run_api(_settings(args))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.server import serve
+
+    return serve(_settings(args))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.server import run_worker
+
+    settings = _settings(args)
+    return run_worker(settings, queues=args.queues, concurrency=args.concurrency or
+                      settings.worker_concurrency, hostname=args.hostname)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline import migrate
+
+    settings = _settings(args)
+    if settings.db_url.startswith("sqlite"):
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.db_url)
+    print("database is at the latest revision")
+    return EXIT_OK
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    try:
+        response = httpx.get(f"http://{settings.host}:{settings.port}/healthz", timeout=5)
+    except httpx.HTTPError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return EXIT_OK if response.status_code == 200 else EXIT_UNHEALTHY
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(_settings(args))
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    from pipeline import pools
+
+    settings = _settings(args)
+    if args.action == "list":
+        print(pools.render(pools.snapshot(settings)))
+        return EXIT_OK
+    if not args.worker or args.value is None:
+        print("usage: openimm pools grow|shrink WORKER N | add-queue|cancel-queue WORKER QUEUE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(pools.control(settings, args.action, args.worker, args.value), indent=2))
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pipeline.client import ImmClient
+    from pipeline.credentials import client_key
+
+    settings = _settings(args)
+    return ImmClient(f"{settings.host}:{settings.port}", client_key(settings))
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from pipeline.client import ClientError
+
+    params = dict(item.split("=", 1) for item in args.params)
+    try:
+        print(json.dumps(_client(args).call(args.action_name, **params), indent=2))
+    except ClientError as exc:
+        print(json.dumps(exc.body, indent=2), file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    client = _client(args)
+    source = Path(args.source)
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    for path in files:
+        rel = path.relative_to(source).as_posix() if source.is_dir() else path.name
+        target = args.target + rel if args.target.endswith("/") else args.target
+        print(client.put_object(target, path)["URI"])
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    for obj in _client(args).list_objects(args.uri):
+        print(f"{obj['Size']:>12}  {obj['URI']}")
+    return EXIT_OK
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.imm import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openimm", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="OPENIMM_DATA_DIR")
+    parser.add_argument("--host", help="OPENIMM_HOST")
+    parser.add_argument("--port", type=int, help="OPENIMM_PORT")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
+        ("serve", cmd_serve, "API + workers on one machine (embedded default)"),
+        ("api", cmd_api, "HTTP API only"),
+        ("migrate", cmd_migrate, "apply database migrations"),
+        ("healthcheck", cmd_healthcheck, "exit 0 when the API answers"),
+        ("demo", cmd_demo, "start the embedded server, run a FileCompression job, stop"),
+        ("schemas", cmd_schemas, "print the JSON Schema of the wire contract"),
+    ]
+    for name, func, help_text in commands:
+        sub.add_parser(name, help=help_text).set_defaults(func=func)
+    worker = sub.add_parser("worker", help="a Celery worker pool")
+    worker.add_argument("-Q", "--queues", default="all", help="comma-separated queues or 'all'")
+    worker.add_argument("-c", "--concurrency", type=int, help="OPENIMM_WORKER_CONCURRENCY")
+    worker.add_argument("-n", "--hostname", default=None, help="worker node name")
+    worker.set_defaults(func=cmd_worker)
+    pools = sub.add_parser("pools", help="list pools, queue depths; grow/shrink a running pool")
+    pools.add_argument("action", nargs="?", default="list",
+                       choices=["list", "grow", "shrink", "add-queue", "cancel-queue"])
+    pools.add_argument("worker", nargs="?")
+    pools.add_argument("value", nargs="?")
+    pools.set_defaults(func=cmd_pools)
+    call = sub.add_parser("call", help="call an IMM RPC action: openimm call GetTask K=V …")
+    call.add_argument("action_name")
+    call.add_argument("params", nargs="*")
+    call.set_defaults(func=cmd_call)
+    cp = sub.add_parser("cp", help="upload a file or folder: openimm cp ./photos oss://b/p/")
+    cp.add_argument("source")
+    cp.add_argument("target")
+    cp.set_defaults(func=cmd_cp)
+    ls = sub.add_parser("ls", help="list objects: openimm ls oss://bucket/prefix")
+    ls.add_argument("uri")
+    ls.set_defaults(func=cmd_ls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""ORM models: projects, datasets, tasks and the transactional outbox of events.
+
+Times are stored as naive UTC (``UTCDateTime``) so SQLite and PostgreSQL behave the same.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# IMM project/dataset limit defaults (reference §3.1).
+DEFAULT_LIMITS = {
+    "ProjectMaxDatasetCount": 1_000_000_000,
+    "DatasetMaxBindCount": 10,
+    "DatasetMaxFileCount": 100_000_000,
+    "DatasetMaxEntityCount": 10_000_000_000,
+    "DatasetMaxRelationCount": 100_000_000_000,
+    "DatasetMaxTotalFileSize": 90_000_000_000_000_000,
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    service_role: Mapped[str] = mapped_column(String(256), default="AliyunIMMDefaultRole")
+    template_id: Mapped[str] = mapped_column(String(128), default="")
+    tags: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    template_id: Mapped[str] = mapped_column(String(128), default="")
+    workflow_parameters: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    file_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_file_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Task(Base):
+    """One asynchronous job. ``status`` is Running → Succeeded | Failed | Cancelled."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("project_id", "client_token"),
+        Index(None, "project_id", "task_type", "id"),
+        Index(None, "project_id", "start_time"),
+        Index(None, "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(128))
+    project_name: Mapped[str] = mapped_column(String(128))
+    dataset_name: Mapped[str] = mapped_column(String(128), default="")
+    task_type: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="Running")
+    code: Mapped[str] = mapped_column(String(128), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    user_data: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    notification: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))
+    client_token: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    request_hash: Mapped[str] = mapped_column(String(64), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Event(Base):
+    """Transactional outbox: written in the same transaction as the state it announces."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "published_at", "seq"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    project_name: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(128))
+    task_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    topic: Mapped[str] = mapped_column(String(256), default="")
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,111 @@
+"""Typed access to IMM RPC parameters (query string + form body, one flat string map).
+
+Structured parameters arrive JSON-encoded in one string (the SDK's "shrink" requests); every
+getter raises the IMM error a user would expect (``Missing<Name>``, ``Invalid<Name>``,
+``InvalidJSON``) so handlers stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.errors import InvalidArgument, InvalidJSON, InvalidParameter, MissingParameter
+
+# Parameters any action may carry: the RPC envelope (old-style signatures, curl users) and the
+# openimm idempotency extension.
+COMMON_PARAMS = frozenset({
+    "Action", "Version", "RegionId", "Format", "AccessKeyId", "SignatureMethod", "Timestamp",
+    "SignatureVersion", "SignatureNonce", "Signature", "ClientToken", "SecurityToken",
+})
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+MAX_PARAM_BYTES = 1 << 20
+
+
+class Params:
+    """Read-only view over the request's parameters for one action."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values and self._values[name] != ""
+
+    def names(self) -> set[str]:
+        return set(self._values)
+
+    def check_known(self, action: str, allowed: frozenset[str]) -> None:
+        """Refuse parameters the action does not define (typos would otherwise be ignored)."""
+        unknown = sorted(self.names() - allowed - COMMON_PARAMS)
+        if unknown:
+            raise InvalidArgument(
+                f"The parameter(s) {', '.join(unknown)} are not valid for action {action}."
+            )
+
+    def str(self, name: str, *, required: bool = False, default: str = "",
+            max_bytes: int | None = None) -> str:
+        value = self._values.get(name, "")
+        if value == "":
+            if required:
+                raise MissingParameter(name)
+            return default
+        if max_bytes is not None and len(value.encode()) > max_bytes:
+            raise InvalidParameter(name, f"It must be at most {max_bytes} bytes.")
+        return value
+
+    def name(self, name: str, *, required: bool = True) -> str:
+        """A project or dataset name: 1–128 of [A-Za-z0-9_-], starting with a letter or _."""
+        value = self.str(name, required=required)
+        if value and not NAME_RE.match(value):
+            raise InvalidParameter(
+                name, "It must be 1-128 characters of letters, digits, '_' or '-', "
+                "starting with a letter or '_'.")
+        return value
+
+    def int(self, name: str, *, default: int | None = None, minimum: int | None = None,
+            maximum: int | None = None) -> int | None:
+        raw = self._values.get(name, "")
+        if raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidParameter(name, f"{raw!r} is not an integer.") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise InvalidParameter(name, f"It must be between {minimum} and {maximum}.")
+        return value
+
+    def bool(self, name: str, *, default: bool = False) -> bool:
+        raw = self._values.get(name, "").lower()
+        if raw == "":
+            return default
+        if raw in ("true", "1"):
+            return True
+        if raw in ("false", "0"):
+            return False
+        raise InvalidParameter(name, "It must be true or false.")
+
+    def choice(self, name: str, options: tuple[str, ...], *, default: str = "") -> str:
+        value = self.str(name, default=default)
+        if value and value not in options:
+            raise InvalidParameter(name, f"It must be one of {', '.join(options)}.")
+        return value
+
+    def json(self, name: str, kind: type, *, required: bool = False) -> Any:
+        """Decode a JSON-encoded structured parameter and check its top-level type."""
+        raw = self._values.get(name, "")
+        if raw == "":
+            if required:
+                raise MissingParameter(name)
+            return None
+        if len(raw) > MAX_PARAM_BYTES:
+            raise InvalidParameter(name, "The value is too large.")
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidJSON(name, str(exc)) from None
+        if not isinstance(value, kind):
+            raise InvalidJSON(name, f"Expected a JSON {kind.__name__}.")
+        return value

@@ -1,0 +1,143 @@
+"""Process entry points: the API server, a worker pool, and the embedded ``serve`` supervisor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy import select
+
+from pipeline import credentials, migrate, queue
+from pipeline.db import Database
+from pipeline.models import Task
+from pipeline.settings import Settings
+
+log = logging.getLogger("openimm.server")
+# Long IMM query strings (BatchIndexFileMeta with 100 files) exceed h11's 16 KiB default.
+MAX_REQUEST_HEAD_BYTES = 4 << 20
+WORKER_RESTART_DELAY = 2.0
+WORKER_STOP_GRACE = 30.0
+
+
+def run_api(settings: Settings) -> None:
+    from pipeline.api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+                            log_level="warning", access_log=False)
+    uvicorn.Server(config).run()
+
+
+def run_worker(settings: Settings, *, queues: str, concurrency: int,
+               hostname: str | None) -> int:
+    from workers.celery_app import build_worker_app
+
+    app = build_worker_app(settings)
+    names = queue.all_queues(settings) if queues == "all" else queues.split(",")
+    node = hostname or f"openimm-{os.getpid()}@%h"
+    app.worker_main(["worker", "-Q", ",".join(names), "-c", str(concurrency), "-n", node,
+                     "--pool=prefork", "--loglevel=INFO", "--without-gossip",
+                     "--without-mingle"])
+    return 0
+
+
+def recover_embedded(settings: Settings, db: Database) -> int:
+    """Re-enqueue Running tasks whose message is gone (the machine stopped mid-job).
+
+    Only for the embedded filesystem broker, which loses a delivered-but-unacknowledged message
+    when its worker dies; ``serve`` calls this before starting workers, when no job can be in
+    flight. Redis brokers redeliver by visibility timeout instead.
+    """
+    queued = _queued_ids(settings.broker_folder / "queue")
+    with db.session() as s:
+        running = s.execute(select(Task.id, Task.task_type, Task.queue)
+                            .where(Task.status == "Running")).all()
+    celery = queue.make_celery(settings)
+    lost = [row for row in running if row.id not in queued]
+    for row in lost:
+        queue.enqueue(celery, row.id, row.task_type, row.queue, settings)
+    return len(lost)
+
+
+def _queued_ids(folder: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in folder.glob("*.msg") if folder.is_dir() else []:
+        try:
+            ids.add(json.loads(path.read_text())["headers"]["id"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return ids
+
+
+class WorkerSupervisor(threading.Thread):
+    """Keeps the embedded worker pool process alive; restarts it if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True, name="worker-supervisor")
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "OPENIMM_DATA_DIR": str(self.settings.resolved_data_dir)}
+        cmd = [sys.executable, "-m", "pipeline.cli", "worker", "-Q", "all", "-c",
+               str(self.settings.worker_concurrency), "-n", "embedded@%h"]
+        return subprocess.Popen(cmd, env=env)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.proc = self._spawn()
+            self.proc.wait()
+            if not self.stopping.is_set():
+                log.warning("worker pool exited with %s; restarting", self.proc.returncode)
+                self.stopping.wait(WORKER_RESTART_DELAY)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: running jobs finish
+            try:
+                self.proc.wait(WORKER_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def serve(settings: Settings) -> int:
+    """Embedded default: migrate, recover, start the worker pool, run the API until stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.db_url)
+    keys = credentials.load_keys(settings)
+    db = Database.from_settings(settings)
+    if settings.is_embedded_broker:
+        recovered = recover_embedded(settings, db)
+        if recovered:
+            log.info("re-enqueued %d task(s) interrupted by the last stop", recovered)
+    db.dispose()
+    _announce(settings, keys)
+    supervisor = WorkerSupervisor(settings)
+    supervisor.start()
+    try:
+        run_api(settings)
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def _announce(settings: Settings, keys: dict[str, str]) -> None:
+    where = f"http://{settings.host}:{settings.port}"
+    if keys:
+        source = ("OPENIMM_ACCESS_KEYS" if settings.access_keys
+                  else credentials.keys_path(settings))
+        log.info("openimm at %s; AccessKeyId %s (secret in %s)", where, next(iter(keys)),
+                 source)
+    else:
+        log.warning("openimm at %s in DEV MODE: requests are not authenticated", where)

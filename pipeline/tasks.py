@@ -1,0 +1,254 @@
+"""Task service: create (idempotent), read, list, cancel, and the worker-side transitions.
+
+Every terminal transition is a compare-and-set on ``status = 'Running'`` written together with
+its outbox ``Event`` row in one transaction, so a task ends exactly once and its notification
+can never be lost or sent for a rolled-back state, however often the job is redelivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline import paging
+from pipeline.errors import (
+    IdempotentParameterMismatch,
+    InvalidParameter,
+    ResourceNotFound,
+    StatusConflict,
+)
+from pipeline.ids import event_id, task_id, task_time, utcnow
+from pipeline.models import Event, Project, Task
+
+RUNNING, SUCCEEDED, FAILED, CANCELLED = "Running", "Succeeded", "Failed", "Cancelled"
+STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# IMM names the FaceClustering task's event "FigureClustering" (reference §1.2).
+EVENT_TYPE_NAMES = {"FaceClustering": "FigureClustering", "PointCloudCompress":
+                    "PointCloudCompression"}
+FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass
+class NewTask:
+    """What an API handler hands to :func:`create`."""
+
+    task_type: str
+    queue: str
+    request: dict[str, Any]
+    user_data: str = ""
+    tags: dict[str, Any] = field(default_factory=dict)
+    notification: dict[str, Any] = field(default_factory=dict)
+    dataset_name: str = ""
+    client_token: str | None = None
+
+
+def event_type(task_type: str) -> str:
+    return f"imm:Task:{EVENT_TYPE_NAMES.get(task_type, task_type)}"
+
+
+def _request_hash(spec: NewTask) -> str:
+    payload = [spec.task_type, spec.request, spec.user_data, spec.tags, spec.notification]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def create(session: Session, project: Project, spec: NewTask, *,
+           request_id: str) -> tuple[Task, bool]:
+    """Insert a Running task; returns ``(task, created)``. A repeated ClientToken with the same
+    request returns the first task (``created`` False) instead of creating a second one."""
+    digest = _request_hash(spec)
+    if spec.client_token:
+        existing = _by_client_token(session, project, spec.client_token)
+        if existing is not None:
+            return _same_request(existing, digest), False
+    task = Task(
+        id=task_id(spec.task_type), project_id=project.id, owner=project.owner,
+        project_name=project.name, dataset_name=spec.dataset_name, task_type=spec.task_type,
+        queue=spec.queue, status=RUNNING, start_time=utcnow(), user_data=spec.user_data,
+        tags=spec.tags, request=spec.request, notification=spec.notification,
+        request_id=request_id, event_id=event_id(), client_token=spec.client_token,
+        request_hash=digest, code="", message="", progress=0, result={}, attempts=0, worker="",
+    )
+    try:
+        with session.begin_nested():
+            session.add(task)
+    except IntegrityError:
+        # A concurrent retry with the same ClientToken won the race.
+        existing = _by_client_token(session, project, spec.client_token or "")
+        if existing is None:
+            raise
+        return _same_request(existing, digest), False
+    return task, True
+
+
+def _by_client_token(session: Session, project: Project, token: str) -> Task | None:
+    return session.scalar(select(Task).where(Task.project_id == project.id,
+                                             Task.client_token == token))
+
+
+def _same_request(task: Task, digest: str) -> Task:
+    if task.request_hash != digest:
+        raise IdempotentParameterMismatch(
+            "The ClientToken was already used for a different request.")
+    return task
+
+
+def get(session: Session, project: Project, task_id_: str, task_type: str = "") -> Task:
+    task = session.scalar(select(Task).where(Task.project_id == project.id, Task.id == task_id_))
+    if task is None or (task_type and task.task_type != task_type):
+        raise ResourceNotFound("task", task_id_)
+    return task
+
+
+@dataclass
+class TaskFilter:
+    task_types: list[str] = field(default_factory=list)
+    status: str = ""
+    start_range: tuple[datetime | None, datetime | None] = (None, None)
+    end_range: tuple[datetime | None, datetime | None] = (None, None)
+    tag: tuple[str, str] | None = None
+
+
+SORT_COLUMNS = {"TaskId": Task.id, "StartTime": Task.start_time, "EndTime": Task.end_time}
+
+
+def list_tasks(session: Session, project: Project, filt: TaskFilter, *, sort: str, order: str,
+               max_results: int, next_token: str) -> tuple[Sequence[Task], str]:
+    """Keyset-paged listing; the token carries the last row's (sort value, TaskId)."""
+    query = select(Task).where(Task.project_id == project.id, *_filters(filt))
+    sort_col: Any = SORT_COLUMNS[sort]
+    if sort == "EndTime":
+        sort_col = func.coalesce(Task.end_time, FAR_FUTURE)  # running tasks sort last
+    desc = order == "desc"
+    after = paging.decode(next_token)
+    if after:
+        query = query.where(_after(sort, sort_col, after, desc))
+    ordering = [sort_col.desc(), Task.id.desc()] if desc else [sort_col.asc(), Task.id.asc()]
+    rows = list(session.scalars(query.order_by(*ordering).limit(max_results + 1)))
+    page = rows[:max_results]
+    token = paging.encode(_key(sort, page[-1])) if len(rows) > max_results else ""
+    return page, token
+
+
+def _filters(filt: TaskFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if filt.task_types:
+        clauses.append(Task.task_type.in_(filt.task_types))
+    if filt.status:
+        clauses.append(Task.status == filt.status)
+    for column, (low, high) in ((Task.start_time, filt.start_range),
+                                (Task.end_time, filt.end_range)):
+        if low is not None:
+            clauses.append(column >= low)
+        if high is not None:
+            clauses.append(column <= high)
+    if filt.tag is not None:
+        key, value = filt.tag
+        # SQLAlchemy's generic JSON path comparator renders json_extract on SQLite and ->>
+        # on PostgreSQL, so the same filter runs in the database on both.
+        clauses.append(Task.tags[key].as_string() == value)
+    return clauses
+
+
+def _key(sort: str, task: Task) -> list[Any]:
+    if sort == "TaskId":
+        return [task.id]
+    value = task.start_time if sort == "StartTime" else (task.end_time or FAR_FUTURE)
+    return [value.isoformat(), task.id]
+
+
+def _after(sort: str, sort_col: Any, after: list[Any], desc: bool) -> ColumnElement[bool]:
+    try:
+        if sort == "TaskId":
+            return Task.id < str(after[0]) if desc else Task.id > str(after[0])
+        value = datetime.fromisoformat(str(after[0]))
+        last_id = str(after[1])
+    except (IndexError, ValueError):
+        raise InvalidParameter("NextToken", "The token does not match Sort.") from None
+    if desc:
+        return or_(sort_col < value, and_(sort_col == value, Task.id < last_id))
+    return or_(sort_col > value, and_(sort_col == value, Task.id > last_id))
+
+
+# ---- worker-side transitions -------------------------------------------------------------
+
+def claim(session: Session, task_id_: str, worker: str) -> Task | None:
+    """Count one more attempt for a delivery; ``None`` when the task is already terminal
+    (finished by an earlier delivery, or cancelled) so the redelivered message is dropped."""
+    result = session.execute(
+        update(Task).where(Task.id == task_id_, Task.status == RUNNING)
+        .values(attempts=Task.attempts + 1, worker=worker, heartbeat_at=utcnow())
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    return session.get(Task, task_id_, populate_existing=True)
+
+
+def set_progress(session: Session, task_id_: str, progress: int) -> bool:
+    """Store progress; returns False when the task is no longer Running (e.g. cancelled)."""
+    result = session.execute(
+        update(Task).where(Task.id == task_id_, Task.status == RUNNING)
+        .values(progress=max(0, min(100, progress)), heartbeat_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def is_running(session: Session, task_id_: str) -> bool:
+    return session.scalar(select(Task.status).where(Task.id == task_id_)) == RUNNING
+
+
+def finalize(session: Session, task_id_: str, status: str, *, code: str = "",
+             message: str = "", result: dict[str, Any] | None = None) -> bool:
+    """Running → terminal, once. Writes the outbox event in the same transaction."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "code": code, "message": message,
+                              "end_time": now, "heartbeat_at": now}
+    if status == SUCCEEDED:
+        values["progress"] = 100
+    if result is not None:
+        values["result"] = result
+    updated = session.execute(
+        update(Task).where(Task.id == task_id_, Task.status == RUNNING).values(**values))
+    if not updated.rowcount:  # type: ignore[attr-defined]
+        return False
+    task = session.get(Task, task_id_, populate_existing=True)
+    assert task is not None
+    task.duration_ms = int((now - task.start_time).total_seconds() * 1000)
+    session.add(_terminal_event(task))
+    return True
+
+
+def _terminal_event(task: Task) -> Event:
+    topic = (task.notification.get("MNS") or {}).get("TopicName", "")
+    return Event(id=task.event_id, owner=task.owner, project_name=task.project_name,
+                 type=event_type(task.task_type), task_id=task.id, topic=topic,
+                 content=message_content(task), created_at=utcnow())
+
+
+def message_content(task: Task) -> dict[str, Any]:
+    """Layer 3 of the IMM notification: the common keys, then task-specific results."""
+    content: dict[str, Any] = {
+        "ProjectName": task.project_name, "DatasetName": task.dataset_name,
+        "RequestId": task.request_id, "StartTime": task_time(task.start_time),
+        "EndTime": task_time(task.end_time), "UserData": task.user_data,
+        "TaskType": task.task_type, "TaskId": task.id, "Status": task.status,
+        "Code": task.code, "Message": task.message, "EventSourceId": "",
+    }
+    content.update(task.result or {})
+    return content
+
+
+def cancel(session: Session, project: Project, task_id_: str) -> Task:
+    """Extension ``CancelTask``: Running → Cancelled (terminal); other states conflict."""
+    task = get(session, project, task_id_)
+    if not finalize(session, task.id, CANCELLED, code="TaskCancelled",
+                    message="The task was cancelled by CancelTask."):
+        raise StatusConflict(f"Message: the task is already {task.status}.")
+    return get(session, project, task_id_)

@@ -1,0 +1,1 @@
+"""openimm wire contract: pydantic models of IMM requests, responses and events."""

@@ -1,0 +1,54 @@
+"""Shared fixtures. Real PostgreSQL/Redis fixtures live in tests/realservices.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.api.app import create_app
+from pipeline.client import ImmClient
+from pipeline.settings import Settings
+from tests.realservices import (  # noqa: F401 (fixtures)
+    fresh_database,
+    postgres_server,
+    redis_server,
+    redis_url,
+)
+
+KEY = ("AK1", "secret-1")
+OTHER_KEY = ("AK2", "secret-2")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-style settings with an in-memory broker: API tests without workers."""
+    return Settings(data_dir=tmp_path / "data", broker_url="memory://",
+                    access_keys=f"{KEY[0]}:{KEY[1]},{OTHER_KEY[0]}:{OTHER_KEY[1]}",
+                    diagnostics=True)
+
+
+@pytest.fixture
+def app_client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def signed(http: TestClient, key: tuple[str, str] | None = KEY) -> ImmClient:
+    client = ImmClient("http://testserver", key)
+    client.http = http
+    return client
+
+
+@pytest.fixture
+def imm(app_client: TestClient) -> ImmClient:
+    """A signed client for AccessKey AK1 against the in-process app."""
+    return signed(app_client)
+
+
+@pytest.fixture
+def imm_other(app_client: TestClient) -> ImmClient:
+    """A signed client for a second owner, AK2."""
+    return signed(app_client, OTHER_KEY)

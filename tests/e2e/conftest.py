@@ -1,0 +1,41 @@
+"""A distributed openimm (PostgreSQL + Redis + API + worker pool processes) per test module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alibabacloud_imm20200930.client import Client as ImmSdk
+from alibabacloud_tea_openapi.models import Config
+
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env
+from tests.realservices import PostgresServer, RedisServer
+
+_counter = iter(range(1, 1000))
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_server: PostgresServer, redis_server: RedisServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    n = next(_counter)
+    data_dir: Path = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = make_env(data_dir, port,
+                   database_url=postgres_server.create_database(f"e2e_{n}"),
+                   broker_url=redis_server.url(n % 16),
+                   max_attempts="2", time_limits='{"Diagnostic": 20}')
+    stack = Stack(data_dir=data_dir, env=env, port=port)
+    stack.run("migrate")
+    stack.start_api()
+    stack.start_worker()
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def sdk(stack: Stack) -> ImmSdk:
+    """The official alibabacloud-imm20200930 client pointed at openimm."""
+    return ImmSdk(Config(access_key_id=KEY_ID, access_key_secret=KEY_SECRET,
+                         endpoint=stack.endpoint, protocol="http", read_timeout=30000,
+                         connect_timeout=5000))

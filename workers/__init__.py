@@ -1,0 +1,1 @@
+"""openimm data plane: one module per job kind, plus the Celery glue."""

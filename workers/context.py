@@ -1,0 +1,43 @@
+"""What a processor sees of the outside world: its request, storage, progress and cancel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Settings
+from pipeline.storage import MediaIO, ObjectStore
+
+PROGRESS_MIN_INTERVAL = 0.5  # seconds between progress writes; cheap enough, fresh enough
+
+
+class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The task was cancelled (CancelTask) while the processor was running."""
+
+
+@dataclass
+class JobContext:
+    """Per-job handle passed to processors. ``report`` stores progress and returns False when
+    the task is no longer Running, which ``progress`` turns into :class:`Cancelled`."""
+
+    task_id: str
+    task_type: str
+    request: dict[str, Any]
+    settings: Settings
+    store: ObjectStore
+    media: MediaIO
+    workdir: Path
+    device: str
+    report: Callable[[int], bool]
+    _last_report: float = field(default=0.0, repr=False)
+
+    def progress(self, percent: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < PROGRESS_MIN_INTERVAL:
+            return
+        self._last_report = now
+        if not self.report(percent):
+            raise Cancelled(self.task_id)

@@ -1,0 +1,121 @@
+"""Run one delivery of a task: claim, process, finalize. Knows nothing of HTTP.
+
+State that is expensive (DB pool, object store client, device, models) lives in one
+``WorkerState`` per worker process, built by ``init_process`` after fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from pipeline import tasks
+from pipeline.db import Database
+from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmError
+from pipeline.settings import Settings
+from pipeline.storage import MediaIO, ObjectStore, open_store
+from workers import registry
+from workers.context import Cancelled, JobContext
+from workers.device import pick_device
+
+log = logging.getLogger("openimm.worker")
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    media: MediaIO
+    device: str
+    name: str
+
+
+_state: WorkerState | None = None
+
+
+def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
+    """Build this process's state (called from ``worker_process_init``)."""
+    global _state
+    store = open_store(settings)
+    _state = WorkerState(
+        settings=settings, db=Database(settings.db_url, pool_size=2), store=store,
+        media=MediaIO(settings, store), device=pick_device(settings.device, process_index),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    return _state
+
+
+def state(settings: Settings) -> WorkerState:
+    if _state is None or _state.name.rsplit(":", 1)[1] != str(os.getpid()):
+        return init_process(settings)
+    return _state
+
+
+def run(task_id: str, settings: Settings) -> str:
+    """Execute one delivery; returns the outcome (for logs and tests)."""
+    st = state(settings)
+    with st.db.session() as session:
+        task = tasks.claim(session, task_id, st.name)
+        snapshot = None if task is None else (task.task_type, dict(task.request), task.attempts)
+    if snapshot is None:
+        return "skipped"  # already terminal: a redelivery after success, or cancelled
+    task_type, request, attempts = snapshot
+    if attempts > settings.max_attempts:
+        # Every earlier delivery killed its worker process: a poison job. Stop the loop.
+        return _finish(st, task_id, tasks.FAILED, code=TASK_MAX_ATTEMPTS, message=(
+            f"The task was attempted {attempts - 1} times and each attempt lost its worker "
+            f"process (crash or out of memory); giving up after {settings.max_attempts}."))
+    return _process(st, task_id, task_type, request)
+
+
+def _process(st: WorkerState, task_id: str, task_type: str, request: dict[str, Any]) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix=f"openimm-{task_id[:40]}-"))
+    ctx = JobContext(task_id=task_id, task_type=task_type, request=request,
+                     settings=st.settings, store=st.store, media=st.media, workdir=workdir,
+                     device=st.device, report=lambda pct: _report(st, task_id, pct))
+    try:
+        result = registry.load(task_type)(ctx)
+    except Cancelled:
+        return "cancelled"
+    except SoftTimeLimitExceeded:
+        if not _still_running(st, task_id):
+            return "cancelled"  # CancelTask revokes with the soft-limit signal
+        limit = st.settings.time_limit(task_type)
+        return _finish(st, task_id, tasks.FAILED, code=TASK_TIME_LIMIT_EXCEEDED,
+                       message=f"The task exceeded its time limit of {limit} s.")
+    except ImmError as exc:
+        return _finish(st, task_id, tasks.FAILED, code=exc.code, message=exc.message)
+    except Exception as exc:
+        log.exception("task %s failed", task_id)
+        return _finish(st, task_id, tasks.FAILED, code="InternalError",
+                       message=f"{type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _finish(st, task_id, tasks.SUCCEEDED, result=result)
+
+
+def _report(st: WorkerState, task_id: str, percent: int) -> bool:
+    with st.db.session() as session:
+        return tasks.set_progress(session, task_id, percent)
+
+
+def _still_running(st: WorkerState, task_id: str) -> bool:
+    with st.db.session() as session:
+        return tasks.is_running(session, task_id)
+
+
+def _finish(st: WorkerState, task_id: str, status: str, *, code: str = "", message: str = "",
+            result: dict[str, Any] | None = None) -> str:
+    with st.db.session() as session:
+        changed = tasks.finalize(session, task_id, status, code=code, message=message,
+                                 result=result)
+    return status if changed else "superseded"
