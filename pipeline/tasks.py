@@ -200,10 +200,6 @@ def set_progress(session: Session, task_id_: str, progress: int) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def is_running(session: Session, task_id_: str) -> bool:
-    return session.scalar(select(Task.status).where(Task.id == task_id_)) == RUNNING
-
-
 def finalize(session: Session, task_id_: str, status: str, *, code: str = "",
              message: str = "", result: dict[str, Any] | None = None) -> bool:
     """Running → terminal, once. Writes the outbox event in the same transaction."""

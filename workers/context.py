@@ -11,7 +11,9 @@ from typing import Any
 from pipeline.settings import Settings
 from pipeline.storage import MediaIO, ObjectStore
 
-PROGRESS_MIN_INTERVAL = 0.5  # seconds between progress writes; cheap enough, fresh enough
+# Seconds between progress writes. Each write also tells the job whether it was cancelled,
+# so this bounds cancel latency for processors that report progress.
+PROGRESS_MIN_INTERVAL = 0.5
 
 
 class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error

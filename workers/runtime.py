@@ -87,8 +87,6 @@ def _process(st: WorkerState, task_id: str, task_type: str, request: dict[str, A
     except Cancelled:
         return "cancelled"
     except SoftTimeLimitExceeded:
-        if not _still_running(st, task_id):
-            return "cancelled"  # CancelTask revokes with the soft-limit signal
         limit = st.settings.time_limit(task_type)
         return _finish(st, task_id, tasks.FAILED, code=TASK_TIME_LIMIT_EXCEEDED,
                        message=f"The task exceeded its time limit of {limit} s.")
@@ -106,11 +104,6 @@ def _process(st: WorkerState, task_id: str, task_type: str, request: dict[str, A
 def _report(st: WorkerState, task_id: str, percent: int) -> bool:
     with st.db.session() as session:
         return tasks.set_progress(session, task_id, percent)
-
-
-def _still_running(st: WorkerState, task_id: str) -> bool:
-    with st.db.session() as session:
-        return tasks.is_running(session, task_id)
 
 
 def _finish(st: WorkerState, task_id: str, status: str, *, code: str = "", message: str = "",

@@ -129,8 +129,14 @@ def list_tasks(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
 
 @action("CancelTask", "ProjectName TaskId TaskType")
 def cancel_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    """openimm extension: Running → Cancelled; queued work is revoked, running work is
-    interrupted with the soft-time-limit signal so it cleans up before stopping."""
+    """openimm extension: Running → Cancelled.
+
+    A queued message is revoked (workers drop it on receipt; a redelivery finds the task
+    terminal anyway). A running job stops cooperatively: its next progress report sees the task
+    is no longer Running and unwinds, cleaning its work directory. We do not use
+    ``revoke(terminate=True)``: killing a pool process from outside confuses billiard's
+    bookkeeping so a later crash of that process would go unnoticed (seen with Celery 5.7).
+    """
     project_name, task_id = p.name("ProjectName"), p.str("TaskId", required=True)
     task_type = p.str("TaskType")
     with svc.db.session() as s:
@@ -138,7 +144,7 @@ def cancel_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
         tasks.get(s, project, task_id, task_type)
         task = tasks.cancel(s, project, task_id)
         result = views.get_task(task, caller.request_id, False)
-    svc.celery.control.revoke(task_id, terminate=True, signal="SIGUSR1")
+    svc.celery.control.revoke(task_id)
     return result
 
 
