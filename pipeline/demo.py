@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ DEMO_PROJECT, DEMO_BUCKET = "demo", "demo-bucket"
 
 
 def run_demo(settings: Settings) -> int:
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C so the server below is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     server = _start_server(settings)
     try:
         _wait_healthy(settings, server)

@@ -77,6 +77,16 @@ def _queued_ids(folder: Path) -> set[str]:
     return ids
 
 
+def _die_with_parent() -> None:
+    """Linux: the embedded worker pool gets SIGTERM (warm shutdown) if ``serve`` dies, even
+    by SIGKILL, so no orphan keeps consuming the data dir's queue."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class WorkerSupervisor(threading.Thread):
     """Keeps the embedded worker pool process alive; restarts it if it dies."""
 
@@ -90,7 +100,7 @@ class WorkerSupervisor(threading.Thread):
         env = {**os.environ, "OPENIMM_DATA_DIR": str(self.settings.resolved_data_dir)}
         cmd = [sys.executable, "-m", "pipeline.cli", "worker", "-Q", "all", "-c",
                str(self.settings.worker_concurrency), "-n", "embedded@%h"]
-        return subprocess.Popen(cmd, env=env)
+        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
 
     def run(self) -> None:
         while not self.stopping.is_set():
