@@ -45,7 +45,7 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
     if not value.startswith(ALGORITHM + " "):
         raise SignatureDoesNotMatch(f"Only {ALGORITHM} Authorization is supported.")
     fields: dict[str, str] = {}
-    for part in value[len(ALGORITHM) + 1:].split(","):
+    for part in value[len(ALGORITHM) + 1 :].split(","):
         key, _, val = part.strip().partition("=")
         fields[key] = val
     try:
@@ -59,18 +59,26 @@ def string_to_sign(request: SignedRequest, signed_headers: list[str]) -> str:
         f"{name}:{request.headers.get(name, '').strip()}\n" for name in signed_headers
     )
     payload_hash = _payload_hash(request)
-    canonical = "\n".join([
-        request.method.upper(), request.path or "/", canonical_query(request.query),
-        canonical_headers, ";".join(signed_headers), payload_hash,
-    ])
+    canonical = "\n".join(
+        [
+            request.method.upper(),
+            request.path or "/",
+            canonical_query(request.query),
+            canonical_headers,
+            ";".join(signed_headers),
+            payload_hash,
+        ]
+    )
     return f"{ALGORITHM}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
 def sign(request: SignedRequest, key_id: str, secret: str, signed_headers: list[str]) -> str:
     """The Authorization header value for ``request`` (used by the openimm CLI client)."""
-    digest = hmac.new(secret.encode(), string_to_sign(request, signed_headers).encode(),
-                      hashlib.sha256).hexdigest()
-    return f"{ALGORITHM} Credential={key_id},SignedHeaders={';'.join(signed_headers)},Signature={digest}"
+    digest = hmac.new(
+        secret.encode(), string_to_sign(request, signed_headers).encode(), hashlib.sha256
+    ).hexdigest()
+    names = ";".join(signed_headers)
+    return f"{ALGORITHM} Credential={key_id},SignedHeaders={names},Signature={digest}"
 
 
 def _payload_hash(request: SignedRequest) -> str:
@@ -87,11 +95,18 @@ def _check_date(headers: Mapping[str, str], now: datetime, max_skew: int) -> Non
         raise InvalidTimestamp("The x-acs-date header is missing or malformed.") from None
     if abs((now - when).total_seconds()) > max_skew:
         raise InvalidTimestamp(
-            f"The request time {raw} is more than {max_skew} s away from the server time.")
+            f"The request time {raw} is more than {max_skew} s away from the server time."
+        )
 
 
-def verify(request: SignedRequest, keys: Mapping[str, str], *, now: datetime,
-           max_skew: int, allow_unsigned_payload: bool = False) -> str:
+def verify(
+    request: SignedRequest,
+    keys: Mapping[str, str],
+    *,
+    now: datetime,
+    max_skew: int,
+    allow_unsigned_payload: bool = False,
+) -> str:
     """Return the caller's AccessKeyId, or raise an ``AuthError``."""
     header = request.headers.get("authorization", "")
     if not header:
@@ -112,5 +127,6 @@ def verify(request: SignedRequest, keys: Mapping[str, str], *, now: datetime,
     expected = sign(request, key_id, secret, signed_headers).rsplit("Signature=", 1)[1]
     if not hmac.compare_digest(expected, signature):
         raise SignatureDoesNotMatch(
-            "The request signature does not conform to Aliyun standards (ACS3-HMAC-SHA256).")
+            "The request signature does not conform to Aliyun standards (ACS3-HMAC-SHA256)."
+        )
     return key_id

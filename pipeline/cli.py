@@ -15,10 +15,15 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k, v in {"host": getattr(args, "host", None),
-                                   "port": getattr(args, "port", None),
-                                   "data_dir": getattr(args, "data_dir", None)}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "data_dir": getattr(args, "data_dir", None),
+        }.items()
+        if v is not None
+    }
     return load_settings().model_copy(update=overrides)
 
 
@@ -39,8 +44,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.server import run_worker
 
     settings = _settings(args)
-    return run_worker(settings, queues=args.queues, concurrency=args.concurrency or
-                      settings.worker_concurrency, hostname=args.hostname)
+    return run_worker(
+        settings,
+        queues=args.queues,
+        concurrency=args.concurrency or settings.worker_concurrency,
+        hostname=args.hostname,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -80,8 +89,10 @@ def cmd_pools(args: argparse.Namespace) -> int:
         print(pools.render(pools.snapshot(settings)))
         return EXIT_OK
     if not args.worker or args.value is None:
-        print("usage: openimm pools grow|shrink WORKER N | add-queue|cancel-queue WORKER QUEUE",
-              file=sys.stderr)
+        print(
+            "usage: openimm pools grow|shrink WORKER N | add-queue|cancel-queue WORKER QUEUE",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     print(json.dumps(pools.control(settings, args.action, args.worker, args.value), indent=2))
     return EXIT_OK
@@ -153,8 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-n", "--hostname", default=None, help="worker node name")
     worker.set_defaults(func=cmd_worker)
     pools = sub.add_parser("pools", help="list pools, queue depths; grow/shrink a running pool")
-    pools.add_argument("action", nargs="?", default="list",
-                       choices=["list", "grow", "shrink", "add-queue", "cancel-queue"])
+    pools.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "grow", "shrink", "add-queue", "cancel-queue"],
+    )
     pools.add_argument("worker", nargs="?")
     pools.add_argument("value", nargs="?")
     pools.set_defaults(func=cmd_pools)

@@ -27,8 +27,9 @@ class ClientError(Exception):
 
 
 class ImmClient:
-    def __init__(self, endpoint: str, key: tuple[str, str] | None, *,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, endpoint: str, key: tuple[str, str] | None, *, timeout: float = 30.0
+    ) -> None:
         self.base = endpoint if "://" in endpoint else f"http://{endpoint}"
         self.key = key
         self.http = httpx.Client(base_url=self.base, timeout=timeout)
@@ -36,13 +37,21 @@ class ImmClient:
     def close(self) -> None:
         self.http.close()
 
-    def _headers(self, method: str, path: str, query: dict[str, str], body: bytes,
-                 extra: dict[str, str] | None = None, unsigned: bool = False) -> dict[str, str]:
+    def _headers(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: bytes,
+        extra: dict[str, str] | None = None,
+        unsigned: bool = False,
+    ) -> dict[str, str]:
         headers = {
             "host": httpx.URL(self.base).netloc.decode(),
             "x-acs-date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "x-acs-signature-nonce": secrets.token_hex(16),
-            "x-acs-content-sha256": auth.UNSIGNED_PAYLOAD if unsigned
+            "x-acs-content-sha256": auth.UNSIGNED_PAYLOAD
+            if unsigned
             else hashlib.sha256(body).hexdigest(),
             **(extra or {}),
         }
@@ -54,8 +63,9 @@ class ImmClient:
 
     def call(self, action: str, **params: Any) -> dict[str, Any]:
         query = {k: _encode(v) for k, v in params.items() if v is not None}
-        headers = self._headers("POST", "/", query, b"",
-                                {"x-acs-action": action, "x-acs-version": "2020-09-30"})
+        headers = self._headers(
+            "POST", "/", query, b"", {"x-acs-action": action, "x-acs-version": "2020-09-30"}
+        )
         response = self.http.post("/?" + urlencode(query), headers=headers)
         return _json(response)
 
@@ -77,8 +87,9 @@ class ImmClient:
         bucket, _, prefix = uri.removeprefix("oss://").partition("/")
         query = {"prefix": prefix}
         route = f"/oss/{bucket}"
-        response = self.http.get(route + "?" + urlencode(query),
-                                 headers=self._headers("GET", route, query, b""))
+        response = self.http.get(
+            route + "?" + urlencode(query), headers=self._headers("GET", route, query, b"")
+        )
         return list(_json(response)["Objects"])
 
 

@@ -38,8 +38,12 @@ def run_demo(settings: Settings) -> int:
 
 
 def _start_server(settings: Settings) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OPENIMM_DATA_DIR": str(settings.resolved_data_dir),
-           "OPENIMM_HOST": settings.host, "OPENIMM_PORT": str(settings.port)}
+    env = {
+        **os.environ,
+        "OPENIMM_DATA_DIR": str(settings.resolved_data_dir),
+        "OPENIMM_HOST": settings.host,
+        "OPENIMM_PORT": str(settings.port),
+    }
     print(f"starting embedded openimm (data in {settings.resolved_data_dir}) …")
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve"], env=env)
 
@@ -49,8 +53,10 @@ def _wait_healthy(settings: Settings, server: subprocess.Popen[bytes]) -> None:
     url = f"http://{settings.host}:{settings.port}/healthz"
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}; is port "
-                             f"{settings.port} free? (set OPENIMM_PORT)")
+            raise SystemExit(
+                f"server exited with {server.returncode}; is port "
+                f"{settings.port} free? (set OPENIMM_PORT)"
+            )
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -80,9 +86,13 @@ def _run(settings: Settings, client: ImmClient) -> int:
         if exc.code != "ResourceAlreadyExists":
             raise
     target = f"oss://{DEMO_BUCKET}/out/demo-{int(time.time())}.zip"
-    created = client.call("CreateFileCompressionTask", ProjectName=DEMO_PROJECT,
-                          Sources=[{"URI": f"oss://{DEMO_BUCKET}/photos/"}], TargetURI=target,
-                          UserData="hello from openimm demo")
+    created = client.call(
+        "CreateFileCompressionTask",
+        ProjectName=DEMO_PROJECT,
+        Sources=[{"URI": f"oss://{DEMO_BUCKET}/photos/"}],
+        TargetURI=target,
+        UserData="hello from openimm demo",
+    )
     task_id = created["TaskId"]
     print(f"created {task_id}; polling GetTask …")
     task = _poll(client, task_id)
@@ -97,8 +107,9 @@ def _run(settings: Settings, client: ImmClient) -> int:
 def _poll(client: ImmClient, task_id: str) -> dict[str, object]:
     deadline = time.monotonic() + TASK_TIMEOUT
     while time.monotonic() < deadline:
-        task = client.call("GetTask", ProjectName=DEMO_PROJECT, TaskType="FileCompression",
-                           TaskId=task_id)
+        task = client.call(
+            "GetTask", ProjectName=DEMO_PROJECT, TaskType="FileCompression", TaskId=task_id
+        )
         if task["Status"] != "Running":
             return task
         time.sleep(POLL_INTERVAL)

@@ -45,8 +45,9 @@ class InvalidJSON(InvalidArgument):
     """A structured parameter is not valid JSON."""
 
     def __init__(self, name: str, detail: str = "") -> None:
-        super().__init__(f"Array parsing error, {name} is not valid JSON. {detail}".strip(),
-                         code="InvalidJSON")
+        super().__init__(
+            f"Array parsing error, {name} is not valid JSON. {detail}".strip(), code="InvalidJSON"
+        )
 
 
 class LimitExceeded(InvalidArgument):

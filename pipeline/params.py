@@ -7,6 +7,7 @@ getter raises the IMM error a user would expect (``Missing<Name>``, ``Invalid<Na
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Mapping
@@ -16,10 +17,22 @@ from pipeline.errors import InvalidArgument, InvalidJSON, InvalidParameter, Miss
 
 # Parameters any action may carry: the RPC envelope (old-style signatures, curl users) and the
 # openimm idempotency extension.
-COMMON_PARAMS = frozenset({
-    "Action", "Version", "RegionId", "Format", "AccessKeyId", "SignatureMethod", "Timestamp",
-    "SignatureVersion", "SignatureNonce", "Signature", "ClientToken", "SecurityToken",
-})
+COMMON_PARAMS = frozenset(
+    {
+        "Action",
+        "Version",
+        "RegionId",
+        "Format",
+        "AccessKeyId",
+        "SignatureMethod",
+        "Timestamp",
+        "SignatureVersion",
+        "SignatureNonce",
+        "Signature",
+        "ClientToken",
+        "SecurityToken",
+    }
+)
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 MAX_PARAM_BYTES = 1 << 20
 
@@ -27,16 +40,16 @@ MAX_PARAM_BYTES = 1 << 20
 class Params:
     """Read-only view over the request's parameters for one action."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[builtins.str, str]) -> None:
         self._values = dict(values)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: builtins.str) -> builtins.bool:
         return name in self._values and self._values[name] != ""
 
-    def names(self) -> set[str]:
+    def names(self) -> set[builtins.str]:
         return set(self._values)
 
-    def check_known(self, action: str, allowed: frozenset[str]) -> None:
+    def check_known(self, action: builtins.str, allowed: frozenset[builtins.str]) -> None:
         """Refuse parameters the action does not define (typos would otherwise be ignored)."""
         unknown = sorted(self.names() - allowed - COMMON_PARAMS)
         if unknown:
@@ -44,8 +57,14 @@ class Params:
                 f"The parameter(s) {', '.join(unknown)} are not valid for action {action}."
             )
 
-    def str(self, name: str, *, required: bool = False, default: str = "",
-            max_bytes: int | None = None) -> str:
+    def str(
+        self,
+        name: builtins.str,
+        *,
+        required: builtins.bool = False,
+        default: builtins.str = "",
+        max_bytes: builtins.int | None = None,
+    ) -> builtins.str:
         value = self._values.get(name, "")
         if value == "":
             if required:
@@ -55,17 +74,25 @@ class Params:
             raise InvalidParameter(name, f"It must be at most {max_bytes} bytes.")
         return value
 
-    def name(self, name: str, *, required: bool = True) -> str:
-        """A project or dataset name: 1–128 of [A-Za-z0-9_-], starting with a letter or _."""
+    def name(self, name: builtins.str, *, required: builtins.bool = True) -> builtins.str:
+        """A project or dataset name: 1-128 of [A-Za-z0-9_-], starting with a letter or _."""
         value = self.str(name, required=required)
         if value and not NAME_RE.match(value):
             raise InvalidParameter(
-                name, "It must be 1-128 characters of letters, digits, '_' or '-', "
-                "starting with a letter or '_'.")
+                name,
+                "It must be 1-128 characters of letters, digits, '_' or '-', "
+                "starting with a letter or '_'.",
+            )
         return value
 
-    def int(self, name: str, *, default: int | None = None, minimum: int | None = None,
-            maximum: int | None = None) -> int | None:
+    def int(
+        self,
+        name: builtins.str,
+        *,
+        default: builtins.int | None = None,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int | None:
         raw = self._values.get(name, "")
         if raw == "":
             return default
@@ -77,7 +104,7 @@ class Params:
             raise InvalidParameter(name, f"It must be between {minimum} and {maximum}.")
         return value
 
-    def bool(self, name: str, *, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, *, default: builtins.bool = False) -> builtins.bool:
         raw = self._values.get(name, "").lower()
         if raw == "":
             return default
@@ -87,13 +114,15 @@ class Params:
             return False
         raise InvalidParameter(name, "It must be true or false.")
 
-    def choice(self, name: str, options: tuple[str, ...], *, default: str = "") -> str:
+    def choice(
+        self, name: builtins.str, options: tuple[builtins.str, ...], *, default: builtins.str = ""
+    ) -> builtins.str:
         value = self.str(name, default=default)
         if value and value not in options:
             raise InvalidParameter(name, f"It must be one of {', '.join(options)}.")
         return value
 
-    def json(self, name: str, kind: type, *, required: bool = False) -> Any:
+    def json(self, name: builtins.str, kind: type, *, required: builtins.bool = False) -> Any:
         """Decode a JSON-encoded structured parameter and check its top-level type."""
         raw = self._values.get(name, "")
         if raw == "":

@@ -34,10 +34,12 @@ def snapshot(settings: Settings) -> Snapshot:
     active = inspect.active() or {}
     consumers = inspect.active_queues() or {}
     pools = [
-        PoolInfo(worker=name,
-                 queues=sorted(q["name"] for q in consumers.get(name, [])),
-                 concurrency=int(info.get("pool", {}).get("max-concurrency", 0)),
-                 active=[t["id"] for t in active.get(name, [])])
+        PoolInfo(
+            worker=name,
+            queues=sorted(q["name"] for q in consumers.get(name, [])),
+            concurrency=int(info.get("pool", {}).get("max-concurrency", 0)),
+            active=[t["id"] for t in active.get(name, [])],
+        )
         for name, info in sorted(stats.items())
     ]
     return Snapshot(depths=queue.queue_depths(app, settings), pools=pools)
@@ -66,9 +68,11 @@ def control(settings: Settings, action: str, worker: str, value: str) -> Any:
         method = app.control.pool_grow if action == "grow" else app.control.pool_shrink
         return method(int(value), destination=dest, reply=True, timeout=CONTROL_TIMEOUT)
     if action == "add-queue":
-        return app.control.add_consumer(value, destination=dest, reply=True,
-                                        timeout=CONTROL_TIMEOUT)
+        return app.control.add_consumer(
+            value, destination=dest, reply=True, timeout=CONTROL_TIMEOUT
+        )
     if action == "cancel-queue":
-        return app.control.cancel_consumer(value, destination=dest, reply=True,
-                                           timeout=CONTROL_TIMEOUT)
+        return app.control.cancel_consumer(
+            value, destination=dest, reply=True, timeout=CONTROL_TIMEOUT
+        )
     raise InvalidArgument(f"Unknown pool action {action}.")

@@ -34,8 +34,13 @@ def create_project(session: Session, owner: str, name: str, fields: dict[str, An
     if count >= MAX_PROJECTS_PER_OWNER:
         raise LimitExceeded("Message: resource count exceeds the limit (100 projects).")
     now = utcnow()
-    project = Project(owner=owner, name=name, create_time=now, update_time=now,
-                      limits={k: v for k, v in DEFAULT_LIMITS.items()})
+    project = Project(
+        owner=owner,
+        name=name,
+        create_time=now,
+        update_time=now,
+        limits={k: v for k, v in DEFAULT_LIMITS.items()},
+    )
     _apply_project_fields(project, fields)
     session.add(project)
     try:
@@ -66,15 +71,23 @@ def delete_project(session: Session, owner: str, name: str) -> None:
     has_datasets = session.scalar(select(func.count()).where(Dataset.project_id == project.id))
     if has_datasets:
         raise StatusConflict("Message: cannot delete when sub resoures exist")
-    running = session.scalar(select(func.count()).where(
-        Task.project_id == project.id, Task.status == "Running"))
+    running = session.scalar(
+        select(func.count()).where(Task.project_id == project.id, Task.status == "Running")
+    )
     if running:
         raise StatusConflict("Message: cannot delete while tasks are running")
     session.delete(project)
 
 
-def list_projects(session: Session, owner: str, *, prefix: str, tags: list[dict[str, str]],
-                  max_results: int, next_token: str) -> tuple[Sequence[Project], str]:
+def list_projects(
+    session: Session,
+    owner: str,
+    *,
+    prefix: str,
+    tags: list[dict[str, str]],
+    max_results: int,
+    next_token: str,
+) -> tuple[Sequence[Project], str]:
     query = select(Project).where(Project.owner == owner).order_by(Project.name)
     if prefix:
         query = query.where(Project.name.startswith(prefix, autoescape=True))
@@ -95,22 +108,26 @@ def _has_tags(project: Project, wanted: list[dict[str, str]]) -> bool:
 
 def get_dataset(session: Session, project: Project, name: str) -> Dataset:
     dataset = session.scalar(
-        select(Dataset).where(Dataset.project_id == project.id, Dataset.name == name))
+        select(Dataset).where(Dataset.project_id == project.id, Dataset.name == name)
+    )
     if dataset is None:
         raise ResourceNotFound("dataset", name)
     return dataset
 
 
-def create_dataset(session: Session, project: Project, name: str,
-                   fields: dict[str, Any]) -> Dataset:
+def create_dataset(
+    session: Session, project: Project, name: str, fields: dict[str, Any]
+) -> Dataset:
     count = session.scalar(select(func.count()).where(Dataset.project_id == project.id)) or 0
-    if count >= project.limits.get("ProjectMaxDatasetCount", DEFAULT_LIMITS[
-            "ProjectMaxDatasetCount"]):
+    if count >= project.limits.get(
+        "ProjectMaxDatasetCount", DEFAULT_LIMITS["ProjectMaxDatasetCount"]
+    ):
         raise LimitExceeded("Message: resource count exceeds the limit (ProjectMaxDatasetCount).")
     now = utcnow()
     defaults = {k: v for k, v in project.limits.items() if k.startswith("Dataset")}
-    dataset = Dataset(project_id=project.id, name=name, create_time=now, update_time=now,
-                      limits=defaults)
+    dataset = Dataset(
+        project_id=project.id, name=name, create_time=now, update_time=now, limits=defaults
+    )
     _apply_dataset_fields(dataset, fields)
     session.add(dataset)
     try:
@@ -120,8 +137,9 @@ def create_dataset(session: Session, project: Project, name: str,
     return dataset
 
 
-def update_dataset(session: Session, project: Project, name: str,
-                   fields: dict[str, Any]) -> Dataset:
+def update_dataset(
+    session: Session, project: Project, name: str, fields: dict[str, Any]
+) -> Dataset:
     dataset = get_dataset(session, project, name)
     _apply_dataset_fields(dataset, fields)
     dataset.update_time = utcnow()
@@ -139,15 +157,19 @@ def _apply_dataset_fields(dataset: Dataset, fields: dict[str, Any]) -> None:
 
 def delete_dataset(session: Session, project: Project, name: str) -> None:
     dataset = get_dataset(session, project, name)
-    running = session.scalar(select(func.count()).where(
-        Task.project_id == project.id, Task.dataset_name == name, Task.status == "Running"))
+    running = session.scalar(
+        select(func.count()).where(
+            Task.project_id == project.id, Task.dataset_name == name, Task.status == "Running"
+        )
+    )
     if running:
         raise StatusConflict("Message: cannot delete a dataset while its tasks are running")
     session.delete(dataset)
 
 
-def list_datasets(session: Session, project: Project, *, prefix: str, max_results: int,
-                  next_token: str) -> tuple[Sequence[Dataset], str]:
+def list_datasets(
+    session: Session, project: Project, *, prefix: str, max_results: int, next_token: str
+) -> tuple[Sequence[Dataset], str]:
     query = select(Dataset).where(Dataset.project_id == project.id).order_by(Dataset.name)
     if prefix:
         query = query.where(Dataset.name.startswith(prefix, autoescape=True))

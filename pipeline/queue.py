@@ -88,8 +88,14 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue(app: Celery, task_id: str, task_type: str, queue: str, settings: Settings) -> None:
     """Send the job; the Celery task id is the IMM TaskId so revoke/inspect line up."""
     limit = settings.time_limit(task_type)
-    app.send_task(RUN_TASK, args=[task_id], task_id=task_id, queue=queue,
-                  soft_time_limit=limit, time_limit=limit + 30)
+    app.send_task(
+        RUN_TASK,
+        args=[task_id],
+        task_id=task_id,
+        queue=queue,
+        soft_time_limit=limit,
+        time_limit=limit + 30,
+    )
 
 
 def queue_depths(app: Celery, settings: Settings) -> dict[str, int]:

@@ -30,22 +30,39 @@ def run_api(settings: Settings) -> None:
     from pipeline.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
-                            log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        log_level="warning",
+        access_log=False,
+    )
     uvicorn.Server(config).run()
 
 
-def run_worker(settings: Settings, *, queues: str, concurrency: int,
-               hostname: str | None) -> int:
+def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: str | None) -> int:
     from workers.celery_app import build_worker_app
 
     app = build_worker_app(settings)
     names = queue.all_queues(settings) if queues == "all" else queues.split(",")
     node = hostname or f"openimm-{os.getpid()}@%h"
-    app.worker_main(["worker", "-Q", ",".join(names), "-c", str(concurrency), "-n", node,
-                     "--pool=prefork", "--loglevel=INFO", "--without-gossip",
-                     "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            ",".join(names),
+            "-c",
+            str(concurrency),
+            "-n",
+            node,
+            "--pool=prefork",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0
 
 
@@ -58,8 +75,9 @@ def recover_embedded(settings: Settings, db: Database) -> int:
     """
     queued = _queued_ids(settings.broker_folder / "queue")
     with db.session() as s:
-        running = s.execute(select(Task.id, Task.task_type, Task.queue)
-                            .where(Task.status == "Running")).all()
+        running = s.execute(
+            select(Task.id, Task.task_type, Task.queue).where(Task.status == "Running")
+        ).all()
     celery = queue.make_celery(settings)
     lost = [row for row in running if row.id not in queued]
     for row in lost:
@@ -98,8 +116,18 @@ class WorkerSupervisor(threading.Thread):
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "OPENIMM_DATA_DIR": str(self.settings.resolved_data_dir)}
-        cmd = [sys.executable, "-m", "pipeline.cli", "worker", "-Q", "all", "-c",
-               str(self.settings.worker_concurrency), "-n", "embedded@%h"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "worker",
+            "-Q",
+            "all",
+            "-c",
+            str(self.settings.worker_concurrency),
+            "-n",
+            "embedded@%h",
+        ]
         return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
 
     def run(self) -> None:
@@ -145,9 +173,7 @@ def serve(settings: Settings) -> int:
 def _announce(settings: Settings, keys: dict[str, str]) -> None:
     where = f"http://{settings.host}:{settings.port}"
     if keys:
-        source = ("OPENIMM_ACCESS_KEYS" if settings.access_keys
-                  else credentials.keys_path(settings))
-        log.info("openimm at %s; AccessKeyId %s (secret in %s)", where, next(iter(keys)),
-                 source)
+        source = "OPENIMM_ACCESS_KEYS" if settings.access_keys else credentials.keys_path(settings)
+        log.info("openimm at %s; AccessKeyId %s (secret in %s)", where, next(iter(keys)), source)
     else:
         log.warning("openimm at %s in DEV MODE: requests are not authenticated", where)

@@ -31,8 +31,10 @@ from pipeline.models import Event, Project, Task
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "Running", "Succeeded", "Failed", "Cancelled"
 STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
 # IMM names the FaceClustering task's event "FigureClustering" (reference §1.2).
-EVENT_TYPE_NAMES = {"FaceClustering": "FigureClustering", "PointCloudCompress":
-                    "PointCloudCompression"}
+EVENT_TYPE_NAMES = {
+    "FaceClustering": "FigureClustering",
+    "PointCloudCompress": "PointCloudCompression",
+}
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 
 
@@ -59,8 +61,9 @@ def _request_hash(spec: NewTask) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def create(session: Session, project: Project, spec: NewTask, *,
-           request_id: str) -> tuple[Task, bool]:
+def create(
+    session: Session, project: Project, spec: NewTask, *, request_id: str
+) -> tuple[Task, bool]:
     """Insert a Running task; returns ``(task, created)``. A repeated ClientToken with the same
     request returns the first task (``created`` False) instead of creating a second one."""
     digest = _request_hash(spec)
@@ -69,12 +72,29 @@ def create(session: Session, project: Project, spec: NewTask, *,
         if existing is not None:
             return _same_request(existing, digest), False
     task = Task(
-        id=task_id(spec.task_type), project_id=project.id, owner=project.owner,
-        project_name=project.name, dataset_name=spec.dataset_name, task_type=spec.task_type,
-        queue=spec.queue, status=RUNNING, start_time=utcnow(), user_data=spec.user_data,
-        tags=spec.tags, request=spec.request, notification=spec.notification,
-        request_id=request_id, event_id=event_id(), client_token=spec.client_token,
-        request_hash=digest, code="", message="", progress=0, result={}, attempts=0, worker="",
+        id=task_id(spec.task_type),
+        project_id=project.id,
+        owner=project.owner,
+        project_name=project.name,
+        dataset_name=spec.dataset_name,
+        task_type=spec.task_type,
+        queue=spec.queue,
+        status=RUNNING,
+        start_time=utcnow(),
+        user_data=spec.user_data,
+        tags=spec.tags,
+        request=spec.request,
+        notification=spec.notification,
+        request_id=request_id,
+        event_id=event_id(),
+        client_token=spec.client_token,
+        request_hash=digest,
+        code="",
+        message="",
+        progress=0,
+        result={},
+        attempts=0,
+        worker="",
     )
     try:
         with session.begin_nested():
@@ -89,14 +109,16 @@ def create(session: Session, project: Project, spec: NewTask, *,
 
 
 def _by_client_token(session: Session, project: Project, token: str) -> Task | None:
-    return session.scalar(select(Task).where(Task.project_id == project.id,
-                                             Task.client_token == token))
+    return session.scalar(
+        select(Task).where(Task.project_id == project.id, Task.client_token == token)
+    )
 
 
 def _same_request(task: Task, digest: str) -> Task:
     if task.request_hash != digest:
         raise IdempotentParameterMismatch(
-            "The ClientToken was already used for a different request.")
+            "The ClientToken was already used for a different request."
+        )
     return task
 
 
@@ -119,8 +141,16 @@ class TaskFilter:
 SORT_COLUMNS = {"TaskId": Task.id, "StartTime": Task.start_time, "EndTime": Task.end_time}
 
 
-def list_tasks(session: Session, project: Project, filt: TaskFilter, *, sort: str, order: str,
-               max_results: int, next_token: str) -> tuple[Sequence[Task], str]:
+def list_tasks(
+    session: Session,
+    project: Project,
+    filt: TaskFilter,
+    *,
+    sort: str,
+    order: str,
+    max_results: int,
+    next_token: str,
+) -> tuple[Sequence[Task], str]:
     """Keyset-paged listing; the token carries the last row's (sort value, TaskId)."""
     query = select(Task).where(Task.project_id == project.id, *_filters(filt))
     sort_col: Any = SORT_COLUMNS[sort]
@@ -143,8 +173,10 @@ def _filters(filt: TaskFilter) -> list[ColumnElement[bool]]:
         clauses.append(Task.task_type.in_(filt.task_types))
     if filt.status:
         clauses.append(Task.status == filt.status)
-    for column, (low, high) in ((Task.start_time, filt.start_range),
-                                (Task.end_time, filt.end_range)):
+    for column, (low, high) in (
+        (Task.start_time, filt.start_range),
+        (Task.end_time, filt.end_range),
+    ):
         if low is not None:
             clauses.append(column >= low)
         if high is not None:
@@ -179,11 +211,13 @@ def _after(sort: str, sort_col: Any, after: list[Any], desc: bool) -> ColumnElem
 
 # ---- worker-side transitions -------------------------------------------------------------
 
+
 def claim(session: Session, task_id_: str, worker: str) -> Task | None:
     """Count one more attempt for a delivery; ``None`` when the task is already terminal
     (finished by an earlier delivery, or cancelled) so the redelivered message is dropped."""
     result = session.execute(
-        update(Task).where(Task.id == task_id_, Task.status == RUNNING)
+        update(Task)
+        .where(Task.id == task_id_, Task.status == RUNNING)
         .values(attempts=Task.attempts + 1, worker=worker, heartbeat_at=utcnow())
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
@@ -194,24 +228,38 @@ def claim(session: Session, task_id_: str, worker: str) -> Task | None:
 def set_progress(session: Session, task_id_: str, progress: int) -> bool:
     """Store progress; returns False when the task is no longer Running (e.g. cancelled)."""
     result = session.execute(
-        update(Task).where(Task.id == task_id_, Task.status == RUNNING)
+        update(Task)
+        .where(Task.id == task_id_, Task.status == RUNNING)
         .values(progress=max(0, min(100, progress)), heartbeat_at=utcnow())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def finalize(session: Session, task_id_: str, status: str, *, code: str = "",
-             message: str = "", result: dict[str, Any] | None = None) -> bool:
+def finalize(
+    session: Session,
+    task_id_: str,
+    status: str,
+    *,
+    code: str = "",
+    message: str = "",
+    result: dict[str, Any] | None = None,
+) -> bool:
     """Running → terminal, once. Writes the outbox event in the same transaction."""
     now = utcnow()
-    values: dict[str, Any] = {"status": status, "code": code, "message": message,
-                              "end_time": now, "heartbeat_at": now}
+    values: dict[str, Any] = {
+        "status": status,
+        "code": code,
+        "message": message,
+        "end_time": now,
+        "heartbeat_at": now,
+    }
     if status == SUCCEEDED:
         values["progress"] = 100
     if result is not None:
         values["result"] = result
     updated = session.execute(
-        update(Task).where(Task.id == task_id_, Task.status == RUNNING).values(**values))
+        update(Task).where(Task.id == task_id_, Task.status == RUNNING).values(**values)
+    )
     if not updated.rowcount:  # type: ignore[attr-defined]
         return False
     task = session.get(Task, task_id_, populate_existing=True)
@@ -223,19 +271,33 @@ def finalize(session: Session, task_id_: str, status: str, *, code: str = "",
 
 def _terminal_event(task: Task) -> Event:
     topic = (task.notification.get("MNS") or {}).get("TopicName", "")
-    return Event(id=task.event_id, owner=task.owner, project_name=task.project_name,
-                 type=event_type(task.task_type), task_id=task.id, topic=topic,
-                 content=message_content(task), created_at=utcnow())
+    return Event(
+        id=task.event_id,
+        owner=task.owner,
+        project_name=task.project_name,
+        type=event_type(task.task_type),
+        task_id=task.id,
+        topic=topic,
+        content=message_content(task),
+        created_at=utcnow(),
+    )
 
 
 def message_content(task: Task) -> dict[str, Any]:
     """Layer 3 of the IMM notification: the common keys, then task-specific results."""
     content: dict[str, Any] = {
-        "ProjectName": task.project_name, "DatasetName": task.dataset_name,
-        "RequestId": task.request_id, "StartTime": task_time(task.start_time),
-        "EndTime": task_time(task.end_time), "UserData": task.user_data,
-        "TaskType": task.task_type, "TaskId": task.id, "Status": task.status,
-        "Code": task.code, "Message": task.message, "EventSourceId": "",
+        "ProjectName": task.project_name,
+        "DatasetName": task.dataset_name,
+        "RequestId": task.request_id,
+        "StartTime": task_time(task.start_time),
+        "EndTime": task_time(task.end_time),
+        "UserData": task.user_data,
+        "TaskType": task.task_type,
+        "TaskId": task.id,
+        "Status": task.status,
+        "Code": task.code,
+        "Message": task.message,
+        "EventSourceId": "",
     }
     content.update(task.result or {})
     return content
@@ -244,7 +306,12 @@ def message_content(task: Task) -> dict[str, Any]:
 def cancel(session: Session, project: Project, task_id_: str) -> Task:
     """Extension ``CancelTask``: Running → Cancelled (terminal); other states conflict."""
     task = get(session, project, task_id_)
-    if not finalize(session, task.id, CANCELLED, code="TaskCancelled",
-                    message="The task was cancelled by CancelTask."):
+    if not finalize(
+        session,
+        task.id,
+        CANCELLED,
+        code="TaskCancelled",
+        message="The task was cancelled by CancelTask.",
+    ):
         raise StatusConflict(f"Message: the task is already {task.status}.")
     return get(session, project, task_id_)

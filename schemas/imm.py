@@ -93,6 +93,12 @@ class ErrorResponse(_Model):
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every published shape, keyed by model name."""
-    models: list[type[BaseModel]] = [Project, Dataset, TaskInfo, GetTaskResponse,
-                                     CreateTaskResponse, ErrorResponse]
+    models: list[type[BaseModel]] = [
+        Project,
+        Dataset,
+        TaskInfo,
+        GetTaskResponse,
+        CreateTaskResponse,
+        ErrorResponse,
+    ]
     return {m.__name__: m.model_json_schema() for m in models}

@@ -25,9 +25,12 @@ OTHER_KEY = ("AK2", "secret-2")
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded-style settings with an in-memory broker: API tests without workers."""
-    return Settings(data_dir=tmp_path / "data", broker_url="memory://",
-                    access_keys=f"{KEY[0]}:{KEY[1]},{OTHER_KEY[0]}:{OTHER_KEY[1]}",
-                    diagnostics=True)
+    return Settings(
+        data_dir=tmp_path / "data",
+        broker_url="memory://",
+        access_keys=f"{KEY[0]}:{KEY[1]},{OTHER_KEY[0]}:{OTHER_KEY[1]}",
+        diagnostics=True,
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import glob
-import os
 import shutil
 import socket
 import subprocess
@@ -70,8 +69,21 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D",
-                        str(self.datadir), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
@@ -81,15 +93,48 @@ def start_postgres() -> PostgresServer:
     shutil.chown(root, "postgres", "postgres")
     datadir, sockdir = root / "data", root
     port = _free_port()
-    subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("initdb"), "-D", str(datadir),
-                    "--auth=trust", "-U", "postgres", "-E", "UTF8"], check=True,
-                   capture_output=True)
-    options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
-               f"-c unix_socket_directories={sockdir} -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", str(datadir),
-                    "-o", options, "-l", str(root / "pg.log"), "-w", "start"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            _pg_bin("initdb"),
+            "-D",
+            str(datadir),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} "
+        f"-c unix_socket_directories={sockdir} -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(datadir),
+            "-o",
+            options,
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = PostgresServer(port=port, datadir=datadir, sockdir=sockdir)
     atexit.register(server.stop)
     _poll(lambda: psycopg.connect(server.url(), connect_timeout=2).close() or True, "PostgreSQL")
@@ -110,9 +155,26 @@ class RedisServer:
         if not binary:
             pytest.fail("redis-server not found: apt-get install redis-server", False)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _poll(lambda: redis.Redis.from_url(self.url()).ping(), "Redis")
 
     def stop(self, *, clean: bool = True) -> None:
@@ -160,5 +222,3 @@ def redis_url(redis_server: RedisServer) -> str:
     url = redis_server.url(15)
     redis.Redis.from_url(url).flushdb()
     return url
-
-

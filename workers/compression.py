@@ -45,8 +45,11 @@ def process(ctx: JobContext) -> dict[str, Any]:
             ctx.progress(int(95 * done / total))
     ctx.progress(97, force=True)
     ctx.store.put_file(target_bucket, target_key, archive)
-    return {"TargetURI": ctx.request["TargetURI"], "FileCount": len(entries),
-            "Size": archive.stat().st_size}
+    return {
+        "TargetURI": ctx.request["TargetURI"],
+        "FileCount": len(entries),
+        "Size": archive.stat().st_size,
+    }
 
 
 def _sources(ctx: JobContext) -> list[dict[str, Any]]:
@@ -102,7 +105,7 @@ def _arcname(prefix: str, key: str, alias: str, count: int) -> str:
         name = key
     elif alias.endswith("/") or count > 1:
         base = prefix if prefix.endswith("/") else posixpath.dirname(prefix) + "/"
-        relative = key[len(base):] if key.startswith(base) else posixpath.basename(key)
+        relative = key[len(base) :] if key.startswith(base) else posixpath.basename(key)
         name = posixpath.join(alias.rstrip("/") + "/", relative)
     else:
         name = alias

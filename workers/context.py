@@ -16,7 +16,7 @@ from pipeline.storage import MediaIO, ObjectStore
 PROGRESS_MIN_INTERVAL = 0.5
 
 
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Cancelled(Exception):
     """The task was cancelled (CancelTask) while the processor was running."""
 
 

@@ -47,8 +47,11 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
     global _state
     store = open_store(settings)
     _state = WorkerState(
-        settings=settings, db=Database(settings.db_url, pool_size=2), store=store,
-        media=MediaIO(settings, store), device=pick_device(settings.device, process_index),
+        settings=settings,
+        db=Database(settings.db_url, pool_size=2),
+        store=store,
+        media=MediaIO(settings, store),
+        device=pick_device(settings.device, process_index),
         name=f"{socket.gethostname()}:{os.getpid()}",
     )
     return _state
@@ -71,31 +74,52 @@ def run(task_id: str, settings: Settings) -> str:
     task_type, request, attempts = snapshot
     if attempts > settings.max_attempts:
         # Every earlier delivery killed its worker process: a poison job. Stop the loop.
-        return _finish(st, task_id, tasks.FAILED, code=TASK_MAX_ATTEMPTS, message=(
-            f"The task was attempted {attempts - 1} times and each attempt lost its worker "
-            f"process (crash or out of memory); giving up after {settings.max_attempts}."))
+        return _finish(
+            st,
+            task_id,
+            tasks.FAILED,
+            code=TASK_MAX_ATTEMPTS,
+            message=(
+                f"The task was attempted {attempts - 1} times and each attempt lost its worker "
+                f"process (crash or out of memory); giving up after {settings.max_attempts}."
+            ),
+        )
     return _process(st, task_id, task_type, request)
 
 
 def _process(st: WorkerState, task_id: str, task_type: str, request: dict[str, Any]) -> str:
     workdir = Path(tempfile.mkdtemp(prefix=f"openimm-{task_id[:40]}-"))
-    ctx = JobContext(task_id=task_id, task_type=task_type, request=request,
-                     settings=st.settings, store=st.store, media=st.media, workdir=workdir,
-                     device=st.device, report=lambda pct: _report(st, task_id, pct))
+    ctx = JobContext(
+        task_id=task_id,
+        task_type=task_type,
+        request=request,
+        settings=st.settings,
+        store=st.store,
+        media=st.media,
+        workdir=workdir,
+        device=st.device,
+        report=lambda pct: _report(st, task_id, pct),
+    )
     try:
         result = registry.load(task_type)(ctx)
     except Cancelled:
         return "cancelled"
     except SoftTimeLimitExceeded:
         limit = st.settings.time_limit(task_type)
-        return _finish(st, task_id, tasks.FAILED, code=TASK_TIME_LIMIT_EXCEEDED,
-                       message=f"The task exceeded its time limit of {limit} s.")
+        return _finish(
+            st,
+            task_id,
+            tasks.FAILED,
+            code=TASK_TIME_LIMIT_EXCEEDED,
+            message=f"The task exceeded its time limit of {limit} s.",
+        )
     except ImmError as exc:
         return _finish(st, task_id, tasks.FAILED, code=exc.code, message=exc.message)
     except Exception as exc:
         log.exception("task %s failed", task_id)
-        return _finish(st, task_id, tasks.FAILED, code="InternalError",
-                       message=f"{type(exc).__name__}: {exc}")
+        return _finish(
+            st, task_id, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return _finish(st, task_id, tasks.SUCCEEDED, result=result)
@@ -106,9 +130,17 @@ def _report(st: WorkerState, task_id: str, percent: int) -> bool:
         return tasks.set_progress(session, task_id, percent)
 
 
-def _finish(st: WorkerState, task_id: str, status: str, *, code: str = "", message: str = "",
-            result: dict[str, Any] | None = None) -> str:
+def _finish(
+    st: WorkerState,
+    task_id: str,
+    status: str,
+    *,
+    code: str = "",
+    message: str = "",
+    result: dict[str, Any] | None = None,
+) -> str:
     with st.db.session() as session:
-        changed = tasks.finalize(session, task_id, status, code=code, message=message,
-                                 result=result)
+        changed = tasks.finalize(
+            session, task_id, status, code=code, message=message, result=result
+        )
     return status if changed else "superseded"

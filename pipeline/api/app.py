@@ -27,8 +27,13 @@ log = logging.getLogger("openimm.api")
 
 def build_services(settings: Settings) -> Services:
     db = Database.from_settings(settings)
-    return Services(settings=settings, db=db, celery=queue.make_celery(settings),
-                    store=open_store(settings), keys=credentials.load_keys(settings))
+    return Services(
+        settings=settings,
+        db=db,
+        celery=queue.make_celery(settings),
+        store=open_store(settings),
+        keys=credentials.load_keys(settings),
+    )
 
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
@@ -55,8 +60,9 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     return app
 
 
-async def _request_id_middleware(request: Request,
-                                 call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def _request_id_middleware(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     request.state.request_id = request_id()
     response = await call_next(request)
     response.headers["x-acs-request-id"] = request.state.request_id
@@ -65,9 +71,13 @@ async def _request_id_middleware(request: Request,
 
 def error_body(request: Request, code: str, message: str) -> dict[str, str]:
     rid = getattr(request.state, "request_id", "") or request_id()
-    return {"RequestId": rid, "HostId": request.url.hostname or "", "Code": code,
-            "Message": message,
-            "Recommend": f"https://github.com/openimm/openimm#errors?code={code}"}
+    return {
+        "RequestId": rid,
+        "HostId": request.url.hostname or "",
+        "Code": code,
+        "Message": message,
+        "Recommend": f"https://github.com/openimm/openimm#errors?code={code}",
+    }
 
 
 async def _imm_error(request: Request, exc: ImmError) -> JSONResponse:
@@ -76,8 +86,9 @@ async def _imm_error(request: Request, exc: ImmError) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body(request, "InternalError", "An internal error occurred."),
-                        status_code=500)
+    return JSONResponse(
+        error_body(request, "InternalError", "An internal error occurred."), status_code=500
+    )
 
 
 async def _healthz(request: Request) -> JSONResponse:

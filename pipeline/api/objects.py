@@ -7,6 +7,7 @@ atomic put, so an interrupted or oversize upload leaves no object behind.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -51,25 +52,26 @@ async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
             spool.write(chunk)
         spool.flush()
         await run_in_threadpool(services.store.put_file, bucket, key, Path(spool.name))
-    return JSONResponse({"RequestId": request.state.request_id, "URI": f"oss://{bucket}/{key}",
-                         "Size": size})
+    return JSONResponse(
+        {"RequestId": request.state.request_id, "URI": f"oss://{bucket}/{key}", "Size": size}
+    )
 
 
 @router.get("/oss/{bucket}/{key:path}")
 async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
     services = _services(request)
     parse_oss_uri(f"oss://{bucket}/{key}")
-    handle = tempfile.NamedTemporaryFile(dir=_spool_dir(services), prefix="download-",
-                                         delete=False)
-    handle.close()
-    path = Path(handle.name)
+    fd, name = tempfile.mkstemp(dir=_spool_dir(services), prefix="download-")
+    os.close(fd)
+    path = Path(name)
     try:
         await run_in_threadpool(services.store.get_to_file, bucket, key, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return FileResponse(path, filename=Path(key).name,
-                        background=BackgroundTask(path.unlink, missing_ok=True))
+    return FileResponse(
+        path, filename=Path(key).name, background=BackgroundTask(path.unlink, missing_ok=True)
+    )
 
 
 @router.get("/oss/{bucket}")
@@ -77,5 +79,9 @@ async def list_objects(bucket: str, request: Request, prefix: str = "") -> JSONR
     services = _services(request)
     parse_oss_prefix(f"oss://{bucket}/{prefix}")
     objects = await run_in_threadpool(lambda: list(services.store.list(bucket, prefix)))
-    return JSONResponse({"RequestId": request.state.request_id, "Objects": [
-        {"URI": f"oss://{bucket}/{o.key}", "Size": o.size} for o in objects]})
+    return JSONResponse(
+        {
+            "RequestId": request.state.request_id,
+            "Objects": [{"URI": f"oss://{bucket}/{o.key}", "Size": o.size} for o in objects],
+        }
+    )

@@ -1,4 +1,4 @@
-"""Project and dataset actions (reference §3.1–3.2)."""
+"""Project and dataset actions (reference §3.1-3.2)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,26 @@ from pipeline.api.services import Caller, Services
 from pipeline.errors import InvalidParameter
 from pipeline.params import Params
 
-LIMIT_PARAMS = ("ProjectMaxDatasetCount", "DatasetMaxBindCount", "DatasetMaxFileCount",
-                "DatasetMaxEntityCount", "DatasetMaxRelationCount", "DatasetMaxTotalFileSize")
-LIMIT_RANGES = {"ProjectMaxDatasetCount": (1, 1_000_000_000), "DatasetMaxBindCount": (1, 10),
-                "DatasetMaxFileCount": (1, 100_000_000),
-                "DatasetMaxEntityCount": (1, 10_000_000_000),
-                "DatasetMaxRelationCount": (1, 100_000_000_000),
-                "DatasetMaxTotalFileSize": (1, 90_000_000_000_000_000)}
+LIMIT_PARAMS = (
+    "ProjectMaxDatasetCount",
+    "DatasetMaxBindCount",
+    "DatasetMaxFileCount",
+    "DatasetMaxEntityCount",
+    "DatasetMaxRelationCount",
+    "DatasetMaxTotalFileSize",
+)
+LIMIT_RANGES = {
+    "ProjectMaxDatasetCount": (1, 1_000_000_000),
+    "DatasetMaxBindCount": (1, 10),
+    "DatasetMaxFileCount": (1, 100_000_000),
+    "DatasetMaxEntityCount": (1, 10_000_000_000),
+    "DatasetMaxRelationCount": (1, 100_000_000_000),
+    "DatasetMaxTotalFileSize": (1, 90_000_000_000_000_000),
+}
 PROJECT_FIELDS = "ProjectName Description ServiceRole TemplateId Tag " + " ".join(LIMIT_PARAMS)
 DATASET_FIELDS = "ProjectName DatasetName Description TemplateId WorkflowParameters " + " ".join(
-    LIMIT_PARAMS[1:])
+    LIMIT_PARAMS[1:]
+)
 
 
 def _description(p: Params) -> str | None:
@@ -34,21 +44,26 @@ def _limits(p: Params, names: tuple[str, ...]) -> dict[str, int | None]:
 def _project_fields(p: Params) -> dict[str, Any]:
     tags = p.json("Tag", list)
     if tags is not None and not all(isinstance(t, dict) and "Key" in t for t in tags):
-        raise InvalidParameter("Tag", "Expected [{\"Key\": …, \"Value\": …}].")
+        raise InvalidParameter("Tag", 'Expected [{"Key": …, "Value": …}].')
     return {
-        "description": _description(p), "service_role": p.str("ServiceRole") or None,
+        "description": _description(p),
+        "service_role": p.str("ServiceRole") or None,
         "template_id": p.str("TemplateId", max_bytes=128) or None,
-        "tags": None if tags is None else [
-            {"TagKey": str(t["Key"]), "TagValue": str(t.get("Value", ""))} for t in tags],
+        "tags": None
+        if tags is None
+        else [{"TagKey": str(t["Key"]), "TagValue": str(t.get("Value", ""))} for t in tags],
         "limits": _limits(p, LIMIT_PARAMS),
     }
 
 
 def _dataset_fields(p: Params) -> dict[str, Any]:
     workflow = p.json("WorkflowParameters", list)
-    return {"description": _description(p),
-            "template_id": p.str("TemplateId", max_bytes=128) or None,
-            "workflow_parameters": workflow, "limits": _limits(p, LIMIT_PARAMS[1:])}
+    return {
+        "description": _description(p),
+        "template_id": p.str("TemplateId", max_bytes=128) or None,
+        "workflow_parameters": workflow,
+        "limits": _limits(p, LIMIT_PARAMS[1:]),
+    }
 
 
 @action("CreateProject", PROJECT_FIELDS)
@@ -76,8 +91,13 @@ def list_projects(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     max_results = p.int("MaxResults", default=100, minimum=0, maximum=200) or 100
     with svc.db.session() as s:
         rows, token = projects.list_projects(
-            s, caller.owner, prefix=p.str("Prefix"), tags=tags, max_results=max_results,
-            next_token=p.str("NextToken"))
+            s,
+            caller.owner,
+            prefix=p.str("Prefix"),
+            tags=tags,
+            max_results=max_results,
+            next_token=p.str("NextToken"),
+        )
         return {"Projects": [views.project(r) for r in rows], "NextToken": token}
 
 
@@ -123,9 +143,13 @@ def list_datasets(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     max_results = p.int("MaxResults", default=100, minimum=0, maximum=200) or 100
     with svc.db.session() as s:
         project = projects.get_project(s, caller.owner, project_name)
-        rows, token = projects.list_datasets(s, project, prefix=p.str("Prefix"),
-                                             max_results=max_results,
-                                             next_token=p.str("NextToken"))
+        rows, token = projects.list_datasets(
+            s,
+            project,
+            prefix=p.str("Prefix"),
+            max_results=max_results,
+            next_token=p.str("NextToken"),
+        )
         return {"Datasets": [views.dataset(r, project.name) for r in rows], "NextToken": token}
 
 

@@ -54,8 +54,9 @@ async def rpc(request: Request) -> JSONResponse:
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         values.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     services: Services = request.app.state.services
-    caller = Caller(owner=authenticate(services, request, query, body),
-                    request_id=request.state.request_id)
+    caller = Caller(
+        owner=authenticate(services, request, query, body), request_id=request.state.request_id
+    )
     name = request.headers.get("x-acs-action") or values.get("Action", "")
     if not name:
         raise MissingParameter("Action")
@@ -68,14 +69,28 @@ async def rpc(request: Request) -> JSONResponse:
     return JSONResponse({"RequestId": caller.request_id, **result})
 
 
-def authenticate(services: Services, request: Request, query: dict[str, str],
-                 body: bytes, *, allow_unsigned_payload: bool = False) -> str:
+def authenticate(
+    services: Services,
+    request: Request,
+    query: dict[str, str],
+    body: bytes,
+    *,
+    allow_unsigned_payload: bool = False,
+) -> str:
     """The caller's owner id (AccessKeyId), or raise an ``AuthError``."""
     if not services.keys:
         return auth.DEV_OWNER  # explicit OPENIMM_DEV_MODE without keys
     signed = auth.SignedRequest(
-        method=request.method, path=request.url.path, query=query,
-        headers={k.lower(): v for k, v in request.headers.items()}, body=body)
-    return auth.verify(signed, services.keys, now=utcnow(),
-                       max_skew=services.settings.signature_max_skew_seconds,
-                       allow_unsigned_payload=allow_unsigned_payload)
+        method=request.method,
+        path=request.url.path,
+        query=query,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+    )
+    return auth.verify(
+        signed,
+        services.keys,
+        now=utcnow(),
+        max_skew=services.settings.signature_max_skew_seconds,
+        allow_unsigned_payload=allow_unsigned_payload,
+    )

@@ -36,8 +36,9 @@ def _notification(p: Params) -> dict[str, Any]:
     if value.get("RocketMQ"):
         raise InvalidParameter("Notification", "RocketMQ is not supported; use MNS.")
     mns = value.get("MNS")
-    if mns is not None and not (isinstance(mns, dict) and isinstance(mns.get("TopicName"), str)
-                                and mns["TopicName"]):
+    if mns is not None and not (
+        isinstance(mns, dict) and isinstance(mns.get("TopicName"), str) and mns["TopicName"]
+    ):
         raise InvalidParameter("Notification", "MNS needs a non-empty TopicName.")
     return value
 
@@ -47,17 +48,32 @@ def _common(p: Params) -> dict[str, Any]:
     if len(str(tags).encode()) > TAGS_MAX_BYTES:
         raise InvalidParameter("Tags", f"Tags must be at most {TAGS_MAX_BYTES} bytes.")
     p.json("CredentialConfig", dict)  # accepted for SDK compatibility; local stores need none
-    return {"user_data": p.str("UserData", max_bytes=USER_DATA_MAX_BYTES), "tags": tags,
-            "notification": _notification(p), "client_token": p.str("ClientToken") or None}
+    return {
+        "user_data": p.str("UserData", max_bytes=USER_DATA_MAX_BYTES),
+        "tags": tags,
+        "notification": _notification(p),
+        "client_token": p.str("ClientToken") or None,
+    }
 
 
-def submit(svc: Services, caller: Caller, project_name: str, task_type: str,
-           request: dict[str, Any], common: dict[str, Any],
-           dataset_name: str = "") -> dict[str, Any]:
+def submit(
+    svc: Services,
+    caller: Caller,
+    project_name: str,
+    task_type: str,
+    request: dict[str, Any],
+    common: dict[str, Any],
+    dataset_name: str = "",
+) -> dict[str, Any]:
     """Write the Running task row, then enqueue it. If the broker refuses, the row is removed
     again so the client sees an error and nothing half-created remains."""
-    spec = tasks.NewTask(task_type=task_type, queue=queue.queue_for(task_type, svc.settings),
-                         request=request, dataset_name=dataset_name, **common)
+    spec = tasks.NewTask(
+        task_type=task_type,
+        queue=queue.queue_for(task_type, svc.settings),
+        request=request,
+        dataset_name=dataset_name,
+        **common,
+    )
     with svc.db.session() as s:
         project = projects.get_project(s, caller.owner, project_name)
         task, created = tasks.create(s, project, spec, request_id=caller.request_id)
@@ -87,8 +103,10 @@ def get_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
 def _time_range(p: Params, name: str) -> tuple[Any, Any]:
     value = p.json(name, dict) or {}
     try:
-        return tuple(parse_time(value[k]) if value.get(k) else None  # type: ignore[return-value]
-                     for k in ("Start", "End"))
+        return tuple(
+            parse_time(value[k]) if value.get(k) else None  # type: ignore[return-value]
+            for k in ("Start", "End")
+        )
     except (TypeError, ValueError):
         raise InvalidParameter(name, "Start and End must be RFC3339 times.") from None
 
@@ -102,14 +120,19 @@ def _task_filter(p: Params) -> tasks.TaskFilter:
         raise InvalidParameter("TagSelector", "Expected key=value.")
     tag = tuple(selector.split("=", 1)) if selector else None
     return tasks.TaskFilter(
-        task_types=types, status=p.choice("Status", tasks.STATUSES),
-        start_range=_time_range(p, "StartTimeRange"), end_range=_time_range(p, "EndTimeRange"),
+        task_types=types,
+        status=p.choice("Status", tasks.STATUSES),
+        start_range=_time_range(p, "StartTimeRange"),
+        end_range=_time_range(p, "EndTimeRange"),
         tag=tag,  # type: ignore[arg-type]
     )
 
 
-@action("ListTasks", "ProjectName TaskTypes Status StartTimeRange EndTimeRange TagSelector "
-        "NextToken MaxResults Order Sort RequestDefinition")
+@action(
+    "ListTasks",
+    "ProjectName TaskTypes Status StartTimeRange EndTimeRange TagSelector "
+    "NextToken MaxResults Order Sort RequestDefinition",
+)
 def list_tasks(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     project_name = p.name("ProjectName")
     filt = _task_filter(p)
@@ -121,10 +144,21 @@ def list_tasks(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     with_def = p.bool("RequestDefinition")
     with svc.db.session() as s:
         project = projects.get_project(s, caller.owner, project_name)
-        rows, token = tasks.list_tasks(s, project, filt, sort=sort, order=order,
-                                       max_results=max_results, next_token=p.str("NextToken"))
-        return {"ProjectName": project.name, "NextToken": token, "MaxResults": str(max_results),
-                "Tasks": [views.task_info(t, with_def) for t in rows]}
+        rows, token = tasks.list_tasks(
+            s,
+            project,
+            filt,
+            sort=sort,
+            order=order,
+            max_results=max_results,
+            next_token=p.str("NextToken"),
+        )
+        return {
+            "ProjectName": project.name,
+            "NextToken": token,
+            "MaxResults": str(max_results),
+            "Tasks": [views.task_info(t, with_def) for t in rows],
+        }
 
 
 @action("CancelTask", "ProjectName TaskId TaskType")
@@ -179,8 +213,10 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
     return sources
 
 
-@action("CreateFileCompressionTask",
-        COMMON_TASK_PARAMS + " Sources SourceManifestURI TargetURI CompressedFormat")
+@action(
+    "CreateFileCompressionTask",
+    COMMON_TASK_PARAMS + " Sources SourceManifestURI TargetURI CompressedFormat",
+)
 def create_file_compression_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     project_name = p.name("ProjectName")
     target = p.str("TargetURI", required=True)
@@ -193,8 +229,12 @@ def create_file_compression_task(svc: Services, caller: Caller, p: Params) -> di
         raise InvalidArgument("Specify exactly one of Sources and SourceManifestURI.")
     if manifest:
         parse_oss_uri(manifest)
-    request = {"Sources": sources, "SourceManifestURI": manifest, "TargetURI": target,
-               "CompressedFormat": "zip"}
+    request = {
+        "Sources": sources,
+        "SourceManifestURI": manifest,
+        "TargetURI": target,
+        "CompressedFormat": "zip",
+    }
     return submit(svc, caller, project_name, "FileCompression", request, _common(p))
 
 

@@ -17,28 +17,45 @@ def _limits(row_limits: dict[str, int], prefix: str = "") -> dict[str, int]:
 
 def project(p: Project, dataset_count: int = 0) -> dict[str, Any]:
     return imm.Project(
-        ProjectName=p.name, Description=p.description, ServiceRole=p.service_role,
-        TemplateId=p.template_id, CreateTime=resource_time(p.create_time),
-        UpdateTime=resource_time(p.update_time), DatasetCount=dataset_count,
-        Tags=[imm.Tag(**t) for t in p.tags], **_limits(p.limits),
+        ProjectName=p.name,
+        Description=p.description,
+        ServiceRole=p.service_role,
+        TemplateId=p.template_id,
+        CreateTime=resource_time(p.create_time),
+        UpdateTime=resource_time(p.update_time),
+        DatasetCount=dataset_count,
+        Tags=[imm.Tag(**t) for t in p.tags],
+        **_limits(p.limits),
     ).model_dump()
 
 
 def dataset(d: Dataset, project_name: str) -> dict[str, Any]:
     return imm.Dataset(
-        ProjectName=project_name, DatasetName=d.name, Description=d.description,
-        TemplateId=d.template_id, CreateTime=resource_time(d.create_time),
-        UpdateTime=resource_time(d.update_time), FileCount=d.file_count,
-        TotalFileSize=d.total_file_size, WorkflowParameters=d.workflow_parameters,
+        ProjectName=project_name,
+        DatasetName=d.name,
+        Description=d.description,
+        TemplateId=d.template_id,
+        CreateTime=resource_time(d.create_time),
+        UpdateTime=resource_time(d.update_time),
+        FileCount=d.file_count,
+        TotalFileSize=d.total_file_size,
+        WorkflowParameters=d.workflow_parameters,
         **_limits(d.limits, "Dataset"),
     ).model_dump()
 
 
 def task_info(t: Task, with_definition: bool = False) -> dict[str, Any]:
     info = imm.TaskInfo(
-        TaskId=t.id, TaskType=t.task_type, Status=t.status, Code=t.code, Message=t.message,
-        StartTime=task_time(t.start_time), EndTime=task_time(t.end_time),
-        Progress=t.progress, UserData=t.user_data, Tags=t.tags,
+        TaskId=t.id,
+        TaskType=t.task_type,
+        Status=t.status,
+        Code=t.code,
+        Message=t.message,
+        StartTime=task_time(t.start_time),
+        EndTime=task_time(t.end_time),
+        Progress=t.progress,
+        UserData=t.user_data,
+        Tags=t.tags,
         TaskRequestDefinition=json.dumps(t.request) if with_definition else None,
     )
     return info.model_dump(exclude_none=True)
@@ -46,5 +63,4 @@ def task_info(t: Task, with_definition: bool = False) -> dict[str, Any]:
 
 def get_task(t: Task, request_id: str, with_definition: bool) -> dict[str, Any]:
     body = task_info(t, with_definition)
-    return {**body, "ProjectName": t.project_name, "EventId": t.event_id,
-            "RequestId": request_id}
+    return {**body, "ProjectName": t.project_name, "EventId": t.event_id, "RequestId": request_id}

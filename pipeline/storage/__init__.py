@@ -19,15 +19,28 @@ from pipeline.storage.uri import (
 )
 
 __all__ = [
-    "LocalStore", "MediaIO", "ObjectInfo", "ObjectStore", "S3Store", "check_public_host",
-    "fetch_http", "open_store", "parse_oss_prefix", "parse_oss_uri", "resolve_file_uri",
+    "LocalStore",
+    "MediaIO",
+    "ObjectInfo",
+    "ObjectStore",
+    "S3Store",
+    "check_public_host",
+    "fetch_http",
+    "open_store",
+    "parse_oss_prefix",
+    "parse_oss_uri",
+    "resolve_file_uri",
 ]
 
 
 def open_store(settings: Settings) -> ObjectStore:
     if settings.s3_endpoint_url:
-        return S3Store(settings.s3_endpoint_url, settings.s3_access_key_id,
-                       settings.s3_secret_access_key, settings.s3_region)
+        return S3Store(
+            settings.s3_endpoint_url,
+            settings.s3_access_key_id,
+            settings.s3_secret_access_key,
+            settings.s3_region,
+        )
     return LocalStore(settings.oss_root)
 
 
@@ -47,9 +60,13 @@ class MediaIO:
         if uri.startswith("file://"):
             return resolve_file_uri(uri, self.settings.allowed_file_roots)
         if uri.startswith(("http://", "https://")):
-            fetch_http(uri, dest, max_bytes=self.settings.http_max_bytes,
-                       timeout=self.settings.http_timeout_seconds,
-                       allow_private=self.settings.http_allow_private)
+            fetch_http(
+                uri,
+                dest,
+                max_bytes=self.settings.http_max_bytes,
+                timeout=self.settings.http_timeout_seconds,
+                allow_private=self.settings.http_allow_private,
+            )
             return dest
         raise InvalidArgument(f"Unsupported URI {uri!r}: use oss://, file:// or http(s)://.")
 

@@ -18,11 +18,15 @@ MISSING_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
 
 class S3Store:
-    def __init__(self, endpoint_url: str, access_key_id: str, secret_access_key: str,
-                 region: str) -> None:
-        self._args = {"endpoint_url": endpoint_url, "aws_access_key_id": access_key_id or None,
-                      "aws_secret_access_key": secret_access_key or None,
-                      "region_name": region}
+    def __init__(
+        self, endpoint_url: str, access_key_id: str, secret_access_key: str, region: str
+    ) -> None:
+        self._args = {
+            "endpoint_url": endpoint_url,
+            "aws_access_key_id": access_key_id or None,
+            "aws_secret_access_key": secret_access_key or None,
+            "region_name": region,
+        }
         self._client: Any = None
         self._buckets: set[str] = set()
 
@@ -32,8 +36,9 @@ class S3Store:
             import boto3
             from botocore.config import Config
 
-            self._client = boto3.client("s3", config=Config(s3={"addressing_style": "path"}),
-                                        **self._args)
+            self._client = boto3.client(
+                "s3", config=Config(s3={"addressing_style": "path"}), **self._args
+            )
         return self._client
 
     def _call(self, bucket: str, key: str, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -98,17 +103,20 @@ class S3Store:
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         head = self._call(bucket, key, self.client.head_object, Bucket=bucket, Key=key)
-        return ObjectInfo(key=key, size=int(head["ContentLength"]),
-                          mtime=head["LastModified"].timestamp())
+        return ObjectInfo(
+            key=key, size=int(head["ContentLength"]), mtime=head["LastModified"].timestamp()
+        )
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(bucket, prefix, lambda: list(
-            paginator.paginate(Bucket=bucket, Prefix=prefix)))
+        pages = self._call(
+            bucket, prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix))
+        )
         for page in pages:
             for obj in page.get("Contents", []):
-                yield ObjectInfo(key=obj["Key"], size=int(obj["Size"]),
-                                 mtime=obj["LastModified"].timestamp())
+                yield ObjectInfo(
+                    key=obj["Key"], size=int(obj["Size"]), mtime=obj["LastModified"].timestamp()
+                )
 
     def delete(self, bucket: str, key: str) -> None:
         self._call(bucket, key, self.client.delete_object, Bucket=bucket, Key=key)

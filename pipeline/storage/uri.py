@@ -23,11 +23,12 @@ CHUNK = 1 << 16
 def _split_oss(uri: str) -> tuple[str, str]:
     if not uri.startswith("oss://"):
         raise InvalidArgument(f"Invalid URI {uri!r}: expected oss://<bucket>/<key>.")
-    bucket, _, key = uri[len("oss://"):].partition("/")
+    bucket, _, key = uri[len("oss://") :].partition("/")
     if not BUCKET_RE.match(bucket):
         raise InvalidArgument(
             f"Invalid URI {uri!r}: the bucket must be 3-63 lowercase letters, digits or '-' "
-            "(endpoint-style oss://bucket.oss-<region>.aliyuncs.com URIs are not accepted).")
+            "(endpoint-style oss://bucket.oss-<region>.aliyuncs.com URIs are not accepted)."
+        )
     return bucket, key
 
 
@@ -35,8 +36,7 @@ def _check_key(uri: str, key: str) -> None:
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidArgument(f"Invalid URI {uri!r}: the key exceeds {MAX_KEY_BYTES} bytes.")
     if any(ord(c) < 32 or ord(c) == 127 for c in key) or "\\" in key:
-        raise InvalidArgument(f"Invalid URI {uri!r}: control characters and '\\' are not "
-                              "allowed.")
+        raise InvalidArgument(f"Invalid URI {uri!r}: control characters and '\\' are not allowed.")
     segments = key.split("/")
     if any(s in (".", "..") for s in segments) or key.startswith("/"):
         raise ForbiddenURI(f"Invalid URI {uri!r}: '.', '..' and absolute paths are not allowed.")
@@ -77,8 +77,14 @@ def _is_private(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-            or ip.is_multicast or ip.is_unspecified)
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
 
 
 def check_public_host(host: str, allow_private: bool) -> None:
@@ -95,11 +101,11 @@ def check_public_host(host: str, allow_private: bool) -> None:
         if _is_private(str(info[4][0])):
             raise ForbiddenURI(
                 f"The host {host!r} resolves to a private address ({info[4][0]}); set "
-                "OPENIMM_HTTP_ALLOW_PRIVATE=1 to allow it.")
+                "OPENIMM_HTTP_ALLOW_PRIVATE=1 to allow it."
+            )
 
 
-def fetch_http(uri: str, dest: Path, *, max_bytes: int, timeout: float,
-               allow_private: bool) -> int:
+def fetch_http(uri: str, dest: Path, *, max_bytes: int, timeout: float, allow_private: bool) -> int:
     """Download ``uri`` to ``dest`` within limits; no partial file remains on failure."""
     url = uri
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
@@ -113,8 +119,9 @@ def fetch_http(uri: str, dest: Path, *, max_bytes: int, timeout: float,
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
                 if response.status_code >= 400:
-                    raise InvalidArgument(f"Fetching {uri} failed with HTTP "
-                                          f"{response.status_code}.")
+                    raise InvalidArgument(
+                        f"Fetching {uri} failed with HTTP {response.status_code}."
+                    )
                 return _save(response, dest, uri, max_bytes)
     raise InvalidArgument(f"Too many redirects fetching {uri}.")
 

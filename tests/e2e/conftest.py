@@ -16,15 +16,22 @@ _counter = iter(range(1, 1000))
 
 
 @pytest.fixture(scope="module")
-def stack(postgres_server: PostgresServer, redis_server: RedisServer,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     n = next(_counter)
     data_dir: Path = tmp_path_factory.mktemp("stack")
     port = free_port()
-    env = make_env(data_dir, port,
-                   database_url=postgres_server.create_database(f"e2e_{n}"),
-                   broker_url=redis_server.url(n % 16),
-                   max_attempts="2", time_limits='{"Diagnostic": 20}')
+    env = make_env(
+        data_dir,
+        port,
+        database_url=postgres_server.create_database(f"e2e_{n}"),
+        broker_url=redis_server.url(n % 16),
+        max_attempts="2",
+        time_limits='{"Diagnostic": 20}',
+    )
     stack = Stack(data_dir=data_dir, env=env, port=port)
     stack.run("migrate")
     stack.start_api()
@@ -36,6 +43,13 @@ def stack(postgres_server: PostgresServer, redis_server: RedisServer,
 @pytest.fixture(scope="module")
 def sdk(stack: Stack) -> ImmSdk:
     """The official alibabacloud-imm20200930 client pointed at openimm."""
-    return ImmSdk(Config(access_key_id=KEY_ID, access_key_secret=KEY_SECRET,
-                         endpoint=stack.endpoint, protocol="http", read_timeout=30000,
-                         connect_timeout=5000))
+    return ImmSdk(
+        Config(
+            access_key_id=KEY_ID,
+            access_key_secret=KEY_SECRET,
+            endpoint=stack.endpoint,
+            protocol="http",
+            read_timeout=30000,
+            connect_timeout=5000,
+        )
+    )

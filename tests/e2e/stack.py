@@ -49,14 +49,23 @@ class Stack:
     def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log_dir = self.logs or self.data_dir
         out = (log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=self.env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def run(self, *args: str) -> None:
-        subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=self.env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
 
     def start_api(self) -> None:
         self._start("api", "api")
@@ -68,10 +77,10 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str = "worker", queues: str = "all",
-                     concurrency: int = 2) -> subprocess.Popen[bytes]:
-        proc = self._start(name, "worker", "-Q", queues, "-c", str(concurrency), "-n",
-                           f"{name}@%h")
+    def start_worker(
+        self, name: str = "worker", queues: str = "all", concurrency: int = 2
+    ) -> subprocess.Popen[bytes]:
+        proc = self._start(name, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h")
         wait_until(lambda: "ready" in self.log(name), STARTUP_TIMEOUT, what=f"{name} ready")
         return proc
 
@@ -97,8 +106,14 @@ class Stack:
 
 def make_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMM_")}
-    env.update({"OPENIMM_DATA_DIR": str(data_dir), "OPENIMM_PORT": str(port),
-                "OPENIMM_HOST": "127.0.0.1", "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}",
-                "OPENIMM_DIAGNOSTICS": "1"})
+    env.update(
+        {
+            "OPENIMM_DATA_DIR": str(data_dir),
+            "OPENIMM_PORT": str(port),
+            "OPENIMM_HOST": "127.0.0.1",
+            "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}",
+            "OPENIMM_DIAGNOSTICS": "1",
+        }
+    )
     env.update({f"OPENIMM_{k.upper()}": v for k, v in settings.items()})
     return env

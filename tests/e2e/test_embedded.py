@@ -18,12 +18,17 @@ pytestmark = pytest.mark.e2e
 def test_demo_runs_a_job_to_succeeded_with_no_settings(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMM_")}
     env["OPENIMM_PORT"] = str(free_port())
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert ": Succeeded" in result.stdout
-    assert "holds ['photos/note-0.txt', 'photos/note-1.txt', 'photos/note-2.txt']" in \
-        result.stdout
+    assert "holds ['photos/note-0.txt', 'photos/note-1.txt', 'photos/note-2.txt']" in result.stdout
     data = tmp_path / "openimm-data"
     assert (data / "openimm.db").exists() and (data / "access_keys").stat().st_mode & 0o077 == 0
     assert list((data / "oss" / "demo-bucket" / "out").glob("demo-*.zip"))

@@ -36,12 +36,14 @@ def engine(stack: Stack) -> Engine:
 
 
 def get_task(sdk: ImmSdk, task_id: str, task_type: str) -> m.GetTaskResponseBody:
-    return sdk.get_task(m.GetTaskRequest(project_name=PROJECT, task_type=task_type,
-                                         task_id=task_id)).body
+    return sdk.get_task(
+        m.GetTaskRequest(project_name=PROJECT, task_type=task_type, task_id=task_id)
+    ).body
 
 
-def wait_terminal(sdk: ImmSdk, task_id: str, task_type: str,
-                  timeout: float = 60) -> m.GetTaskResponseBody:
+def wait_terminal(
+    sdk: ImmSdk, task_id: str, task_type: str, timeout: float = 60
+) -> m.GetTaskResponseBody:
     def done() -> m.GetTaskResponseBody | None:
         body = get_task(sdk, task_id, task_type)
         return body if body.status != "Running" else None
@@ -54,8 +56,11 @@ def diagnostic(stack: Stack, mode: str, seconds: int = 1) -> str:
     from tests.e2e.stack import KEY_ID, KEY_SECRET
 
     client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
-    return str(client.call("CreateDiagnosticTask", ProjectName=PROJECT, Mode=mode,
-                           Seconds=seconds)["TaskId"])
+    return str(
+        client.call("CreateDiagnosticTask", ProjectName=PROJECT, Mode=mode, Seconds=seconds)[
+            "TaskId"
+        ]
+    )
 
 
 def test_file_compression_through_the_sdk(stack: Stack, sdk: ImmSdk, project: str) -> None:
@@ -67,10 +72,16 @@ def test_file_compression_through_the_sdk(stack: Stack, sdk: ImmSdk, project: st
     (stack.data_dir / "oss" / "media" / "single.bin").write_bytes(os.urandom(2048))
     # When the SDK asks for a zip of the folder plus one renamed file
     request = m.CreateFileCompressionTaskRequest(
-        project_name=project, target_uri="oss://media/out/archive.zip", user_data="ud-1",
-        sources=[m.CreateFileCompressionTaskRequestSources(uri="oss://media/docs/"),
-                 m.CreateFileCompressionTaskRequestSources(
-                     uri="oss://media/single.bin", alias="/renamed.bin", mode="fullname")])
+        project_name=project,
+        target_uri="oss://media/out/archive.zip",
+        user_data="ud-1",
+        sources=[
+            m.CreateFileCompressionTaskRequestSources(uri="oss://media/docs/"),
+            m.CreateFileCompressionTaskRequestSources(
+                uri="oss://media/single.bin", alias="/renamed.bin", mode="fullname"
+            ),
+        ],
+    )
     created = sdk.create_file_compression_task(request).body
     assert created.task_id.startswith("FileCompression-") and created.event_id
     # Then the task ends Succeeded with IMM's fields
@@ -79,22 +90,33 @@ def test_file_compression_through_the_sdk(stack: Stack, sdk: ImmSdk, project: st
     assert body.user_data == "ud-1" and body.project_name == project
     assert body.start_time < body.end_time and body.end_time.endswith("Z")
     # And the archive holds exactly the requested entries
-    archive = zipfile.ZipFile(io.BytesIO((stack.data_dir / "oss/media/out/archive.zip")
-                                         .read_bytes()))
+    archive = zipfile.ZipFile(
+        io.BytesIO((stack.data_dir / "oss/media/out/archive.zip").read_bytes())
+    )
     assert sorted(archive.namelist()) == ["docs/a.txt", "docs/sub/b.txt", "renamed.bin"]
     assert archive.read("docs/sub/b.txt") == b"beta" * 1000
     # And the request definition comes back on demand
-    full = sdk.get_task(m.GetTaskRequest(project_name=project, task_type="FileCompression",
-                                         task_id=created.task_id, request_definition=True))
-    assert json.loads(full.body.task_request_definition)["TargetURI"] == \
-        "oss://media/out/archive.zip"
+    full = sdk.get_task(
+        m.GetTaskRequest(
+            project_name=project,
+            task_type="FileCompression",
+            task_id=created.task_id,
+            request_definition=True,
+        )
+    )
+    assert (
+        json.loads(full.body.task_request_definition)["TargetURI"] == "oss://media/out/archive.zip"
+    )
 
 
-def test_missing_source_fails_with_code_and_writes_nothing(stack: Stack, sdk: ImmSdk,
-                                                           project: str) -> None:
+def test_missing_source_fails_with_code_and_writes_nothing(
+    stack: Stack, sdk: ImmSdk, project: str
+) -> None:
     request = m.CreateFileCompressionTaskRequest(
-        project_name=project, target_uri="oss://media/out/never.zip",
-        sources=[m.CreateFileCompressionTaskRequestSources(uri="oss://media/absent/")])
+        project_name=project,
+        target_uri="oss://media/out/never.zip",
+        sources=[m.CreateFileCompressionTaskRequestSources(uri="oss://media/absent/")],
+    )
     task_id = sdk.create_file_compression_task(request).body.task_id
     body = wait_terminal(sdk, task_id, "FileCompression")
     assert body.status == "Failed" and body.code == "ResourceNotFound"
@@ -102,24 +124,32 @@ def test_missing_source_fails_with_code_and_writes_nothing(stack: Stack, sdk: Im
     assert not (stack.data_dir / "oss/media/out/never.zip").exists()
 
 
-def test_list_tasks_filters_and_paging_through_the_sdk(stack: Stack, sdk: ImmSdk,
-                                                       project: str) -> None:
+def test_list_tasks_filters_and_paging_through_the_sdk(
+    stack: Stack, sdk: ImmSdk, project: str
+) -> None:
     ids = {diagnostic(stack, "Noop") for _ in range(5)}
     for task_id in ids:
         wait_terminal(sdk, task_id, "Diagnostic")
     seen: list[str] = []
     token = None
     while True:
-        page = sdk.list_tasks(m.ListTasksRequest(project_name=project, max_results=2,
-                                                 next_token=token, task_types=["Diagnostic"],
-                                                 status="Succeeded")).body
+        page = sdk.list_tasks(
+            m.ListTasksRequest(
+                project_name=project,
+                max_results=2,
+                next_token=token,
+                task_types=["Diagnostic"],
+                status="Succeeded",
+            )
+        ).body
         seen += [t.task_id for t in page.tasks]
         token = page.next_token
         if not token:
             break
     assert ids <= set(seen) and seen == sorted(seen)
-    newest = sdk.list_tasks(m.ListTasksRequest(project_name=project, sort="StartTime",
-                                               order="desc", max_results=1)).body
+    newest = sdk.list_tasks(
+        m.ListTasksRequest(project_name=project, sort="StartTime", order="desc", max_results=1)
+    ).body
     assert newest.max_results == "1" and len(newest.tasks) == 1
 
 
@@ -128,8 +158,7 @@ def test_cancel_running_task(stack: Stack, sdk: ImmSdk, project: str, engine: En
     from tests.e2e.stack import KEY_ID, KEY_SECRET
 
     task_id = diagnostic(stack, "Sleep", seconds=15)
-    wait_until(lambda: get_task(sdk, task_id, "Diagnostic").progress > 0, 30,
-               what="task running")
+    wait_until(lambda: get_task(sdk, task_id, "Diagnostic").progress > 0, 30, what="task running")
     client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
     client.call("CancelTask", ProjectName=PROJECT, TaskId=task_id)
     body = get_task(sdk, task_id, "Diagnostic")
@@ -153,15 +182,19 @@ def _worker_pid(engine: Engine, task_id: str) -> int | None:
 
 def _events(engine: Engine, task_id: str) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(Event)
-                                .where(Event.task_id == task_id)).scalar() or 0)
+        return int(
+            conn.execute(
+                select(func.count()).select_from(Event).where(Event.task_id == task_id)
+            ).scalar()
+            or 0
+        )
 
 
-def test_sigkill_mid_task_still_succeeds_exactly_once(stack: Stack, sdk: ImmSdk, project: str,
-                                                     engine: Engine) -> None:
+def test_sigkill_mid_task_still_succeeds_exactly_once(
+    stack: Stack, sdk: ImmSdk, project: str, engine: Engine
+) -> None:
     task_id = diagnostic(stack, "Sleep", seconds=3)
-    wait_until(lambda: get_task(sdk, task_id, "Diagnostic").progress > 0, 30,
-               what="task running")
+    wait_until(lambda: get_task(sdk, task_id, "Diagnostic").progress > 0, 30, what="task running")
     pid = _worker_pid(engine, task_id)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the pool process running the job dies mid-task
@@ -173,8 +206,9 @@ def test_sigkill_mid_task_still_succeeds_exactly_once(stack: Stack, sdk: ImmSdk,
     assert _events(engine, task_id) == 1  # one terminal transition, one outbox event
 
 
-def test_poison_task_fails_after_max_attempts(stack: Stack, sdk: ImmSdk, project: str,
-                                              engine: Engine) -> None:
+def test_poison_task_fails_after_max_attempts(
+    stack: Stack, sdk: ImmSdk, project: str, engine: Engine
+) -> None:
     task_id = diagnostic(stack, "Crash")
     body = wait_terminal(sdk, task_id, "Diagnostic", timeout=90)
     assert body.status == "Failed" and body.code == "TaskMaxAttemptsExceeded"

@@ -26,8 +26,9 @@ def db(fresh_database: str) -> Database:
 
 
 def _create(db: Database, token: str | None) -> str:
-    spec = tasks.NewTask(task_type="Diagnostic", queue="default", request={"Mode": "Noop"},
-                         client_token=token)
+    spec = tasks.NewTask(
+        task_type="Diagnostic", queue="default", request={"Mode": "Noop"}, client_token=token
+    )
     with db.session() as s:
         project = projects.get_project(s, "owner", "p")
         task, _ = tasks.create(s, project, spec, request_id="r")
@@ -68,6 +69,13 @@ def test_tag_selector_runs_in_postgres(db: Database) -> None:
         project = projects.get_project(s, "owner", "p")
         tagged, _ = tasks.create(s, project, spec, request_id="r")
         _create(db, None)
-        rows, _ = tasks.list_tasks(s, project, tasks.TaskFilter(tag=("k", "v")), sort="TaskId",
-                                   order="asc", max_results=10, next_token="")
+        rows, _ = tasks.list_tasks(
+            s,
+            project,
+            tasks.TaskFilter(tag=("k", "v")),
+            sort="TaskId",
+            order="asc",
+            max_results=10,
+            next_token="",
+        )
         assert [r.id for r in rows] == [tagged.id]

@@ -16,8 +16,13 @@ def error_of(call: object) -> ClientError:
 
 
 def test_project_lifecycle(imm: ImmClient) -> None:
-    created = imm.call("CreateProject", ProjectName="p1", Description="first",
-                       Tag=[{"Key": "env", "Value": "test"}], DatasetMaxFileCount=5)
+    created = imm.call(
+        "CreateProject",
+        ProjectName="p1",
+        Description="first",
+        Tag=[{"Key": "env", "Value": "test"}],
+        DatasetMaxFileCount=5,
+    )
     project = created["Project"]
     assert created["RequestId"]
     assert project["ProjectName"] == "p1" and project["Description"] == "first"
@@ -38,13 +43,18 @@ def test_duplicate_and_invalid_names(imm: ImmClient) -> None:
     imm.call("CreateProject", ProjectName="dup")
     err = error_of(lambda: imm.call("CreateProject", ProjectName="dup"))
     assert err.code == "ResourceAlreadyExists" and err.status == 409
-    assert error_of(lambda: imm.call("CreateProject", ProjectName="1bad")).code == \
-        "InvalidProjectName"
-    assert error_of(lambda: imm.call("CreateProject", ProjectName="x" * 129)).code == \
-        "InvalidProjectName"
+    assert (
+        error_of(lambda: imm.call("CreateProject", ProjectName="1bad")).code == "InvalidProjectName"
+    )
+    assert (
+        error_of(lambda: imm.call("CreateProject", ProjectName="x" * 129)).code
+        == "InvalidProjectName"
+    )
     assert error_of(lambda: imm.call("CreateProject")).code == "MissingProjectName"
-    assert error_of(lambda: imm.call("CreateProject", ProjectName="ok",
-                                     Tag="{not json")).code == "InvalidJSON"
+    assert (
+        error_of(lambda: imm.call("CreateProject", ProjectName="ok", Tag="{not json")).code
+        == "InvalidJSON"
+    )
     err = error_of(lambda: imm.call("CreateProject", ProjectName="ok", Bogus="1"))
     assert err.code == "InvalidArgument" and "Bogus" in str(err)
     assert error_of(lambda: imm.call("NoSuchAction")).code == "InvalidAction.NotFound"
@@ -52,8 +62,10 @@ def test_duplicate_and_invalid_names(imm: ImmClient) -> None:
 
 def test_owners_are_isolated(imm: ImmClient, imm_other: ImmClient) -> None:
     imm.call("CreateProject", ProjectName="mine")
-    assert error_of(lambda: imm_other.call("GetProject", ProjectName="mine")).code == \
-        "ResourceNotFound"
+    assert (
+        error_of(lambda: imm_other.call("GetProject", ProjectName="mine")).code
+        == "ResourceNotFound"
+    )
     imm_other.call("CreateProject", ProjectName="mine")  # same name, other owner: fine
     assert [p["ProjectName"] for p in imm_other.call("ListProjects")["Projects"]] == ["mine"]
 
@@ -71,25 +83,30 @@ def test_list_projects_paging_and_prefix(imm: ImmClient) -> None:
         names += [p["ProjectName"] for p in page["Projects"]]
         token = page["NextToken"]
     assert names == [f"proj{i}" for i in range(5)]
-    assert error_of(lambda: imm.call("ListProjects", NextToken="!!!")).code == \
-        "InvalidNextToken"
+    assert error_of(lambda: imm.call("ListProjects", NextToken="!!!")).code == "InvalidNextToken"
 
 
 def test_dataset_lifecycle_and_delete_conflict(imm: ImmClient) -> None:
     imm.call("CreateProject", ProjectName="p")
-    dataset = imm.call("CreateDataset", ProjectName="p", DatasetName="d",
-                       TemplateId="Official:FaceManagement")["Dataset"]
+    dataset = imm.call(
+        "CreateDataset", ProjectName="p", DatasetName="d", TemplateId="Official:FaceManagement"
+    )["Dataset"]
     assert dataset["DatasetName"] == "d" and dataset["TemplateId"] == "Official:FaceManagement"
     assert dataset["ProjectName"] == "p" and dataset["DatasetMaxBindCount"] == 10
-    assert error_of(lambda: imm.call("CreateDataset", ProjectName="p",
-                                     DatasetName="d")).code == "ResourceAlreadyExists"
-    assert error_of(lambda: imm.call("CreateDataset", ProjectName="nope",
-                                     DatasetName="d")).code == "ResourceNotFound"
+    assert (
+        error_of(lambda: imm.call("CreateDataset", ProjectName="p", DatasetName="d")).code
+        == "ResourceAlreadyExists"
+    )
+    assert (
+        error_of(lambda: imm.call("CreateDataset", ProjectName="nope", DatasetName="d")).code
+        == "ResourceNotFound"
+    )
     imm.call("UpdateDataset", ProjectName="p", DatasetName="d", Description="faces")
     got = imm.call("GetDataset", ProjectName="p", DatasetName="d")["Dataset"]
     assert got["Description"] == "faces"
-    assert [d["DatasetName"] for d in imm.call("ListDatasets", ProjectName="p")["Datasets"]] \
-        == ["d"]
+    assert [d["DatasetName"] for d in imm.call("ListDatasets", ProjectName="p")["Datasets"]] == [
+        "d"
+    ]
     err = error_of(lambda: imm.call("DeleteProject", ProjectName="p"))
     assert err.code == "StatusConflict"
     imm.call("DeleteDataset", ProjectName="p", DatasetName="d")

@@ -28,8 +28,11 @@ def task_count(imm: ImmClient) -> int:
 
 
 def compress(imm: ImmClient, **extra: object) -> dict[str, object]:
-    params: dict[str, object] = {"ProjectName": "p", "Sources": SOURCES,
-                                 "TargetURI": "oss://bucket/out.zip"}
+    params: dict[str, object] = {
+        "ProjectName": "p",
+        "Sources": SOURCES,
+        "TargetURI": "oss://bucket/out.zip",
+    }
     params.update(extra)
     return imm.call("CreateFileCompressionTask", **params)
 
@@ -38,36 +41,48 @@ def test_create_returns_ids_and_get_task_reads_back(imm: ImmClient, project: str
     created = compress(imm, UserData="u" * 2048)
     assert created["TaskId"].startswith("FileCompression-")
     assert len(created["EventId"].split("-")[1]) == 25
-    task = imm.call("GetTask", ProjectName=project, TaskType="FileCompression",
-                    TaskId=created["TaskId"], RequestDefinition=True)
+    task = imm.call(
+        "GetTask",
+        ProjectName=project,
+        TaskType="FileCompression",
+        TaskId=created["TaskId"],
+        RequestDefinition=True,
+    )
     assert task["Status"] == "Running" and task["Progress"] == 0
     assert task["UserData"] == "u" * 2048 and task["EventId"] == created["EventId"]
     assert task["StartTime"].endswith("Z") and task["EndTime"] == ""
     assert json.loads(task["TaskRequestDefinition"])["TargetURI"] == "oss://bucket/out.zip"
-    err = error_of(lambda: imm.call("GetTask", ProjectName=project, TaskType="Highlight",
-                                    TaskId=created["TaskId"]))
+    err = error_of(
+        lambda: imm.call(
+            "GetTask", ProjectName=project, TaskType="Highlight", TaskId=created["TaskId"]
+        )
+    )
     assert err.code == "ResourceNotFound"
 
 
-@pytest.mark.parametrize(("params", "code"), [
-    ({"TargetURI": None}, "MissingTargetURI"),
-    ({"Sources": "[{"}, "InvalidJSON"),
-    ({"Sources": {"URI": "x"}}, "InvalidJSON"),
-    ({"UserData": "u" * 2049}, "InvalidUserData"),
-    ({"TargetURI": "oss://bucket/../etc/passwd"}, "InvalidURI"),
-    ({"Sources": [{"URI": "oss://bucket/a/../../x"}]}, "InvalidURI"),
-    ({"Sources": [{"URI": "file:///etc/passwd"}]}, "InvalidURI"),
-    ({"Sources": [{"URI": "http://127.0.0.1/secret"}]}, "InvalidURI"),
-    ({"Sources": [{"URI": "http://169.254.169.254/latest/meta-data"}]}, "InvalidURI"),
-    ({"Sources": [{"URI": "oss://bucket/x", "Mode": "regex"}]}, "InvalidSources"),
-    ({"Sources": [{"URI": f"oss://bucket/{i}"} for i in range(101)]}, "InvalidSources"),
-    ({"CompressedFormat": "rar"}, "InvalidCompressedFormat"),
-    ({"Notification": {"Kafka": {}}}, "InvalidNotification"),
-    ({"ProjectName": "missing"}, "ResourceNotFound"),
-    ({"Extra": "1"}, "InvalidArgument"),
-])
-def test_bad_input_is_refused_and_nothing_written(imm: ImmClient, project: str,
-                                                  params: dict[str, object], code: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"TargetURI": None}, "MissingTargetURI"),
+        ({"Sources": "[{"}, "InvalidJSON"),
+        ({"Sources": {"URI": "x"}}, "InvalidJSON"),
+        ({"UserData": "u" * 2049}, "InvalidUserData"),
+        ({"TargetURI": "oss://bucket/../etc/passwd"}, "InvalidURI"),
+        ({"Sources": [{"URI": "oss://bucket/a/../../x"}]}, "InvalidURI"),
+        ({"Sources": [{"URI": "file:///etc/passwd"}]}, "InvalidURI"),
+        ({"Sources": [{"URI": "http://127.0.0.1/secret"}]}, "InvalidURI"),
+        ({"Sources": [{"URI": "http://169.254.169.254/latest/meta-data"}]}, "InvalidURI"),
+        ({"Sources": [{"URI": "oss://bucket/x", "Mode": "regex"}]}, "InvalidSources"),
+        ({"Sources": [{"URI": f"oss://bucket/{i}"} for i in range(101)]}, "InvalidSources"),
+        ({"CompressedFormat": "rar"}, "InvalidCompressedFormat"),
+        ({"Notification": {"Kafka": {}}}, "InvalidNotification"),
+        ({"ProjectName": "missing"}, "ResourceNotFound"),
+        ({"Extra": "1"}, "InvalidArgument"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_written(
+    imm: ImmClient, project: str, params: dict[str, object], code: str
+) -> None:
     with pytest.raises(ClientError) as info:
         compress(imm, **params)
     assert info.value.code == code, info.value.body
@@ -88,8 +103,10 @@ def test_client_token_makes_create_idempotent(imm: ImmClient, project: str) -> N
 
 
 def test_list_tasks_filters_sort_and_paging(imm: ImmClient, project: str) -> None:
-    ids = [imm.call("CreateDiagnosticTask", ProjectName=project, Tags={"batch": str(i % 2)})
-           ["TaskId"] for i in range(5)]
+    ids = [
+        imm.call("CreateDiagnosticTask", ProjectName=project, Tags={"batch": str(i % 2)})["TaskId"]
+        for i in range(5)
+    ]
     ids += [compress(imm)["TaskId"]]
     all_ids = sorted(ids)
     seen: list[str] = []
@@ -110,16 +127,28 @@ def test_list_tasks_filters_sort_and_paging(imm: ImmClient, project: str) -> Non
     assert sorted(t["TaskId"] for t in tagged) == sorted([ids[1], ids[3]])
     assert all(t["Tags"] == {"batch": "1"} for t in tagged)
     by_start = imm.call("ListTasks", ProjectName=project, Sort="StartTime", MaxResults=3)
-    more = imm.call("ListTasks", ProjectName=project, Sort="StartTime", MaxResults=3,
-                    NextToken=by_start["NextToken"])
+    more = imm.call(
+        "ListTasks",
+        ProjectName=project,
+        Sort="StartTime",
+        MaxResults=3,
+        NextToken=by_start["NextToken"],
+    )
     assert [t["TaskId"] for t in by_start["Tasks"] + more["Tasks"]] == ids
-    window = imm.call("ListTasks", ProjectName=project,
-                      StartTimeRange={"Start": "2000-01-01T00:00:00Z", "End": "2001-01-01T00:00:00Z"})
+    window = imm.call(
+        "ListTasks",
+        ProjectName=project,
+        StartTimeRange={"Start": "2000-01-01T00:00:00Z", "End": "2001-01-01T00:00:00Z"},
+    )
     assert window["Tasks"] == []
-    assert error_of(lambda: imm.call("ListTasks", ProjectName=project, MaxResults=101)).code \
+    assert (
+        error_of(lambda: imm.call("ListTasks", ProjectName=project, MaxResults=101)).code
         == "InvalidMaxResults"
-    assert error_of(lambda: imm.call("ListTasks", ProjectName=project, Status="Queued")).code \
+    )
+    assert (
+        error_of(lambda: imm.call("ListTasks", ProjectName=project, Status="Queued")).code
         == "InvalidStatus"
+    )
 
 
 def test_cancel_task(imm: ImmClient, project: str) -> None:
@@ -134,8 +163,13 @@ def test_cancel_task(imm: ImmClient, project: str) -> None:
 
 
 def test_long_query_string_is_accepted(imm: ImmClient, project: str) -> None:
-    sources = [{"URI": f"oss://bucket/a/rather/long/prefix/for/every/one/of/the/files/file-{i:04d}.jpg",
-                "Alias": f"/renamed/with/a/long/alias/in/the/archive/for/this/file/number-{i:04d}.jpg"} for i in range(100)]
+    sources = [
+        {
+            "URI": f"oss://bucket/a/rather/long/prefix/for/every/one/of/the/files/file-{i:04d}.jpg",
+            "Alias": f"/renamed/with/a/long/alias/in/the/archive/for/this/file/number-{i:04d}.jpg",
+        }
+        for i in range(100)
+    ]
     assert len(json.dumps(sources)) > 16_000
     assert compress(imm, Sources=sources)["TaskId"]
 

@@ -25,17 +25,31 @@ class _SdkRequest:
         self.method, self.pathname, self.query, self.headers = "POST", "/", query, headers
 
 
-def sdk_signed(query: dict[str, str], *, key: str = "AK1", secret: str = "secret-1",
-               when: datetime = NOW, body: bytes = b"") -> auth.SignedRequest:
+def sdk_signed(
+    query: dict[str, str],
+    *,
+    key: str = "AK1",
+    secret: str = "secret-1",
+    when: datetime = NOW,
+    body: bytes = b"",
+) -> auth.SignedRequest:
     headers = {
-        "host": "127.0.0.1:8080", "x-acs-version": "2020-09-30", "x-acs-action": "GetTask",
-        "x-acs-date": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "x-acs-signature-nonce": "n1",
-        "accept": "application/json", "user-agent": "sdk",
+        "host": "127.0.0.1:8080",
+        "x-acs-version": "2020-09-30",
+        "x-acs-action": "GetTask",
+        "x-acs-date": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "x-acs-signature-nonce": "n1",
+        "accept": "application/json",
+        "user-agent": "sdk",
         "x-acs-content-sha256": hashlib.sha256(body).hexdigest(),
     }
     headers["authorization"] = SdkUtils.get_authorization(
-        _SdkRequest(query, headers), "ACS3-HMAC-SHA256", headers["x-acs-content-sha256"],
-        key, secret)
+        _SdkRequest(query, headers),
+        "ACS3-HMAC-SHA256",
+        headers["x-acs-content-sha256"],
+        key,
+        secret,
+    )
     return auth.SignedRequest("POST", "/", query, headers, body)
 
 
@@ -83,11 +97,13 @@ def test_body_must_match_its_declared_hash() -> None:
 
 
 def test_unsigned_payload_only_where_allowed() -> None:
-    headers = {"host": "h", "x-acs-date": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
-               "x-acs-content-sha256": auth.UNSIGNED_PAYLOAD}
+    headers = {
+        "host": "h",
+        "x-acs-date": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "x-acs-content-sha256": auth.UNSIGNED_PAYLOAD,
+    }
     request = auth.SignedRequest("PUT", "/oss/b/k", {}, headers, b"")
     headers["authorization"] = auth.sign(request, "AK1", "secret-1", sorted(headers))
     with pytest.raises(SignatureDoesNotMatch):
         verify(request)
-    assert auth.verify(request, KEYS, now=NOW, max_skew=900,
-                       allow_unsigned_payload=True) == "AK1"
+    assert auth.verify(request, KEYS, now=NOW, max_skew=900, allow_unsigned_payload=True) == "AK1"
