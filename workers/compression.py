@@ -8,9 +8,11 @@ directory and stored with one atomic put, so a failed or cancelled job leaves no
 
 from __future__ import annotations
 
+import json
 import posixpath
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidArgument, LimitExceeded, ResourceNotFound
@@ -22,6 +24,9 @@ MAX_ENTRIES = 80_000  # IMM's SourceManifestURI limit
 
 @dataclass(frozen=True)
 class Entry:
+    """One archive member. ``bucket`` is empty for file:// and http(s):// sources (an
+    openimm extension), which are fetched through ``MediaIO`` with its root/size limits."""
+
     bucket: str
     key: str
     arcname: str
@@ -37,11 +42,11 @@ def process(ctx: JobContext) -> dict[str, Any]:
     done = 0
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for entry in entries:
-            local = ctx.workdir / "object"
-            ctx.store.get_to_file(entry.bucket, entry.key, local)
+            local = _materialize(ctx, entry)
             zf.write(local, entry.arcname)
-            local.unlink()
-            done += entry.size
+            done += entry.size or local.stat().st_size
+            if local.parent == ctx.workdir / "fetch":
+                local.unlink()
             ctx.progress(int(95 * done / total))
     ctx.progress(97, force=True)
     ctx.store.put_file(target_bucket, target_key, archive)
@@ -52,13 +57,21 @@ def process(ctx: JobContext) -> dict[str, Any]:
     }
 
 
+def _materialize(ctx: JobContext, entry: Entry) -> Path:
+    fetch_dir = ctx.workdir / "fetch"
+    fetch_dir.mkdir(exist_ok=True)
+    if not entry.bucket:
+        return ctx.media.fetch(entry.key, fetch_dir)
+    local = fetch_dir / "object"
+    ctx.store.get_to_file(entry.bucket, entry.key, local)
+    return local
+
+
 def _sources(ctx: JobContext) -> list[dict[str, Any]]:
     if ctx.request.get("Sources"):
         return list(ctx.request["Sources"])
     manifest = ctx.request.get("SourceManifestURI", "")
     bucket, key = parse_oss_uri(manifest)
-    import json
-
     try:
         data = json.loads(ctx.store.get_bytes(bucket, key))
     except ValueError:
@@ -87,6 +100,10 @@ def plan(ctx: JobContext, sources: list[dict[str, Any]]) -> list[Entry]:
 
 def _resolve(ctx: JobContext, source: dict[str, Any]) -> list[Entry]:
     uri = str(source["URI"])
+    alias = source.get("Alias") or ""
+    if not uri.startswith("oss://"):
+        name = posixpath.basename(uri.split("?", 1)[0].rstrip("/")) or "download"
+        return [Entry("", uri, _arcname("", name, alias, 1), 0)]
     mode = source.get("Mode") or "prefix"
     bucket, key = parse_oss_prefix(uri)
     if mode == "fullname":
@@ -96,11 +113,12 @@ def _resolve(ctx: JobContext, source: dict[str, Any]) -> list[Entry]:
         matches = [(o.key, o.size) for o in ctx.store.list(bucket, key)]
     if not matches:
         raise ResourceNotFound("file", uri)
-    alias = source.get("Alias") or ""
     return [Entry(bucket, k, _arcname(key, k, alias, len(matches)), size) for k, size in matches]
 
 
 def _arcname(prefix: str, key: str, alias: str, count: int) -> str:
+    if ".." in alias.split("/"):
+        raise InvalidArgument(f"Alias {alias!r} must not contain '..'.")
     if not alias:
         name = key
     elif alias.endswith("/") or count > 1:
@@ -110,6 +128,6 @@ def _arcname(prefix: str, key: str, alias: str, count: int) -> str:
     else:
         name = alias
     name = posixpath.normpath("/" + name).lstrip("/")
-    if not name or name.startswith("..") or "/../" in f"/{name}/":
-        raise InvalidArgument(f"Alias {alias!r} produces an invalid path in the archive.")
+    if not name:
+        raise InvalidArgument(f"Alias {alias!r} produces an empty path in the archive.")
     return name

@@ -207,8 +207,9 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
             raise InvalidParameter("Sources", f"Unknown field(s) {', '.join(sorted(unknown))}.")
         if src.get("Mode", "prefix") not in ("prefix", "fullname"):
             raise InvalidParameter("Sources", "Mode must be prefix or fullname.")
-        if src.get("Alias") and not str(src["Alias"]).startswith("/"):
-            raise InvalidParameter("Sources", "Alias must start with '/'.")
+        alias = str(src.get("Alias") or "")
+        if alias and (not alias.startswith("/") or ".." in alias.split("/")):
+            raise InvalidParameter("Sources", "Alias must start with '/' and not contain '..'.")
         _check_source_uri(src["URI"], svc)
     return sources
 

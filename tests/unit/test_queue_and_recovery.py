@@ -1,0 +1,55 @@
+"""Broker-side behaviour without servers: Redis transport on fakeredis, embedded filesystem
+broker depth, and the embedded restart recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from kombu.transport import redis as kombu_redis
+
+from pipeline import migrate, projects, queue, tasks
+from pipeline.db import Database
+from pipeline.server import recover_embedded
+from pipeline.settings import Settings
+
+
+def test_redis_path_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    server = fakeredis.FakeServer()
+
+    def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
+        return fakeredis.FakeRedis(server=server)
+
+    monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
+    settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
+    app = queue.make_celery(settings)
+    for i in range(3):
+        queue.enqueue(app, f"FileCompression-{i}", "FileCompression", "archive", settings)
+    assert queue.queue_depths(app, settings)["archive"] == 3
+    raw = fakeredis.FakeRedis(server=server).lindex("archive", 0)
+    assert raw is not None and b"openimm.run" in raw
+
+
+def test_filesystem_broker_depth_and_recovery(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)  # the embedded default: SQLite + filesystem broker
+    migrate.upgrade(settings.db_url)
+    db = Database.from_settings(settings)
+    with db.session() as s:
+        project = projects.create_project(s, "o", "p", {})
+        ids = [
+            tasks.create(s, project, tasks.NewTask("Diagnostic", "default", {}), request_id="r")[
+                0
+            ].id
+            for _ in range(3)
+        ]
+    app = queue.make_celery(settings)
+    queue.enqueue(app, ids[0], "Diagnostic", "default", settings)  # still queued
+    with db.session() as s:
+        tasks.finalize(s, ids[2], tasks.SUCCEEDED)  # finished: must not come back
+    assert queue.queue_depths(app, settings)["default"] == 1
+    # ids[1] is Running but its message is gone (the machine stopped mid-job)
+    assert recover_embedded(settings, db) == 1
+    assert queue.queue_depths(app, settings)["default"] == 2
+    assert recover_embedded(settings, db) == 0  # idempotent
