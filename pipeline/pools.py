@@ -29,20 +29,27 @@ class Snapshot:
 
 def snapshot(settings: Settings) -> Snapshot:
     app = queue.make_celery(settings)
-    inspect = app.control.inspect(timeout=CONTROL_TIMEOUT)
-    stats = inspect.stats() or {}
+    stats = app.control.inspect(timeout=CONTROL_TIMEOUT).stats() or {}
+    # Now that we know how many workers exist, stop waiting as soon as all have answered.
+    inspect = app.control.inspect(timeout=CONTROL_TIMEOUT, limit=len(stats) or None)
     active = inspect.active() or {}
     consumers = inspect.active_queues() or {}
     pools = [
         PoolInfo(
             worker=name,
             queues=sorted(q["name"] for q in consumers.get(name, [])),
-            concurrency=int(info.get("pool", {}).get("max-concurrency", 0)),
+            concurrency=_processes(info),
             active=[t["id"] for t in active.get(name, [])],
         )
         for name, info in sorted(stats.items())
     ]
     return Snapshot(depths=queue.queue_depths(app, settings), pools=pools)
+
+
+def _processes(stats: dict[str, Any]) -> int:
+    pool = stats.get("pool", {})
+    # Live pool processes (changes with grow/shrink); max-concurrency is the start value.
+    return len(pool.get("processes", [])) or int(pool.get("max-concurrency", 0))
 
 
 def render(snap: Snapshot) -> str:
