@@ -76,8 +76,10 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name) for name in all_queues(settings)],
         task_serializer="json",
         accept_content=["json"],
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost several broker publishes per job; Flower switches them on at run
+        # time (enable_events) when it is watching, so they stay off by default.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

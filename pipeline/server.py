@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ from pipeline.models import Task
 from pipeline.settings import Settings
 
 log = logging.getLogger("openimm.server")
-# Long IMM query strings (BatchIndexFileMeta with 100 files) exceed h11's 16 KiB default.
+# Long IMM query strings (BatchIndexFileMeta with 100 files) exceed h11's 16 KiB default;
+# httptools (the C parser, used when installed) has no such limit.
 MAX_REQUEST_HEAD_BYTES = 4 << 20
 WORKER_RESTART_DELAY = 2.0
 WORKER_STOP_GRACE = 30.0
@@ -34,7 +36,8 @@ def run_api(settings: Settings) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        http="h11",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         log_level="warning",
         access_log=False,

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = 2
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
+    task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)
 

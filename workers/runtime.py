@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,66 +64,78 @@ def state(settings: Settings) -> WorkerState:
     return _state
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What one delivery knows about its task after claiming it."""
+
+    task_id: str
+    task_type: str
+    request: dict[str, Any]
+    attempts: int
+    started_at: datetime
+
+
 def run(task_id: str, settings: Settings) -> str:
     """Execute one delivery; returns the outcome (for logs and tests)."""
     st = state(settings)
     with st.db.session() as session:
         task = tasks.claim(session, task_id, st.name)
-        snapshot = None if task is None else (task.task_type, dict(task.request), task.attempts)
-    if snapshot is None:
-        return "skipped"  # already terminal: a redelivery after success, or cancelled
-    task_type, request, attempts = snapshot
-    if attempts > settings.max_attempts:
-        # Every earlier delivery killed its worker process: a poison job. Stop the loop.
-        return _finish(
-            st,
-            task_id,
-            tasks.FAILED,
-            code=TASK_MAX_ATTEMPTS,
-            message=(
-                f"The task was attempted {attempts - 1} times and each attempt lost its worker "
-                f"process (crash or out of memory); giving up after {settings.max_attempts}."
-            ),
+        job = (
+            None
+            if task is None
+            else Claimed(
+                task.id, task.task_type, dict(task.request), task.attempts, task.start_time
+            )
         )
-    return _process(st, task_id, task_type, request)
+    if job is None:
+        return "skipped"  # already terminal: a redelivery after success, or cancelled
+    if job.attempts > settings.max_attempts:
+        # Every earlier delivery killed its worker process: a poison job. Stop the loop.
+        message = (
+            f"The task was attempted {job.attempts - 1} times and each attempt lost its "
+            f"worker process (crash or out of memory); giving up after "
+            f"{settings.max_attempts}."
+        )
+        return _finish(st, job, tasks.FAILED, code=TASK_MAX_ATTEMPTS, message=message)
+    return _process(st, job)
 
 
-def _process(st: WorkerState, task_id: str, task_type: str, request: dict[str, Any]) -> str:
-    workdir = Path(tempfile.mkdtemp(prefix=f"openimm-{task_id[:40]}-"))
+def _process(st: WorkerState, job: Claimed) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix=f"openimm-{job.task_id[:40]}-"))
     ctx = JobContext(
-        task_id=task_id,
-        task_type=task_type,
-        request=request,
+        task_id=job.task_id,
+        task_type=job.task_type,
+        request=job.request,
         settings=st.settings,
         store=st.store,
         media=st.media,
         workdir=workdir,
         device=st.device,
-        report=lambda pct: _report(st, task_id, pct),
+        report=lambda pct: _report(st, job.task_id, pct),
     )
     try:
-        result = registry.load(task_type)(ctx)
+        result = registry.load(job.task_type)(ctx)
     except Cancelled:
         return "cancelled"
     except SoftTimeLimitExceeded:
-        limit = st.settings.time_limit(task_type)
+        limit = st.settings.time_limit(job.task_type)
         return _finish(
             st,
-            task_id,
+            job,
             tasks.FAILED,
             code=TASK_TIME_LIMIT_EXCEEDED,
             message=f"The task exceeded its time limit of {limit} s.",
         )
     except ImmError as exc:
-        return _finish(st, task_id, tasks.FAILED, code=exc.code, message=exc.message)
+        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
     except Exception as exc:
-        log.exception("task %s failed", task_id)
+        log.exception("task %s failed", job.task_id)
         return _finish(
-            st, task_id, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
+            st, job, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return _finish(st, task_id, tasks.SUCCEEDED, result=result)
+    return _finish(st, job, tasks.SUCCEEDED, result=result)
 
 
 def _report(st: WorkerState, task_id: str, percent: int) -> bool:
@@ -132,7 +145,7 @@ def _report(st: WorkerState, task_id: str, percent: int) -> bool:
 
 def _finish(
     st: WorkerState,
-    task_id: str,
+    job: Claimed,
     status: str,
     *,
     code: str = "",
@@ -141,6 +154,12 @@ def _finish(
 ) -> str:
     with st.db.session() as session:
         changed = tasks.finalize(
-            session, task_id, status, code=code, message=message, result=result
+            session,
+            job.task_id,
+            status,
+            code=code,
+            message=message,
+            result=result,
+            started_at=job.started_at,
         )
     return status if changed else "superseded"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import credentials, migrate, queue
 from pipeline.api import objects, resource_actions, rpc, task_actions  # noqa: F401 (register)
@@ -50,7 +51,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         services.db.dispose()
 
     app = FastAPI(title="openimm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.middleware("http")(_request_id_middleware)
+    app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(ImmError, _imm_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(rpc.router)
@@ -60,13 +61,26 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     return app
 
 
-async def _request_id_middleware(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    request.state.request_id = request_id()
-    response = await call_next(request)
-    response.headers["x-acs-request-id"] = request.state.request_id
-    return response
+class RequestIdMiddleware:
+    """Give every request an IMM RequestId (``request.state.request_id``, echoed in the
+    ``x-acs-request-id`` header). Plain ASGI: BaseHTTPMiddleware costs a task per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-acs-request-id", rid.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def error_body(request: Request, code: str, message: str) -> dict[str, str]:

@@ -223,3 +223,28 @@ def test_sdk_errors_are_imm_shaped(sdk: ImmSdk, project: str) -> None:
         sdk.get_project(m.GetProjectRequest(project_name="does-not-exist"))
     assert info.value.code == "ResourceNotFound"
     assert info.value.data["RequestId"]
+
+
+def test_long_query_string_through_the_real_server(stack: Stack, sdk: ImmSdk, project: str) -> None:
+    # 100 sources with long names: a ~30 KB query string, beyond common 16 KiB header limits.
+    folder = stack.data_dir / "oss" / "media" / "many"
+    folder.mkdir(parents=True)
+    name = "a-rather-long-file-name-as-cameras-and-phones-like-to-produce"
+    for i in range(100):
+        (folder / f"{name}-{i:03d}.txt").write_text(str(i))
+    sources = [
+        m.CreateFileCompressionTaskRequestSources(
+            uri=f"oss://media/many/{name}-{i:03d}.txt",
+            mode="fullname",
+            alias=f"/renamed-in-the-archive/with-a-long-directory-name/{i:03d}.txt",
+        )
+        for i in range(100)
+    ]
+    task_id = sdk.create_file_compression_task(
+        m.CreateFileCompressionTaskRequest(
+            project_name=project, target_uri="oss://media/out/many.zip", sources=sources
+        )
+    ).body.task_id
+    assert wait_terminal(sdk, task_id, "FileCompression").status == "Succeeded"
+    archive = zipfile.ZipFile(stack.data_dir / "oss/media/out/many.zip")
+    assert len(archive.namelist()) == 100
