@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,10 @@ EVENT_TYPE_NAMES = {
     "PointCloudCompress": "PointCloudCompression",
 }
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+# The worker hot path (claim, finalize) uses Core statements on these tables: no ORM identity
+# map or entity construction per job.
+TASKS = cast(Table, Task.__table__)
+EVENTS = cast(Table, Event.__table__)
 
 
 @dataclass
@@ -215,17 +219,33 @@ def _after(sort: str, sort_col: Any, after: list[Any], desc: bool) -> ColumnElem
 # ---- worker-side transitions -------------------------------------------------------------
 
 
-def claim(session: Session, task_id_: str, worker: str) -> Task | None:
+@dataclass(frozen=True)
+class Claim:
+    """What one delivery learns when it claims its task."""
+
+    task_id: str
+    task_type: str
+    request: dict[str, Any]
+    attempts: int
+    start_time: datetime
+
+
+def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
     """Count one more attempt for a delivery; ``None`` when the task is already terminal
     (finished by an earlier delivery, or cancelled) so the redelivered message is dropped."""
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id_, Task.status == RUNNING)
-        .values(attempts=Task.attempts + 1, worker=worker, heartbeat_at=utcnow())
+    row = (
+        session.connection()
+        .execute(
+            TASKS.update()
+            .where(TASKS.c.id == task_id_, TASKS.c.status == RUNNING)
+            .values(attempts=TASKS.c.attempts + 1, worker=worker, heartbeat_at=utcnow())
+            .returning(
+                TASKS.c.id, TASKS.c.task_type, TASKS.c.request, TASKS.c.attempts, TASKS.c.start_time
+            )
+        )
+        .one_or_none()
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        return None
-    return session.get(Task, task_id_, populate_existing=True)
+    return None if row is None else Claim(*row)
 
 
 def set_progress(session: Session, task_id_: str, progress: int) -> bool:
@@ -246,12 +266,12 @@ def finalize(
     code: str = "",
     message: str = "",
     result: dict[str, Any] | None = None,
-    started_at: datetime | None = None,
+    started_at: datetime,
 ) -> bool:
     """Running → terminal, once. Writes the outbox event in the same transaction.
 
-    ``started_at`` (the task's StartTime, known to callers that loaded the task) lets the
-    duration be written in the same UPDATE: two statements per completion, not four.
+    ``started_at`` (the task's StartTime, known to every caller from its claim or read) lets
+    the duration be written in the same UPDATE: two statements per completion.
     """
     now = utcnow()
     values: dict[str, Any] = {
@@ -261,58 +281,82 @@ def finalize(
         "end_time": now,
         "heartbeat_at": now,
     }
-    if started_at is not None:
-        values["duration_ms"] = int((now - started_at).total_seconds() * 1000)
+    values["duration_ms"] = int((now - started_at).total_seconds() * 1000)
     if status == SUCCEEDED:
         values["progress"] = 100
     if result is not None:
         values["result"] = result
-    task = session.scalars(
-        update(Task)
-        .where(Task.id == task_id_, Task.status == RUNNING)
-        .values(**values)
-        .returning(Task)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if task is None:
+    row = (
+        session.connection()
+        .execute(
+            TASKS.update()
+            .where(TASKS.c.id == task_id_, TASKS.c.status == RUNNING)
+            .values(**values)
+            .returning(*EVENT_COLUMNS)
+        )
+        .one_or_none()
+    )
+    if row is None:
         return False
-    if task.duration_ms is None:
-        task.duration_ms = int((now - task.start_time).total_seconds() * 1000)
-    session.add(_terminal_event(task))
+    session.connection().execute(EVENTS.insert().values(**_terminal_event(row._mapping)))
     return True
 
 
-def _terminal_event(task: Task) -> Event:
-    topic = (task.notification.get("MNS") or {}).get("TopicName", "")
-    return Event(
-        id=task.event_id,
-        owner=task.owner,
-        project_name=task.project_name,
-        type=event_type(task.task_type),
-        task_id=task.id,
-        topic=topic,
-        content=message_content(task),
-        created_at=utcnow(),
+EVENT_COLUMNS = [
+    getattr(TASKS.c, name)
+    for name in (
+        "id",
+        "owner",
+        "project_name",
+        "dataset_name",
+        "task_type",
+        "status",
+        "code",
+        "message",
+        "start_time",
+        "end_time",
+        "user_data",
+        "request_id",
+        "event_id",
+        "notification",
+        "result",
     )
+]
 
 
-def message_content(task: Task) -> dict[str, Any]:
+def _terminal_event(task: Any) -> dict[str, Any]:
+    """The outbox row for a terminal task (``task`` is a Task or a row with its columns)."""
+    notification = task["notification"] or {}
+    topic = (notification.get("MNS") or {}).get("TopicName", "")
+    return {
+        "id": task["event_id"],
+        "owner": task["owner"],
+        "project_name": task["project_name"],
+        "type": event_type(task["task_type"]),
+        "task_id": task["id"],
+        "topic": topic,
+        "content": message_content(task),
+        "created_at": utcnow(),
+    }
+
+
+def message_content(task: Any) -> dict[str, Any]:
     """Layer 3 of the IMM notification: the common keys, then task-specific results."""
     content: dict[str, Any] = {
-        "ProjectName": task.project_name,
-        "DatasetName": task.dataset_name,
-        "RequestId": task.request_id,
-        "StartTime": task_time(task.start_time),
-        "EndTime": task_time(task.end_time),
-        "UserData": task.user_data,
-        "TaskType": task.task_type,
-        "TaskId": task.id,
-        "Status": task.status,
-        "Code": task.code,
-        "Message": task.message,
+        "ProjectName": task["project_name"],
+        "DatasetName": task["dataset_name"],
+        "RequestId": task["request_id"],
+        "StartTime": task_time(task["start_time"]),
+        "EndTime": task_time(task["end_time"]),
+        "UserData": task["user_data"],
+        "TaskType": task["task_type"],
+        "TaskId": task["id"],
+        "Status": task["status"],
+        "Code": task["code"],
+        "Message": task["message"],
         "EventSourceId": "",
     }
-    content.update(task.result or {})
+    content.update(task["result"] or {})
     return content
 
 
@@ -328,4 +372,5 @@ def cancel(session: Session, project: Project, task_id_: str) -> Task:
         started_at=task.start_time,
     ):
         raise StatusConflict(f"Message: the task is already {task.status}.")
-    return get(session, project, task_id_)
+    session.refresh(task)  # the UPDATE ran in Core; reload the ORM copy
+    return task

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +33,25 @@ class JobContext:
     settings: Settings
     store: ObjectStore
     media: MediaIO
-    workdir: Path
+    workroot: Path  # parent for this job's scratch directory, created on first use
     device: str
     report: Callable[[int], bool]
     _last_report: float = field(default=0.0, repr=False)
+
+    _workdir: Path | None = field(default=None, repr=False)
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch directory for this job (removed when the job ends, whatever the outcome)."""
+        if self._workdir is None:
+            self._workdir = Path(
+                tempfile.mkdtemp(prefix=f"openimm-{self.task_id[:40]}-", dir=self.workroot)
+            )
+        return self._workdir
+
+    def cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def progress(self, percent: int, *, force: bool = False) -> None:
         now = time.monotonic()

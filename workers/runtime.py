@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,29 +62,11 @@ def state(settings: Settings) -> WorkerState:
     return _state
 
 
-@dataclass(frozen=True)
-class Claimed:
-    """What one delivery knows about its task after claiming it."""
-
-    task_id: str
-    task_type: str
-    request: dict[str, Any]
-    attempts: int
-    started_at: datetime
-
-
 def run(task_id: str, settings: Settings) -> str:
     """Execute one delivery; returns the outcome (for logs and tests)."""
     st = state(settings)
     with st.db.session() as session:
-        task = tasks.claim(session, task_id, st.name)
-        job = (
-            None
-            if task is None
-            else Claimed(
-                task.id, task.task_type, dict(task.request), task.attempts, task.start_time
-            )
-        )
+        job = tasks.claim(session, task_id, st.name)
     if job is None:
         return "skipped"  # already terminal: a redelivery after success, or cancelled
     if job.attempts > settings.max_attempts:
@@ -100,8 +80,7 @@ def run(task_id: str, settings: Settings) -> str:
     return _process(st, job)
 
 
-def _process(st: WorkerState, job: Claimed) -> str:
-    workdir = Path(tempfile.mkdtemp(prefix=f"openimm-{job.task_id[:40]}-"))
+def _process(st: WorkerState, job: tasks.Claim) -> str:
     ctx = JobContext(
         task_id=job.task_id,
         task_type=job.task_type,
@@ -109,7 +88,7 @@ def _process(st: WorkerState, job: Claimed) -> str:
         settings=st.settings,
         store=st.store,
         media=st.media,
-        workdir=workdir,
+        workroot=Path(tempfile.gettempdir()),
         device=st.device,
         report=lambda pct: _report(st, job.task_id, pct),
     )
@@ -134,7 +113,7 @@ def _process(st: WorkerState, job: Claimed) -> str:
             st, job, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
         )
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        ctx.cleanup()
     return _finish(st, job, tasks.SUCCEEDED, result=result)
 
 
@@ -145,7 +124,7 @@ def _report(st: WorkerState, task_id: str, percent: int) -> bool:
 
 def _finish(
     st: WorkerState,
-    job: Claimed,
+    job: tasks.Claim,
     status: str,
     *,
     code: str = "",
@@ -160,6 +139,6 @@ def _finish(
             code=code,
             message=message,
             result=result,
-            started_at=job.started_at,
+            started_at=job.start_time,
         )
     return status if changed else "superseded"

@@ -45,10 +45,12 @@ def test_concurrent_retries_with_one_client_token_create_one_task(db: Database) 
 
 def test_concurrent_finalizers_end_a_task_once_with_one_event(db: Database) -> None:
     task_id = _create(db, None)
+    with db.session() as s:
+        started = s.get(Task, task_id).start_time  # type: ignore[union-attr]
 
     def finish(status: str) -> bool:
         with db.session() as s:
-            return tasks.finalize(s, task_id, status, result={"by": status})
+            return tasks.finalize(s, task_id, status, result={"by": status}, started_at=started)
 
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(finish, ["Succeeded", "Failed"] * 8))
@@ -57,6 +59,7 @@ def test_concurrent_finalizers_end_a_task_once_with_one_event(db: Database) -> N
         task = s.get(Task, task_id)
         assert task is not None and task.status in ("Succeeded", "Failed")
         assert task.result == {"by": task.status}
+        assert task.duration_ms is not None and task.duration_ms >= 0
         events = s.scalars(select(Event).where(Event.task_id == task_id)).all()
         assert len(events) == 1 and events[0].id == task.event_id
         assert events[0].content["Status"] == task.status

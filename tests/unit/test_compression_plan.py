@@ -29,7 +29,7 @@ def make_ctx(tmp_path: Path, request: dict[str, Any], report: Any = None) -> Job
         settings=settings,
         store=store,
         media=MediaIO(settings, store),
-        workdir=work,
+        workroot=work,
         device="cpu",
         report=report or (lambda pct: True),
     )

@@ -12,6 +12,7 @@ from kombu.transport import redis as kombu_redis
 
 from pipeline import migrate, projects, queue, tasks
 from pipeline.db import Database
+from pipeline.ids import utcnow
 from pipeline.server import recover_embedded
 from pipeline.settings import Settings
 
@@ -47,7 +48,7 @@ def test_filesystem_broker_depth_and_recovery(tmp_path: Path) -> None:
     app = queue.make_celery(settings)
     queue.enqueue(app, ids[0], "Diagnostic", "default", settings)  # still queued
     with db.session() as s:
-        tasks.finalize(s, ids[2], tasks.SUCCEEDED)  # finished: must not come back
+        tasks.finalize(s, ids[2], tasks.SUCCEEDED, started_at=utcnow())  # must not come back
     assert queue.queue_depths(app, settings)["default"] == 1
     # ids[1] is Running but its message is gone (the machine stopped mid-job)
     assert recover_embedded(settings, db) == 1
