@@ -57,7 +57,15 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
         }
-    return {"visibility_timeout": settings.visibility_timeout}
+    timeout = settings.visibility_timeout
+    return {
+        "visibility_timeout": timeout,
+        # kombu scans for expired unacknowledged messages every interval * throttle seconds
+        # (100 s by default); scan on every tick so a lost job is redelivered within
+        # visibility_timeout + interval. One ZRANGE per tick is negligible.
+        "unacked_restore_interval": max(1, min(10, timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -30,7 +30,7 @@ def stack(
         database_url=postgres_server.create_database(f"e2e_{n}"),
         broker_url=redis_server.url(n % 16),
         max_attempts="2",
-        time_limits='{"Diagnostic": 20}',
+        time_limits='{"Diagnostic": 6}',
     )
     stack = Stack(data_dir=data_dir, env=env, port=port)
     stack.run("migrate")

@@ -248,3 +248,30 @@ def test_long_query_string_through_the_real_server(stack: Stack, sdk: ImmSdk, pr
     assert wait_terminal(sdk, task_id, "FileCompression").status == "Succeeded"
     archive = zipfile.ZipFile(stack.data_dir / "oss/media/out/many.zip")
     assert len(archive.namelist()) == 100
+
+
+def test_time_limit_ends_the_task_failed_with_code(stack: Stack, sdk: ImmSdk, project: str) -> None:
+    task_id = diagnostic(stack, "Sleep", seconds=30)  # the stack's Diagnostic limit is 6 s
+    body = wait_terminal(sdk, task_id, "Diagnostic", timeout=40)
+    assert body.status == "Failed" and body.code == "TaskTimeLimitExceeded"
+    assert "6 s" in body.message
+
+
+def test_sdk_with_a_wrong_secret_is_refused(stack: Stack, project: str) -> None:
+    from alibabacloud_tea_openapi.models import Config
+    from Tea.exceptions import TeaException
+
+    from tests.e2e.stack import KEY_ID
+
+    bad = ImmSdk(
+        Config(
+            access_key_id=KEY_ID,
+            access_key_secret="not-the-secret",
+            endpoint=stack.endpoint,
+            protocol="http",
+        )
+    )
+    with pytest.raises(TeaException) as info:
+        bad.list_projects(m.ListProjectsRequest())
+    assert info.value.code == "SignatureDoesNotMatch"
+    assert info.value.data["RequestId"]

@@ -1,0 +1,75 @@
+"""A whole worker (main process and pool) killed with SIGKILL mid-task: Redis redelivers the
+unacknowledged message after the visibility timeout and another worker finishes it once."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from pipeline.client import ImmClient
+from pipeline.models import Event, Task
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait_until
+from tests.realservices import PostgresServer, RedisServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture
+def short_visibility_stack(
+    postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Stack]:
+    port = free_port()
+    env = make_env(
+        tmp_path,
+        port,
+        database_url=postgres_server.create_database("worker_loss"),
+        broker_url=redis_server.url(14),
+        visibility_timeout_seconds="4",
+    )
+    stack = Stack(data_dir=tmp_path, env=env, port=port)
+    stack.run("migrate")
+    stack.start_api()
+    yield stack
+    stack.stop_all()
+
+
+def test_killed_worker_host_job_is_redelivered_and_ends_once(short_visibility_stack: Stack) -> None:
+    stack = short_visibility_stack
+    stack.start_worker("worker-a")
+    client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
+    client.call("CreateProject", ProjectName="p")
+    task_id = client.call("CreateDiagnosticTask", ProjectName="p", Mode="Sleep", Seconds=2)[
+        "TaskId"
+    ]
+
+    def progress() -> int:
+        task = client.call("GetTask", ProjectName="p", TaskType="Diagnostic", TaskId=task_id)
+        return int(task["Progress"])
+
+    wait_until(lambda: progress() > 0, 30, what="job running on worker-a")
+    stack.stop("worker-a", sig=signal.SIGKILL)  # the whole worker group dies, no ack sent
+    stack.start_worker("worker-b")
+
+    def done() -> dict[str, object] | None:
+        task = client.call("GetTask", ProjectName="p", TaskType="Diagnostic", TaskId=task_id)
+        return task if task["Status"] != "Running" else None
+
+    task = wait_until(done, 60, what="redelivered job finished")
+    assert task["Status"] == "Succeeded"
+    engine = create_engine(
+        stack.env["OPENIMM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
+    )
+    with engine.connect() as conn:
+        attempts, worker = conn.execute(
+            select(Task.attempts, Task.worker).where(Task.id == task_id)
+        ).one()
+        events = conn.execute(
+            select(func.count()).select_from(Event).where(Event.task_id == task_id)
+        ).scalar()
+    assert attempts == 2 and events == 1
+    assert "worker-b" in stack.log("worker-b") and task_id in stack.log("worker-b")
+    assert worker  # the finishing delivery recorded its process
