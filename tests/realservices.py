@@ -54,6 +54,12 @@ def _poll(check: object, what: str) -> None:
     raise RuntimeError(f"{what} did not start within {STARTUP_TIMEOUT} s: {last}")
 
 
+def _pg_ctl(datadir: Path, *args: str, check: bool = True) -> None:
+    """pg_ctl as the postgres user (PostgreSQL refuses to run as root)."""
+    cmd = ["runuser", "-u", "postgres", "--", _pg_bin("pg_ctl"), "-D", str(datadir), *args]
+    subprocess.run(cmd, check=check, capture_output=True)
+
+
 @dataclass
 class PostgresServer:
     port: int
@@ -69,21 +75,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                _pg_bin("pg_ctl"),
-                "-D",
-                str(self.datadir),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-        )
+        _pg_ctl(self.datadir, "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
@@ -116,25 +108,7 @@ def start_postgres() -> PostgresServer:
         f"-c unix_socket_directories={sockdir} -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            _pg_bin("pg_ctl"),
-            "-D",
-            str(datadir),
-            "-o",
-            options,
-            "-l",
-            str(root / "pg.log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _pg_ctl(datadir, "-o", options, "-l", str(root / "pg.log"), "-w", "start")
     server = PostgresServer(port=port, datadir=datadir, sockdir=sockdir)
     atexit.register(server.stop)
     _poll(lambda: psycopg.connect(server.url(), connect_timeout=2).close() or True, "PostgreSQL")
