@@ -135,6 +135,96 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from pipeline.server import run_dispatcher
+
+    return run_dispatcher(_settings(args))
+
+
+def _rpc(args: argparse.Namespace, action: str, **params: object) -> int:
+    from pipeline.client import ClientError
+
+    try:
+        result = _client(args).call(action, **{k: v for k, v in params.items() if v})
+    except ClientError as exc:
+        print(json.dumps(exc.body, indent=2), file=sys.stderr)
+        return EXIT_FAILURE
+    result.pop("RequestId", None)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _rpc(args, "ListTopics")
+    if args.action == "subscriptions":
+        return _rpc(args, "ListSubscriptions", TopicName=args.topic)
+    action = {"create": "CreateTopic", "delete": "DeleteTopic"}[args.action]
+    return _rpc(args, action, TopicName=args.topic)
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    return _rpc(
+        args,
+        "Subscribe",
+        TopicName=args.topic,
+        SubscriptionName=args.name,
+        Endpoint=args.endpoint,
+        NotifyContentFormat=args.format,
+        NotifyStrategy=args.strategy,
+    )
+
+
+def cmd_unsubscribe(args: argparse.Namespace) -> int:
+    return _rpc(args, "Unsubscribe", TopicName=args.topic, SubscriptionName=args.name)
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    if args.action == "replay":
+        return _rpc(
+            args,
+            "ReplayDeliveries",
+            EventId=args.event,
+            Since=args.since,
+            Until=args.until,
+            DeadOnly="true" if args.dead else None,
+        )
+    return _rpc(
+        args, "ListDeliveries", TopicName=args.topic, EventId=args.event, Status=args.status
+    )
+
+
+def _notify_parsers(sub: argparse._SubParsersAction) -> None:
+    topics = sub.add_parser("topics", help="notification topics: list|create|delete|subscriptions")
+    topics.add_argument("action", choices=["list", "create", "delete", "subscriptions"])
+    topics.add_argument("topic", nargs="?", default="")
+    topics.set_defaults(func=cmd_topics)
+    subscribe = sub.add_parser("subscribe", help="push a topic to a webhook URL")
+    subscribe.add_argument("topic")
+    subscribe.add_argument("name")
+    subscribe.add_argument("endpoint")
+    subscribe.add_argument("--format", default="JSON", help="JSON | SIMPLIFIED | XML")
+    subscribe.add_argument(
+        "--strategy",
+        default="EXPONENTIAL_DECAY_RETRY",
+        help="BACKOFF_RETRY | EXPONENTIAL_DECAY_RETRY | JSON policy",
+    )
+    subscribe.set_defaults(func=cmd_subscribe)
+    unsubscribe = sub.add_parser("unsubscribe", help="remove a subscription")
+    unsubscribe.add_argument("topic")
+    unsubscribe.add_argument("name")
+    unsubscribe.set_defaults(func=cmd_unsubscribe)
+    deliveries = sub.add_parser("deliveries", help="delivery log; replay by event or time")
+    deliveries.add_argument("action", nargs="?", default="list", choices=["list", "replay"])
+    deliveries.add_argument("--topic", default="")
+    deliveries.add_argument("--event", default="")
+    deliveries.add_argument("--status", default="", help="pending | delivered | dead")
+    deliveries.add_argument("--since", default="")
+    deliveries.add_argument("--until", default="")
+    deliveries.add_argument("--dead", action="store_true", help="replay dead-lettered only")
+    deliveries.set_defaults(func=cmd_deliveries)
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.imm import json_schemas
 
@@ -155,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         ("healthcheck", cmd_healthcheck, "exit 0 when the API answers"),
         ("demo", cmd_demo, "start the embedded server, run a FileCompression job, stop"),
         ("schemas", cmd_schemas, "print the JSON Schema of the wire contract"),
+        ("dispatcher", cmd_dispatcher, "publish the notification outbox (distributed mode)"),
     ]
     for name, func, help_text in commands:
         sub.add_parser(name, help=help_text).set_defaults(func=func)
@@ -184,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list objects: openimm ls oss://bucket/prefix")
     ls.add_argument("uri")
     ls.set_defaults(func=cmd_ls)
+    _notify_parsers(sub)
     return parser
 
 

@@ -151,3 +151,73 @@ class Event(Base):
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Topic(Base):
+    """An MNS-style topic owned by one AccessKey owner."""
+
+    __tablename__ = "topics"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(256))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Subscription(Base):
+    """Where a topic's messages go: an HTTP endpoint (webhook push)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("topic_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    endpoint: Mapped[str] = mapped_column(Text)
+    content_format: Mapped[str] = mapped_column(String(16), default="JSON")
+    retry_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secret: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Delivery(Base):
+    """One event for one subscription. The unique key makes fan-out idempotent: a dispatcher
+    that dies after fanning out but before marking the event published cannot create a second
+    delivery when it runs again."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscription_id"),
+        Index(None, "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    publish_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeliveryAttempt(Base):
+    """The delivery log: one row per HTTP attempt."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index(None, "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -151,8 +151,35 @@ class WorkerSupervisor(threading.Thread):
                 self.proc.kill()
 
 
+def run_dispatcher(settings: Settings) -> int:
+    """The outbox dispatcher as its own process (distributed mode); SIGTERM stops it."""
+    from pipeline.notify.dispatcher import Dispatcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    db = Database.from_settings(settings)
+    log.info("dispatcher running")
+    Dispatcher(settings, db).run_forever(stop)
+    db.dispose()
+    return 0
+
+
+def _start_dispatcher_thread(settings: Settings) -> threading.Event:
+    from pipeline.notify.dispatcher import Dispatcher
+
+    stop = threading.Event()
+    dispatcher = Dispatcher(settings, Database.from_settings(settings))
+    threading.Thread(
+        target=dispatcher.run_forever, args=(stop,), daemon=True, name="dispatcher"
+    ).start()
+    return stop
+
+
 def serve(settings: Settings) -> int:
-    """Embedded default: migrate, recover, start the worker pool, run the API until stopped."""
+    """Embedded default: migrate, recover, start the worker pool and the notification
+    dispatcher, run the API until stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.db_url)
@@ -166,9 +193,11 @@ def serve(settings: Settings) -> int:
     _announce(settings, keys)
     supervisor = WorkerSupervisor(settings)
     supervisor.start()
+    dispatcher_stop = _start_dispatcher_thread(settings)
     try:
         run_api(settings)
     finally:
+        dispatcher_stop.set()
         supervisor.stop()
     return 0
 

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = 2
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
+    # Notifications: the outbox dispatcher and webhook delivery.
+    dispatch_interval_seconds: float = 0.05
+    delivery_concurrency: int = 16
+    webhook_timeout_seconds: float = 10.0
     task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)

@@ -101,4 +101,6 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         CreateTaskResponse,
         ErrorResponse,
     ]
-    return {m.__name__: m.model_json_schema() for m in models}
+    from schemas.events import event_schemas
+
+    return {**{m.__name__: m.model_json_schema() for m in models}, **event_schemas()}

@@ -14,7 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import credentials, migrate, queue
-from pipeline.api import objects, resource_actions, rpc, task_actions  # noqa: F401 (register)
+from pipeline.api import (  # noqa: F401 (importing registers the actions)
+    notify_actions,
+    objects,
+    resource_actions,
+    rpc,
+    task_actions,
+)
 from pipeline.api.services import Services
 from pipeline.db import Database
 from pipeline.errors import ImmError

@@ -11,6 +11,7 @@ from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
 from pipeline.errors import ImmError, InvalidArgument, InvalidParameter
 from pipeline.ids import parse_time
+from pipeline.notify import topics as notify_topics
 from pipeline.params import Params
 from pipeline.storage import check_public_host, parse_oss_prefix, parse_oss_uri, resolve_file_uri
 
@@ -76,6 +77,9 @@ def submit(
     )
     with svc.db.session() as s:
         project = projects.get_project(s, caller.owner, project_name)
+        topic = (spec.notification.get("MNS") or {}).get("TopicName")
+        if topic:
+            notify_topics.get_topic(s, caller.owner, topic)  # unknown topic: refuse at create
         task, created = tasks.create(s, project, spec, request_id=caller.request_id)
         task_id, event_id = task.id, task.event_id
     if created:

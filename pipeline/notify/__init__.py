@@ -1,0 +1,2 @@
+"""Notifications: IMM message layers, topics and subscriptions, the outbox dispatcher and its
+delivery sinks (signed HTTP webhooks)."""

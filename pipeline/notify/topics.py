@@ -1,0 +1,102 @@
+"""Topics and subscriptions, scoped to the owner (AccessKeyId)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.errors import InvalidParameter, ResourceAlreadyExists, ResourceNotFound
+from pipeline.ids import utcnow
+from pipeline.models import Subscription, Topic
+from pipeline.notify import messages, policy, webhooks
+from pipeline.storage import check_public_host
+
+# MNS names: letters, digits and '-', starting with a letter, at most 256 characters.
+TOPIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,255}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not TOPIC_NAME_RE.match(name or ""):
+        raise InvalidParameter(kind, "Use 1-256 letters, digits or '-', starting with a letter.")
+    return name
+
+
+def get_topic(session: Session, owner: str, name: str) -> Topic:
+    topic = session.scalar(select(Topic).where(Topic.owner == owner, Topic.name == name))
+    if topic is None:
+        raise ResourceNotFound("topic", name)
+    return topic
+
+
+def create_topic(session: Session, owner: str, name: str) -> Topic:
+    topic = Topic(owner=owner, name=check_name("TopicName", name), create_time=utcnow())
+    try:
+        with session.begin_nested():
+            session.add(topic)
+    except IntegrityError:
+        raise ResourceAlreadyExists("topic", name) from None
+    return topic
+
+
+def delete_topic(session: Session, owner: str, name: str) -> None:
+    session.delete(get_topic(session, owner, name))
+
+
+def list_topics(session: Session, owner: str) -> Sequence[Topic]:
+    return session.scalars(select(Topic).where(Topic.owner == owner).order_by(Topic.name)).all()
+
+
+def subscribe(
+    session: Session,
+    topic: Topic,
+    name: str,
+    *,
+    endpoint: str,
+    content_format: str,
+    retry: str | dict[str, Any] | None,
+    allow_private: bool,
+) -> Subscription:
+    """Subscribe an HTTP(S) endpoint; returns the subscription (with its signing secret)."""
+    check_name("SubscriptionName", name)
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParameter("Endpoint", "Use an http:// or https:// URL.")
+    check_public_host(parts.hostname, allow_private)
+    if content_format not in messages.FORMATS:
+        raise InvalidParameter("NotifyContentFormat", f"Use one of {', '.join(messages.FORMATS)}.")
+    sub = Subscription(
+        topic_id=topic.id,
+        name=name,
+        endpoint=endpoint,
+        content_format=content_format,
+        retry_policy=policy.parse(retry).to_dict(),
+        secret=webhooks.new_secret(),
+        create_time=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(sub)
+    except IntegrityError:
+        raise ResourceAlreadyExists("subscription", name) from None
+    return sub
+
+
+def unsubscribe(session: Session, topic: Topic, name: str) -> None:
+    sub = session.scalar(
+        select(Subscription).where(Subscription.topic_id == topic.id, Subscription.name == name)
+    )
+    if sub is None:
+        raise ResourceNotFound("subscription", name)
+    session.delete(sub)
+
+
+def list_subscriptions(session: Session, topic: Topic) -> Sequence[Subscription]:
+    return session.scalars(
+        select(Subscription).where(Subscription.topic_id == topic.id).order_by(Subscription.name)
+    ).all()
