@@ -16,9 +16,10 @@ from sqlalchemy import case, func, select
 
 from pipeline import queue
 from pipeline.db import Database
-from pipeline.models import Task
+from pipeline.models import Delivery, DeliveryAttempt, Event, Task
 from pipeline.settings import Settings
 
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 1000, 5000)
 DURATION_BUCKETS_MS = (100, 500, 1000, 5000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000)
 
 
@@ -30,6 +31,7 @@ class OpenimmCollector(Collector):
         yield self._queue_depth()
         yield self._outcomes()
         yield from self._durations()
+        yield from self._notifications()
 
     def _queue_depth(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
@@ -74,3 +76,51 @@ class OpenimmCollector(Collector):
                 pairs.append(("+Inf", int(count)))
                 family.add_metric([task_type], pairs, sum_value=(total or 0) / 1000)
         yield family
+
+    def _notifications(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        events = GaugeMetricFamily("openimm_events", "Outbox events by state", labels=["state"])
+        deliveries = GaugeMetricFamily(
+            "openimm_deliveries", "Webhook deliveries by status", labels=["status"]
+        )
+        attempts = GaugeMetricFamily(
+            "openimm_delivery_attempts",
+            "Webhook attempts by outcome (failed = retried or dead)",
+            labels=["outcome"],
+        )
+        ok = (DeliveryAttempt.status_code >= 200) & (DeliveryAttempt.status_code < 300)
+        buckets = [
+            func.sum(case((DeliveryAttempt.latency_ms <= b, 1), else_=0))
+            for b in LATENCY_BUCKETS_MS
+        ]
+        with self.db.session() as s:
+            published = s.execute(
+                select(Event.published_at.is_(None), func.count()).group_by(
+                    Event.published_at.is_(None)
+                )
+            ).all()
+            by_status = s.execute(
+                select(Delivery.status, func.count()).group_by(Delivery.status)
+            ).all()
+            outcome = s.execute(
+                select(
+                    func.sum(case((ok, 1), else_=0)),
+                    func.count(),
+                    func.sum(DeliveryAttempt.latency_ms),
+                    *buckets,
+                ).select_from(DeliveryAttempt)
+            ).one()
+        for unpublished, count in published:
+            events.add_metric(["unpublished" if unpublished else "published"], count)
+        for status, count in by_status:
+            deliveries.add_metric([status], count)
+        good, total, latency_sum, *counts = outcome
+        attempts.add_metric(["ok"], int(good or 0))
+        attempts.add_metric(["failed"], int(total or 0) - int(good or 0))
+        latency = HistogramMetricFamily("openimm_delivery_latency_seconds", "Webhook POST latency")
+        pairs = [
+            (str(b / 1000), int(c or 0)) for b, c in zip(LATENCY_BUCKETS_MS, counts, strict=True)
+        ]
+        latency.add_metric(
+            [], [*pairs, ("+Inf", int(total or 0))], sum_value=(latency_sum or 0) / 1000
+        )
+        yield from (events, deliveries, attempts, latency)

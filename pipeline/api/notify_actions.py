@@ -100,8 +100,9 @@ def list_deliveries(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     limit = p.int("MaxResults", default=MAX_DELIVERIES, minimum=1, maximum=MAX_DELIVERIES)
     query = (
         select(Delivery, Subscription.name, Topic.name)
-        .join(Subscription)
-        .join(Topic)
+        .select_from(Delivery)
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .join(Topic, Topic.id == Subscription.topic_id)
         .where(Topic.owner == caller.owner)
         .order_by(Delivery.id.desc())
         .limit(limit)

@@ -84,6 +84,13 @@ class Stack:
         wait_until(lambda: "ready" in self.log(name), STARTUP_TIMEOUT, what=f"{name} ready")
         return proc
 
+    def start_dispatcher(self, name: str = "dispatcher") -> subprocess.Popen[bytes]:
+        proc = self._start(name, "dispatcher")
+        wait_until(
+            lambda: "dispatcher running" in self.log(name), STARTUP_TIMEOUT, what=f"{name} running"
+        )
+        return proc
+
     def log(self, name: str) -> str:
         path = (self.logs or self.data_dir) / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""

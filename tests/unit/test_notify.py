@@ -326,3 +326,39 @@ def test_topics_api_and_unknown_topic_at_create(imm: ImmClient) -> None:
     )
     assert created["TaskId"]
     assert [t["TopicName"] for t in imm.call("ListTopics")["Topics"]] == ["imm-events"]
+
+
+def test_delivery_log_and_replay_over_the_api(imm: ImmClient, settings: Settings) -> None:
+    flaky = Receiver(failures=1)
+    services = imm.http.app.state.services  # type: ignore[attr-defined]
+    services.settings = settings.model_copy(update={"http_allow_private": True})
+    imm.call("CreateProject", ProjectName="p")
+    imm.call("CreateTopic", TopicName="t1")
+    imm.call(
+        "Subscribe",
+        TopicName="t1",
+        SubscriptionName="s",
+        Endpoint=flaky.url,
+        NotifyStrategy=json.dumps(FAST),
+    )
+    task_id = imm.call(
+        "CreateDiagnosticTask", ProjectName="p", Notification={"MNS": {"TopicName": "t1"}}
+    )["TaskId"]
+    imm.call("CancelTask", ProjectName="p", TaskId=task_id)  # a terminal event, no worker
+    drain(Dispatcher(services.settings, services.db))
+    log = imm.call("ListDeliveries", TopicName="t1")["Deliveries"]
+    assert len(log) == 1 and log[0]["Status"] == "delivered"
+    assert [a["StatusCode"] for a in log[0]["Attempts"]] == [500, 204]
+    assert imm.call("ReplayDeliveries", EventId=log[0]["EventId"])["Replayed"] == 1
+    drain(Dispatcher(services.settings, services.db))
+    assert len(flaky.requests) == 3
+    with pytest.raises(ClientError) as info:
+        imm.call("ReplayDeliveries")
+    assert info.value.code == "InvalidEventId"
+    flaky.server.shutdown()
+
+
+def test_notification_metrics(imm: ImmClient) -> None:
+    text = imm.http.get("/metrics").text
+    assert "openimm_delivery_latency_seconds_count 0.0" in text
+    assert 'openimm_delivery_attempts{outcome="ok"} 0.0' in text
