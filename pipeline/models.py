@@ -221,3 +221,43 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[int] = mapped_column(Integer)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class MnsQueue(Base):
+    """An MNS-compatible queue (pull subscriptions for the aliyun-mns-sdk)."""
+
+    __tablename__ = "mns_queues"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(256))
+    visibility_timeout: Mapped[int] = mapped_column(Integer, default=30)
+    maximum_message_size: Mapped[int] = mapped_column(Integer, default=65536)
+    message_retention_period: Mapped[int] = mapped_column(Integer, default=345600)
+    delay_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    polling_wait_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MnsMessage(Base):
+    __tablename__ = "mns_messages"
+    __table_args__ = (
+        Index(None, "queue_id", "next_visible_time"),
+        # One copy of a topic message per queue, however often the dispatcher retries.
+        UniqueConstraint("queue_id", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    queue_id: Mapped[int] = mapped_column(ForeignKey("mns_queues.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    body_md5: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer, default=8)
+    enqueue_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_dequeue_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_visible_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    dequeue_count: Mapped[int] = mapped_column(Integer, default=0)
+    receipt_handle: Mapped[str] = mapped_column(String(64), default="")

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = 0.05
     delivery_concurrency: int = 16
     webhook_timeout_seconds: float = 10.0
+    # MNS queues: a message received this many times moves to "<queue>-deadletter" (0 = never).
+    mns_dead_letter_after: int = 0
     task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)

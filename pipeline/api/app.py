@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import credentials, migrate, queue
 from pipeline.api import (  # noqa: F401 (importing registers the actions)
+    mns,
     notify_actions,
     objects,
     resource_actions,
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(rpc.router)
     app.include_router(objects.router)
+    app.include_router(mns.router)
     app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     return app
@@ -100,7 +102,9 @@ def error_body(request: Request, code: str, message: str) -> dict[str, str]:
     }
 
 
-async def _imm_error(request: Request, exc: ImmError) -> JSONResponse:
+async def _imm_error(request: Request, exc: ImmError) -> Response:
+    if mns.is_mns_path(request.url.path):
+        return mns.error_response(request, exc)
     return JSONResponse(error_body(request, exc.code, exc.message), status_code=exc.http_status)
 
 

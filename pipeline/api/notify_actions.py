@@ -70,6 +70,7 @@ def subscribe(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
             content_format=p.str("NotifyContentFormat", default="JSON"),
             retry=strategy,
             allow_private=svc.settings.http_allow_private,
+            owner=caller.owner,
         )
         return {"Subscription": _subscription(sub, topic.name)}
 

@@ -24,8 +24,13 @@ def md5_upper(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest().upper()
 
 
+RAW_MESSAGE_TYPE = "mns:Message"  # published straight to a topic, not an IMM event
+
+
 def imm_message(event: Any, region: str) -> str:
     """Layer 2 as the exact JSON string that goes into the envelope's ``Message``."""
+    if event.type == RAW_MESSAGE_TYPE:
+        return str(event.content["Message"])
     body = ImmMessage(
         id=event.id,
         type=event.type,

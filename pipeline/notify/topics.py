@@ -19,6 +19,7 @@ from pipeline.storage import check_public_host
 
 # MNS names: letters, digits and '-', starting with a letter, at most 256 characters.
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,255}$")
+QUEUE_ENDPOINT_RE = re.compile(r"^acs:mns:[^:]*:([^:]+):queues/([A-Za-z][A-Za-z0-9-]{0,255})$")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -52,6 +53,34 @@ def list_topics(session: Session, owner: str) -> Sequence[Topic]:
     return session.scalars(select(Topic).where(Topic.owner == owner).order_by(Topic.name)).all()
 
 
+def queue_endpoint(region: str, owner: str, queue: str) -> str:
+    """MNS's QueueEndpoint form."""
+    return f"acs:mns:{region}:{owner}:queues/{queue}"
+
+
+def queue_of(endpoint: str) -> tuple[str, str] | None:
+    """(owner, queue) for a QueueEndpoint, None for an HTTP endpoint."""
+    match = QUEUE_ENDPOINT_RE.match(endpoint)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: bool) -> None:
+    target = queue_of(endpoint)
+    if target is not None:
+        if target[0] != owner:
+            raise InvalidParameter("Endpoint", "The queue must belong to the topic's owner.")
+        from pipeline.notify.queues import get_queue
+
+        get_queue(session, owner, target[1])
+        return
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParameter(
+            "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<owner>:queues/<queue>."
+        )
+    check_public_host(parts.hostname, allow_private)
+
+
 def subscribe(
     session: Session,
     topic: Topic,
@@ -61,13 +90,11 @@ def subscribe(
     content_format: str,
     retry: str | dict[str, Any] | None,
     allow_private: bool,
+    owner: str = "",
 ) -> Subscription:
-    """Subscribe an HTTP(S) endpoint; returns the subscription (with its signing secret)."""
+    """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner."""
     check_name("SubscriptionName", name)
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParameter("Endpoint", "Use an http:// or https:// URL.")
-    check_public_host(parts.hostname, allow_private)
+    _check_endpoint(session, endpoint, owner or topic.owner, allow_private)
     if content_format not in messages.FORMATS:
         raise InvalidParameter("NotifyContentFormat", f"Use one of {', '.join(messages.FORMATS)}.")
     sub = Subscription(
