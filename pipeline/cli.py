@@ -194,6 +194,30 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """Live view of a topic's messages (polls ListEvents; Ctrl-C to stop)."""
+    import time
+
+    from pipeline.client import ClientError
+
+    client, after = _client(args), 0
+    try:
+        while True:
+            try:
+                events = client.call("ListEvents", TopicName=args.topic, AfterSeq=after)
+            except ClientError as exc:
+                print(json.dumps(exc.body, indent=2), file=sys.stderr)
+                return EXIT_FAILURE
+            for event in events["Events"]:
+                after = event["Seq"]
+                print(json.dumps(event["Message"], ensure_ascii=False), flush=True)
+            if args.once:
+                return EXIT_OK
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def _notify_parsers(sub: argparse._SubParsersAction) -> None:
     topics = sub.add_parser("topics", help="notification topics: list|create|delete|subscriptions")
     topics.add_argument("action", choices=["list", "create", "delete", "subscriptions"])
@@ -223,6 +247,12 @@ def _notify_parsers(sub: argparse._SubParsersAction) -> None:
     deliveries.add_argument("--until", default="")
     deliveries.add_argument("--dead", action="store_true", help="replay dead-lettered only")
     deliveries.set_defaults(func=cmd_deliveries)
+    events = sub.add_parser("events", help="events tail --topic T: live view of messages")
+    events.add_argument("action", choices=["tail"])
+    events.add_argument("--topic", required=True)
+    events.add_argument("--interval", type=float, default=0.5)
+    events.add_argument("--once", action="store_true", help="print what is there and exit")
+    events.set_defaults(func=cmd_events)
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:

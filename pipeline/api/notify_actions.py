@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import select
@@ -11,8 +12,8 @@ from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
 from pipeline.errors import InvalidParameter
 from pipeline.ids import parse_time, resource_time, task_time
-from pipeline.models import Delivery, DeliveryAttempt, Subscription, Topic
-from pipeline.notify import dispatcher, topics
+from pipeline.models import Delivery, DeliveryAttempt, Event, Subscription, Topic
+from pipeline.notify import dispatcher, messages, topics
 from pipeline.params import Params
 
 MAX_DELIVERIES = 100
@@ -165,3 +166,29 @@ def replay_deliveries(svc: Services, caller: Caller, p: Params) -> dict[str, Any
     except ValueError:
         raise InvalidParameter("Since", "Since and Until must be RFC3339 times.") from None
     return {"Replayed": count}
+
+
+@action("ListEvents", "TopicName AfterSeq MaxResults")
+def list_events(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    """Events of one topic after a sequence number, as IMM messages (``openimm events tail``)."""
+    topic = p.str("TopicName", required=True)
+    after = p.int("AfterSeq", default=0, minimum=0) or 0
+    limit = p.int("MaxResults", default=MAX_DELIVERIES, minimum=1, maximum=MAX_DELIVERIES)
+    with svc.db.session() as s:
+        topics.get_topic(s, caller.owner, topic)
+        rows = s.scalars(
+            select(Event)
+            .where(Event.owner == caller.owner, Event.topic == topic, Event.seq > after)
+            .order_by(Event.seq)
+            .limit(limit)
+        ).all()
+        return {
+            "Events": [
+                {
+                    "Seq": e.seq,
+                    "Published": e.published_at is not None,
+                    "Message": json.loads(messages.imm_message(e, svc.settings.region)),
+                }
+                for e in rows
+            ]
+        }

@@ -362,3 +362,39 @@ def test_notification_metrics(imm: ImmClient) -> None:
     text = imm.http.get("/metrics").text
     assert "openimm_delivery_latency_seconds_count 0.0" in text
     assert 'openimm_delivery_attempts{outcome="ok"} 0.0' in text
+
+
+def test_events_tail_lists_topic_messages(imm: ImmClient) -> None:
+    imm.call("CreateProject", ProjectName="p")
+    imm.call("CreateTopic", TopicName="t2")
+    task_id = imm.call(
+        "CreateDiagnosticTask", ProjectName="p", Notification={"MNS": {"TopicName": "t2"}}
+    )["TaskId"]
+    assert imm.call("ListEvents", TopicName="t2")["Events"] == []  # still running
+    imm.call("CancelTask", ProjectName="p", TaskId=task_id)
+    events = imm.call("ListEvents", TopicName="t2")["Events"]
+    assert len(events) == 1 and events[0]["Message"]["type"] == "imm:Task:Diagnostic"
+    assert json.loads(events[0]["Message"]["content"])["Status"] == "Cancelled"
+    assert imm.call("ListEvents", TopicName="t2", AfterSeq=events[0]["Seq"])["Events"] == []
+
+
+def test_queue_dead_letter_after_n_receives(env: tuple[Settings, Database]) -> None:
+    from pipeline.notify import queues
+
+    _, db = env
+    with db.session() as s:
+        queues.create_queue(s, "AK1", "work", {"VisibilityTimeout": "1"})
+        queue = queues.get_queue(s, "AK1", "work")
+        queues.send(s, queue, "poison")
+    for expected in (1, 2):
+        with db.session() as s:
+            queue = queues.get_queue(s, "AK1", "work")
+            got = queues.receive(s, queue, dead_letter_after=2)
+            assert got is not None and got.dequeue_count == expected
+            s.execute(
+                dispatcher_mod.update(queues.MnsMessage).values(next_visible_time=utcnow())
+            )  # let its visibility lapse
+    with db.session() as s:
+        assert queues.receive(s, queues.get_queue(s, "AK1", "work"), dead_letter_after=2) is None
+        dead = queues.receive(s, queues.get_queue(s, "AK1", "work-deadletter"), 2)
+        assert dead is not None and dead.body == "poison" and dead.dequeue_count == 1
