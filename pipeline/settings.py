@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     # Notifications: the outbox dispatcher and webhook delivery.
-    dispatch_interval_seconds: float = 0.05
+    dispatch_interval_seconds: float = 0.02
     delivery_concurrency: int = 16
     webhook_timeout_seconds: float = 10.0
     # MNS queues: a message received this many times moves to "<queue>-deadletter" (0 = never).

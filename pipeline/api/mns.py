@@ -30,7 +30,7 @@ from pipeline.notify.messages import MNS_XMLNS, RAW_MESSAGE_TYPE, epoch_ms, md5_
 router = APIRouter()
 MAX_XML_BYTES = 1 << 20
 MAX_WAIT_SECONDS = 30
-POLL_INTERVAL = 0.1
+POLL_INTERVAL = 0.025  # long-poll re-check; one indexed query per waiting receiver
 T = TypeVar("T")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -55,6 +55,14 @@ class Due:
     policy: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    due: Due
+    status: int | None
+    error: str
+    latency_ms: int
+
+
 class Dispatcher:
     def __init__(self, settings: Settings, db: Database, http: httpx.Client | None = None):
         self.settings, self.db = settings, db
@@ -74,7 +82,8 @@ class Dispatcher:
                 query = query.with_for_update(skip_locked=True)
             events = s.scalars(query).all()
             now = utcnow()
-            rows = [row for ev in events for row in self._deliveries_for(s, ev, now)]
+            cache: dict[tuple[str, str], list[int]] = {}
+            rows = [row for ev in events for row in self._deliveries_for(s, ev, now, cache)]
             if rows:
                 insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(Delivery)
                 s.execute(
@@ -86,14 +95,21 @@ class Dispatcher:
                 ev.published_at = now
             return len(events)
 
-    def _deliveries_for(self, s: Session, ev: Event, now: datetime) -> list[dict[str, Any]]:
+    def _deliveries_for(
+        self, s: Session, ev: Event, now: datetime, cache: dict[tuple[str, str], list[int]]
+    ) -> list[dict[str, Any]]:
         if not ev.topic:
             return []
-        sub_ids = s.scalars(
-            select(Subscription.id)
-            .join(Topic)
-            .where(Topic.owner == ev.owner, Topic.name == ev.topic)
-        ).all()
+        key = (ev.owner, ev.topic)
+        if key not in cache:
+            cache[key] = list(
+                s.scalars(
+                    select(Subscription.id)
+                    .join(Topic)
+                    .where(Topic.owner == ev.owner, Topic.name == ev.topic)
+                ).all()
+            )
+        sub_ids = cache[key]
         return [
             {
                 "event_id": ev.id,
@@ -150,6 +166,11 @@ class Dispatcher:
         ]
 
     def send(self, due: Due) -> None:
+        """One attempt for one delivery, recorded at once (used outside the batch loop)."""
+        self.record_many([self.attempt(due)])
+
+    def attempt(self, due: Due) -> Outcome:
+        """Push once (HTTP POST or queue write); the outcome is recorded by the caller."""
         env = messages.envelope(
             due.event,
             topic=due.topic,
@@ -158,28 +179,30 @@ class Dispatcher:
             region=self.settings.region,
         )
         body, content_type = messages.render(env, due.content_format)
-        headers = {
-            **webhooks.headers(due.secret, due.event.id, int(time.time()), body),
-            "content-type": content_type,
-            "x-mns-message-id": env.MessageId,
-        }
         started = time.perf_counter()
-        status, error = None, ""
         target = topics.queue_of(due.endpoint)
         if target is not None:
             status, error = self._to_queue(target, env.MessageId, body.decode())
-            self.record(due, status, error, int((time.perf_counter() - started) * 1000))
-            return
+        else:
+            status, error = self._post(due, env.MessageId, body, content_type)
+        return Outcome(due, status, error, int((time.perf_counter() - started) * 1000))
+
+    def _post(
+        self, due: Due, message_id: str, body: bytes, content_type: str
+    ) -> tuple[int | None, str]:
+        headers = {
+            **webhooks.headers(due.secret, due.event.id, int(time.time()), body),
+            "content-type": content_type,
+            "x-mns-message-id": message_id,
+        }
         try:
             # Re-checked per attempt: DNS may have changed since Subscribe (rebinding).
             check_public_host(
                 urlsplit(due.endpoint).hostname or "", self.settings.http_allow_private
             )
-            status = self.http.post(due.endpoint, content=body, headers=headers).status_code
+            return self.http.post(due.endpoint, content=body, headers=headers).status_code, ""
         except (httpx.HTTPError, ImmError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:1000]
-        latency = int((time.perf_counter() - started) * 1000)
-        self.record(due, status, error, latency)
+            return None, f"{type(exc).__name__}: {exc}"[:1000]
 
     def _to_queue(
         self, target: tuple[str, str], message_id: str, body: str
@@ -198,43 +221,56 @@ class Dispatcher:
             return None, f"{exc.code}: {exc.message}"
         return 201, ""
 
-    def record(self, due: Due, status: int | None, error: str, latency_ms: int) -> None:
+    def record_many(self, outcomes: list[Outcome]) -> None:
+        """Store a batch of attempts in one transaction: the log rows and each delivery's new
+        state (delivered, retry at a backed-off time, or dead-lettered)."""
+        if not outcomes:
+            return
         now = utcnow()
-        attempt = due.attempts + 1
-        ok = status is not None and 200 <= status < 300
-        values: dict[str, Any] = {
+        log = [
+            {
+                "delivery_id": o.due.delivery_id,
+                "attempt": o.due.attempts + 1,
+                "at": now,
+                "status_code": o.status,
+                "latency_ms": o.latency_ms,
+                "error": o.error,
+            }
+            for o in outcomes
+        ]
+        with self.db.session() as s:
+            s.execute(insert(DeliveryAttempt), log)
+            s.execute(update(Delivery), [self._next_state(o, now) for o in outcomes])
+
+    @staticmethod
+    def _next_state(o: Outcome, now: datetime) -> dict[str, Any]:
+        attempt = o.due.attempts + 1
+        ok = o.status is not None and 200 <= o.status < 300
+        state: dict[str, Any] = {
+            "id": o.due.delivery_id,
             "attempts": attempt,
-            "last_status": status,
-            "last_error": error or ("" if ok else f"HTTP {status}"),
+            "last_status": o.status,
+            "last_error": o.error or ("" if ok else f"HTTP {o.status}"),
+            "status": "pending",
+            "delivered_at": None,
+            "next_attempt_at": now,
         }
         if ok:
-            values.update(status="delivered", delivered_at=now)
+            state.update(status="delivered", delivered_at=now)
+            return state
+        policy = RetryPolicy(**o.due.policy)
+        if policy.exhausted(attempt - 1, (now - o.due.publish_time).total_seconds()):
+            state["status"] = "dead"
         else:
-            policy = RetryPolicy(**due.policy)
-            elapsed = (now - due.publish_time).total_seconds()
-            if policy.exhausted(attempt - 1, elapsed):
-                values["status"] = "dead"
-            else:
-                values["next_attempt_at"] = now + timedelta(seconds=policy.delay(attempt - 1))
-        with self.db.session() as s:
-            s.add(
-                DeliveryAttempt(
-                    delivery_id=due.delivery_id,
-                    attempt=attempt,
-                    at=now,
-                    status_code=status,
-                    latency_ms=latency_ms,
-                    error=error,
-                )
-            )
-            s.execute(update(Delivery).where(Delivery.id == due.delivery_id).values(**values))
+            state["next_attempt_at"] = now + timedelta(seconds=policy.delay(attempt - 1))
+        return state
 
     # -- loop -----------------------------------------------------------------------------
     def run_once(self) -> int:
         """One fan-out pass and one delivery pass; returns the work done (0 = idle)."""
         published = self.fan_out()
         due = self.claim_due()
-        list(self.pool.map(self.send, due))
+        self.record_many(list(self.pool.map(self.attempt, due)))
         return published + len(due)
 
     def run_forever(self, stop: threading.Event) -> None:

@@ -31,11 +31,17 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def burst_stack(postgres_server: PostgresServer, own_redis: RedisServer,
-                tmp_path: Path) -> Iterator[Stack]:
+def burst_stack(
+    postgres_server: PostgresServer, own_redis: RedisServer, tmp_path: Path
+) -> Iterator[Stack]:
     port = free_port()
-    env = make_env(tmp_path, port, database_url=postgres_server.create_database("burst"),
-                   broker_url=own_redis.url(0), visibility_timeout_seconds="5")
+    env = make_env(
+        tmp_path,
+        port,
+        database_url=postgres_server.create_database("burst"),
+        broker_url=own_redis.url(0),
+        visibility_timeout_seconds="5",
+    )
     stack = Stack(data_dir=tmp_path, env=env, port=port)
     stack.run("migrate")
     stack.start_api()
@@ -47,11 +53,19 @@ def burst_stack(postgres_server: PostgresServer, own_redis: RedisServer,
 
 def _create(client: ImmClient, i: int) -> str:
     """Create with a ClientToken, retrying while the broker is away (503, nothing created)."""
+
     def attempt() -> str | None:
         try:
-            return str(client.call("CreateDiagnosticTask", ProjectName="b", Mode="Sleep",
-                                   Seconds=0, ClientToken=f"burst-{i}",
-                                   Notification={"MNS": {"TopicName": "done"}})["TaskId"])
+            return str(
+                client.call(
+                    "CreateDiagnosticTask",
+                    ProjectName="b",
+                    Mode="Sleep",
+                    Seconds=0,
+                    ClientToken=f"burst-{i}",
+                    Notification={"MNS": {"TopicName": "done"}},
+                )["TaskId"]
+            )
         except ClientError as exc:
             assert exc.code == "ServiceUnavailable", exc.body
             return None
@@ -59,16 +73,16 @@ def _create(client: ImmClient, i: int) -> str:
     return wait_until(attempt, 60, 0.2, what=f"task {i} created")
 
 
-def test_redis_restart_mid_burst_loses_nothing(burst_stack: Stack,
-                                               own_redis: RedisServer) -> None:
+def test_redis_restart_mid_burst_loses_nothing(burst_stack: Stack, own_redis: RedisServer) -> None:
     account = Account(f"http://{burst_stack.endpoint}", KEY_ID, KEY_SECRET)
     queue = account.get_queue("done-q")
     queue.create(QueueMeta())
     queue.set_encoding(False)
     topic = account.get_topic("done")
     topic.create(TopicMeta())
-    topic.get_subscription("q").subscribe(SubscriptionMeta(
-        endpoint=f"acs:mns:local:{KEY_ID}:queues/done-q"))
+    topic.get_subscription("q").subscribe(
+        SubscriptionMeta(endpoint=f"acs:mns:local:{KEY_ID}:queues/done-q")
+    )
     client = ImmClient(burst_stack.endpoint, (KEY_ID, KEY_SECRET))
     client.call("CreateProject", ProjectName="b")
 
@@ -77,13 +91,18 @@ def test_redis_restart_mid_burst_loses_nothing(burst_stack: Stack,
     ids += [_create(client, i) for i in range(BURST // 2, BURST)]
     assert len(set(ids)) == BURST
 
-    engine = create_engine(burst_stack.env["OPENIMM_DATABASE_URL"].replace(
-        "postgresql://", "postgresql+psycopg://"))
+    engine = create_engine(
+        burst_stack.env["OPENIMM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
+    )
 
     def all_done() -> bool:
         with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Task).where(
-                Task.status == "Succeeded")).scalar() == BURST
+            return (
+                conn.execute(
+                    select(func.count()).select_from(Task).where(Task.status == "Succeeded")
+                ).scalar()
+                == BURST
+            )
 
     wait_until(all_done, 120, 0.5, what="every task succeeded")
     with engine.connect() as conn:

@@ -1,0 +1,174 @@
+"""Notification benchmark: terminal commit → message receivable (MNS queue via the official
+aliyun-mns-sdk, long polling) and → webhook received, p50/p99 at 50 and 500 events/s; and
+events/s one dispatcher sustains (webhook push, 16 parallel POSTs) on this machine.
+
+    .venv/bin/python benchmarks/notify_latency.py [--events 500]
+
+Commits are made by the same code path workers use (tasks.finalize: status + outbox event in
+one transaction) so the figures isolate the notification path from task execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mns.account import Account  # noqa: E402
+from mns.mns_exception import MNSExceptionBase  # noqa: E402
+from mns.queue import QueueMeta  # noqa: E402
+from mns.subscription import SubscriptionMeta  # noqa: E402
+from mns.topic import TopicMeta  # noqa: E402
+
+from pipeline import projects, tasks  # noqa: E402
+from pipeline.client import ImmClient  # noqa: E402
+from pipeline.db import Database  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait_until  # noqa: E402
+from tests.realservices import start_postgres, start_redis  # noqa: E402
+
+arrivals: dict[str, float] = {}
+
+
+class Hook(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a production receiver would
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        now = time.time()
+        content = json.loads(json.loads(json.loads(body)["Message"])["content"])
+        arrivals["hook:" + content["TaskId"]] = now
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def commit_events(db: Database, topic: str, n: int, rate: float | None) -> dict[str, float]:
+    """Create n Running tasks, then finalize them at ``rate``/s; returns commit times."""
+    with db.session() as s:
+        project = projects.get_project(s, KEY_ID, "bench")
+        created = [
+            tasks.create(
+                s,
+                project,
+                tasks.NewTask(
+                    "Diagnostic", "default", {}, notification={"MNS": {"TopicName": topic}}
+                ),
+                request_id="r",
+            )[0]
+            for _ in range(n)
+        ]
+        started = [(t.id, t.start_time) for t in created]
+    committed: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for i, (task_id, start) in enumerate(started):
+        if rate:
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        with db.session() as s:
+            tasks.finalize(s, task_id, tasks.SUCCEEDED, started_at=start)
+        committed[task_id] = time.time()
+    return committed
+
+
+def consume_queue(account: Account, n: int, stop: threading.Event) -> None:
+    queue = account.get_queue("bench-q")
+    queue.set_encoding(False)
+    while not stop.is_set():
+        try:
+            message = queue.receive_message(wait_seconds=1)
+        except MNSExceptionBase:
+            continue
+        now = time.time()
+        content = json.loads(json.loads(json.loads(message.message_body)["Message"])["content"])
+        arrivals["queue:" + content["TaskId"]] = now
+        queue.delete_message(message.receipt_handle)
+
+
+def run_rate(db: Database, n: int, rate: float) -> None:
+    arrivals.clear()
+    committed = commit_events(db, "bench", n, rate)
+    wait_until(lambda: len(arrivals) >= 2 * n, 300, 0.05, "all notifications")
+    for kind in ("queue", "hook"):
+        lat = [(arrivals[f"{kind}:{k}"] - v) * 1000 for k, v in committed.items()]
+        name = "MNS queue (SDK receive)" if kind == "queue" else "webhook received"
+        print(
+            f"  {rate:>5.0f} ev/s  {name:<24} p50 {statistics.median(lat):7.1f} ms   "
+            f"p99 {pct(lat, 0.99):7.1f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=500)
+    args = parser.parse_args()
+    pg, rd = start_postgres(), start_redis()
+    data = Path(tempfile.mkdtemp(prefix="openimm-nbench-"))
+    port = free_port()
+    db_url = pg.create_database("nbench")
+    env = make_env(data, port, database_url=db_url, broker_url=rd.url(0), http_allow_private="1")
+    stack = Stack(data_dir=data, env=env, port=port)
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    try:
+        stack.run("migrate")
+        stack.start_api()
+        client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
+        client.call("CreateProject", ProjectName="bench")
+        account = Account(f"http://{stack.endpoint}", KEY_ID, KEY_SECRET)
+        account.get_queue("bench-q").create(QueueMeta())
+        account.get_topic("bench").create(TopicMeta())
+        account.get_topic("bench").get_subscription("q").subscribe(
+            SubscriptionMeta(endpoint=f"acs:mns:local:{KEY_ID}:queues/bench-q")
+        )
+        hook_url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        client.call("Subscribe", TopicName="bench", SubscriptionName="hook", Endpoint=hook_url)
+        client.call("CreateTopic", TopicName="sustained")
+        client.call("Subscribe", TopicName="sustained", SubscriptionName="hook", Endpoint=hook_url)
+        consumer = threading.Thread(target=consume_queue, args=(account, args.events, stop))
+        consumer.start()
+        db = Database(Settings(database_url=db_url).db_url)
+        stack.start_dispatcher()
+        print(f"\nnotification latency, terminal commit → delivered ({args.events} events)")
+        run_rate(db, args.events, 50)
+        run_rate(db, args.events, 500)
+
+        stack.stop("dispatcher")  # sustained: a backlog, then one dispatcher drains it
+        arrivals.clear()
+        n = args.events * 6
+        commit_events(db, "sustained", n, None)
+        t0 = time.perf_counter()
+        stack.start_dispatcher("dispatcher-sustained")
+        wait_until(lambda: len(arrivals) >= n, 600, 0.05, "backlog drained")
+        elapsed = time.perf_counter() - t0
+        print(
+            f"\none dispatcher drained {n} webhook deliveries in {elapsed:.1f} s: "
+            f"{n / elapsed:.0f} events/s (includes ~1 s process start)"
+        )
+    finally:
+        stop.set()
+        stack.stop_all()
+        hook.shutdown()
+        pg.stop()
+        rd.stop()
+
+
+if __name__ == "__main__":
+    main()
