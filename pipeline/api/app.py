@@ -27,6 +27,7 @@ from pipeline.db import Database
 from pipeline.errors import ImmError
 from pipeline.ids import request_id
 from pipeline.metrics import OpenimmCollector
+from pipeline.notify.store import open_message_store
 from pipeline.settings import Settings
 from pipeline.storage import open_store
 
@@ -36,6 +37,7 @@ log = logging.getLogger("openimm.api")
 def build_services(settings: Settings) -> Services:
     db = Database.from_settings(settings)
     return Services(
+        messages=open_message_store(settings, db),
         settings=settings,
         db=db,
         celery=queue.make_celery(settings),

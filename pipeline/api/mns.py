@@ -130,6 +130,11 @@ def _owner(services: Services, request: Request) -> str:
     )
 
 
+def _queue(svc: Services, owner: str, name: str) -> queues.MnsQueue:
+    with svc.db.session() as s:
+        return queues.get_queue(s, owner, name)
+
+
 def _url(request: Request, path: str) -> str:
     return f"{request.url.scheme}://{request.url.netloc}{path}"
 
@@ -163,6 +168,7 @@ async def delete_queue(name: str, request: Request) -> Response:
                 )
             )
             if queue is not None:
+                svc.messages.drop(queue)
                 s.delete(queue)
 
     await _call(request, run)
@@ -190,8 +196,11 @@ async def get_queue_attributes(name: str, request: Request) -> Response:
     def run(svc: Services, owner: str) -> dict[str, Any]:
         with svc.db.session() as s:
             queue = queues.get_queue(s, owner, name)
+            active, inactive = svc.messages.counts(queue)
             return {
                 **queues.attributes(s, queue),
+                "ActiveMessages": active,
+                "InactiveMessages": inactive,
                 "CreateTime": int(queue.create_time.timestamp()),
                 "LastModifyTime": int(queue.create_time.timestamp()),
                 "LoggingEnabled": "False",
@@ -208,17 +217,11 @@ async def send_message(name: str, request: Request) -> Response:
         raise InvalidArgument("MessageBody is mandatory.", code="MissingMessageBody")
 
     def run(svc: Services, owner: str) -> tuple[str, str]:
-        with svc.db.session() as s:
-            queue = queues.get_queue(s, owner, name)
-            delay = int(fields["DelaySeconds"]) if fields.get("DelaySeconds") else None
-            message = queues.send(
-                s,
-                queue,
-                fields["MessageBody"],
-                delay=delay,
-                priority=int(fields.get("Priority") or 8),
-            )
-            return message.message_id, message.body_md5
+        queue = _queue(svc, owner, name)
+        delay = int(fields["DelaySeconds"]) if fields.get("DelaySeconds") else None
+        return svc.messages.put(
+            queue, fields["MessageBody"], delay=delay, priority=int(fields.get("Priority") or 8)
+        )
 
     _, _, (message_id, md5) = await _call(request, run)
     return _reply(request, 201, xml("Message", {"MessageId": message_id, "MessageBodyMD5": md5}))
@@ -227,11 +230,11 @@ async def send_message(name: str, request: Request) -> Response:
 @router.get("/queues/{name}/messages")
 async def receive_message(name: str, request: Request) -> Response:
     def run(svc: Services, owner: str) -> tuple[int, queues.Received | None]:
+        limit = svc.settings.mns_dead_letter_after
         with svc.db.session() as s:
             queue = queues.get_queue(s, owner, name)
-            return queue.polling_wait_seconds, queues.receive(
-                s, queue, svc.settings.mns_dead_letter_after
-            )
+            dead = queues.dead_letter_queue(s, queue) if limit else None
+        return queue.polling_wait_seconds, svc.messages.receive(queue, dead, limit)
 
     services, owner, (default_wait, message) = await _call(request, run)
     raw_wait = request.query_params.get("waitseconds")
@@ -267,8 +270,7 @@ async def delete_message(name: str, request: Request) -> Response:
     handle = request.query_params.get("ReceiptHandle", "")
 
     def run(svc: Services, owner: str) -> None:
-        with svc.db.session() as s:
-            queues.delete(s, queues.get_queue(s, owner, name), handle)
+        svc.messages.delete(_queue(svc, owner, name), handle)
 
     await _call(request, run)
     return _reply(request, 204)
@@ -280,8 +282,7 @@ async def change_visibility(name: str, request: Request) -> Response:
     seconds = int(request.query_params.get("VisibilityTimeout") or 0)
 
     def run(svc: Services, owner: str) -> tuple[str, Any]:
-        with svc.db.session() as s:
-            return queues.change_visibility(s, queues.get_queue(s, owner, name), handle, seconds)
+        return svc.messages.change_visibility(_queue(svc, owner, name), handle, seconds)
 
     _, _, (new_handle, visible) = await _call(request, run)
     return _reply(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from pipeline.db import Database
+from pipeline.notify.store import MessageStore
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore
 
@@ -18,6 +19,7 @@ class Services:
     celery: Celery
     store: ObjectStore
     keys: dict[str, str]
+    messages: MessageStore
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pipeline.ids import utcnow
 from pipeline.models import Delivery, DeliveryAttempt, Event, Subscription, Topic
 from pipeline.notify import messages, queues, topics, webhooks
 from pipeline.notify.policy import RetryPolicy
+from pipeline.notify.store import open_message_store
 from pipeline.settings import Settings
 from pipeline.storage import check_public_host
 
@@ -69,6 +70,7 @@ class Dispatcher:
         self.http = http or httpx.Client(
             timeout=settings.webhook_timeout_seconds, follow_redirects=False
         )
+        self.messages = open_message_store(settings, db)
         self.pool = ThreadPoolExecutor(settings.delivery_concurrency, thread_name_prefix="deliver")
 
     # -- fan-out --------------------------------------------------------------------------
@@ -213,8 +215,7 @@ class Dispatcher:
         try:
             with self.db.session() as s:
                 queue = queues.get_queue(s, owner, name)
-                with s.begin_nested():
-                    queues.send(s, queue, body, message_id=message_id)
+            self.messages.put(queue, body, message_id=message_id)
         except IntegrityError:
             return 201, ""
         except ImmError as exc:

@@ -196,10 +196,15 @@ def receive(session: Session, queue: MnsQueue, dead_letter_after: int) -> Receiv
     return None
 
 
-def _dead_letter(session: Session, queue: MnsQueue, message: MnsMessage) -> None:
+def dead_letter_queue(session: Session, queue: MnsQueue) -> MnsQueue:
+    """``<queue>-deadletter``, created on first use."""
     name = queue.name + DEAD_LETTER_SUFFIX
     create_queue(session, queue.owner, name, {})
-    target = get_queue(session, queue.owner, name)
+    return get_queue(session, queue.owner, name)
+
+
+def _dead_letter(session: Session, queue: MnsQueue, message: MnsMessage) -> None:
+    target = dead_letter_queue(session, queue)
     message.queue_id, message.next_visible_time = target.id, utcnow()
     message.dequeue_count, message.receipt_handle = 0, ""
 

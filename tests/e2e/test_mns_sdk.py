@@ -26,20 +26,24 @@ from tests.realservices import PostgresServer, RedisServer
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["db-store", "redis-store"])
 def mns_stack(
+    request: pytest.FixtureRequest,
     postgres_server: PostgresServer,
     redis_server: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    """Queues in PostgreSQL (no OPENIMM_REDIS_URL) and in Redis (distributed mode)."""
     data: Path = tmp_path_factory.mktemp("mns")
     port = free_port()
+    store = {"redis_url": redis_server.url(12)} if request.param == "redis-store" else {}
     env = make_env(
         data,
         port,
-        database_url=postgres_server.create_database("mns_e2e"),
+        database_url=postgres_server.create_database(f"mns_e2e_{request.param[:2]}"),
         broker_url=redis_server.url(13),
         region="cn-local",
+        **store,
     )
     stack = Stack(data_dir=data, env=env, port=port)
     stack.run("migrate")
@@ -168,3 +172,17 @@ def _receive(queue: object) -> bool:
         return bool(queue.receive_message(wait_seconds=1))  # type: ignore[attr-defined]
     except MNSExceptionBase:
         return False
+
+
+def test_queued_messages_survive_an_openimm_restart(mns_stack: Stack) -> None:
+    from mns.queue import Message
+
+    account = Account(f"http://{mns_stack.endpoint}", KEY_ID, KEY_SECRET)
+    queue = account.get_queue("durable")
+    queue.create(QueueMeta())
+    sent = queue.send_message(Message("kept"))
+    mns_stack.stop("api")
+    mns_stack.start_api()
+    got = queue.receive_message(wait_seconds=5)
+    assert got.message_id == sent.message_id and got.message_body == b"kept"
+    queue.delete_message(got.receipt_handle)

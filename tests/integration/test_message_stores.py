@@ -1,0 +1,80 @@
+"""The MNS message store contract, on the database store and on real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline import migrate
+from pipeline.db import Database
+from pipeline.models import MnsQueue
+from pipeline.notify import queues
+from pipeline.notify.redis_store import RedisMessageStore
+from pipeline.notify.store import DbMessageStore, MessageStore
+from pipeline.settings import Settings
+
+
+@pytest.fixture(params=["db", "redis"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[MessageStore, Database]]:
+    settings = Settings(data_dir=tmp_path)
+    migrate.upgrade(settings.db_url)
+    db = Database.from_settings(settings)
+    if request.param == "db":
+        yield DbMessageStore(db), db
+    else:
+        url = request.getfixturevalue("redis_url")
+        yield RedisMessageStore(redis.Redis.from_url(url)), db
+
+
+def _queues(db: Database, vt: int = 1) -> tuple[MnsQueue, MnsQueue]:
+    with db.session() as s:
+        queues.create_queue(s, "AK1", "work", {"VisibilityTimeout": str(vt)})
+        queue = queues.get_queue(s, "AK1", "work")
+        return queue, queues.dead_letter_queue(s, queue)
+
+
+@pytest.mark.integration
+def test_store_contract(store: tuple[MessageStore, Database]) -> None:
+    messages, db = store
+    queue, dead = _queues(db, vt=30)
+    mid, md5 = messages.put(queue, "first", message_id="M1")
+    assert (mid, len(md5)) == ("M1", 32)
+    messages.put(queue, "second")
+    got = messages.receive(queue, dead, 0)
+    assert got is not None and (got.message_id, got.body, got.dequeue_count) == ("M1", "first", 1)
+    assert messages.counts(queue) == (1, 1)
+    other = messages.receive(queue, dead, 0)
+    assert other is not None and other.body == "second"
+    assert messages.receive(queue, dead, 0) is None  # both invisible now
+    new_handle, _ = messages.change_visibility(queue, got.receipt_handle, 30)
+    with pytest.raises(queues.ReceiptHandleError):
+        messages.delete(queue, got.receipt_handle)  # replaced by change_visibility
+    messages.delete(queue, new_handle)
+    messages.delete(queue, other.receipt_handle)
+    assert messages.counts(queue) == (0, 0)
+
+
+@pytest.mark.integration
+def test_store_redelivery_and_dead_letter(store: tuple[MessageStore, Database]) -> None:
+    import time
+
+    messages, db = store
+    queue, dead = _queues(db, vt=1)
+    messages.put(queue, "poison")
+    first = messages.receive(queue, dead, 2)
+    assert first is not None and first.dequeue_count == 1
+    time.sleep(1.1)  # the 1 s visibility timeout lapses (the unit under test is the clock)
+    second = messages.receive(queue, dead, 2)
+    assert second is not None and second.dequeue_count == 2
+    assert second.receipt_handle != first.receipt_handle
+    with pytest.raises((queues.ReceiptHandleError, queues.MessageNotExist)):
+        messages.delete(queue, first.receipt_handle)
+    time.sleep(1.1)
+    assert messages.receive(queue, dead, 2) is None  # moved on its third receive
+    moved = messages.receive(dead, None, 0)
+    assert moved is not None and moved.body == "poison" and moved.dequeue_count == 1
