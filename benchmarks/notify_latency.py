@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import queue as queue_mod
 import statistics
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +40,7 @@ from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait
 from tests.realservices import start_postgres, start_redis  # noqa: E402
 
 arrivals: dict[str, float] = {}
+hook_times: Any = None  # multiprocessing queue: (TaskId, arrival time) from the receiver
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -46,13 +50,31 @@ class Hook(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         now = time.time()
         content = json.loads(json.loads(json.loads(body)["Message"])["content"])
-        arrivals["hook:" + content["TaskId"]] = now
+        hook_times.put((content["TaskId"], now))
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         return
+
+
+def serve_hook(port_out: Any, times: Any) -> None:
+    """The webhook receiver, in its own process so it does not share the benchmark's GIL."""
+    global hook_times
+    hook_times = times
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+def collect_hooks(times: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            task_id, when = times.get(timeout=0.2)
+        except queue_mod.Empty:
+            continue
+        arrivals["hook:" + task_id] = when
 
 
 def pct(values: list[float], q: float) -> float:
@@ -124,9 +146,12 @@ def main() -> None:
     db_url = pg.create_database("nbench")
     env = make_env(data, port, database_url=db_url, broker_url=rd.url(0), http_allow_private="1")
     stack = Stack(data_dir=data, env=env, port=port)
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    times, port_out = multiprocessing.Queue(), multiprocessing.Queue()
+    hook = multiprocessing.Process(target=serve_hook, args=(port_out, times), daemon=True)
+    hook.start()
+    hook_port = port_out.get(timeout=30)
     stop = threading.Event()
+    threading.Thread(target=collect_hooks, args=(times, stop), daemon=True).start()
     try:
         stack.run("migrate")
         stack.start_api()
@@ -138,7 +163,7 @@ def main() -> None:
         account.get_topic("bench").get_subscription("q").subscribe(
             SubscriptionMeta(endpoint=f"acs:mns:local:{KEY_ID}:queues/bench-q")
         )
-        hook_url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+        hook_url = f"http://127.0.0.1:{hook_port}/hook"
         client.call("Subscribe", TopicName="bench", SubscriptionName="hook", Endpoint=hook_url)
         client.call("CreateTopic", TopicName="sustained")
         client.call("Subscribe", TopicName="sustained", SubscriptionName="hook", Endpoint=hook_url)
@@ -165,7 +190,7 @@ def main() -> None:
     finally:
         stop.set()
         stack.stop_all()
-        hook.shutdown()
+        hook.terminate()
         pg.stop()
         rd.stop()
 

@@ -179,6 +179,14 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
     return _rpc(args, "Unsubscribe", TopicName=args.topic, SubscriptionName=args.name)
 
 
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _rpc(args, "ListSubscriptions", TopicName=args.topic)
+    if args.action == "delete":
+        return _rpc(args, "Unsubscribe", TopicName=args.topic, SubscriptionName=args.name)
+    return cmd_subscribe(args)
+
+
 def cmd_deliveries(args: argparse.Namespace) -> int:
     if args.action == "replay":
         return _rpc(
@@ -238,6 +246,19 @@ def _notify_parsers(sub: argparse._SubParsersAction) -> None:
     unsubscribe.add_argument("topic")
     unsubscribe.add_argument("name")
     unsubscribe.set_defaults(func=cmd_unsubscribe)
+    subs = sub.add_parser("subscriptions", help="list|create|delete TOPIC [NAME ENDPOINT]")
+    subs.add_argument("action", choices=["list", "create", "delete"])
+    subs.add_argument("topic")
+    subs.add_argument("name", nargs="?", default="")
+    subs.add_argument(
+        "endpoint",
+        nargs="?",
+        default="",
+        help="https://… webhook or acs:mns:<region>:<owner>:queues/<name>",
+    )
+    subs.add_argument("--format", default="JSON", help="JSON | SIMPLIFIED | XML")
+    subs.add_argument("--strategy", default="EXPONENTIAL_DECAY_RETRY")
+    subs.set_defaults(func=cmd_subscriptions)
     deliveries = sub.add_parser("deliveries", help="delivery log; replay by event or time")
     deliveries.add_argument("action", nargs="?", default="list", choices=["list", "replay"])
     deliveries.add_argument("--topic", default="")

@@ -1,5 +1,6 @@
-"""Redis (the broker, AOF on) restarts in the middle of a burst of tasks with notifications:
-nothing is lost — every task ends Succeeded once and every completion reaches the queue once."""
+"""Redis (the broker and the MNS message store, AOF on) restarts in the middle of a burst of
+tasks with notifications: nothing is lost — every task ends Succeeded once and every
+completion reaches the queue once."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def burst_stack(
         port,
         database_url=postgres_server.create_database("burst"),
         broker_url=own_redis.url(0),
+        redis_url=own_redis.url(1),
         visibility_timeout_seconds="5",
     )
     stack = Stack(data_dir=tmp_path, env=env, port=port)
