@@ -165,6 +165,35 @@ class ModelNotInstalled(ImmError):
     http_status = 501
 
 
+# MNS-compatible API errors (codes as MNS names them).
+class QueueNotExist(ImmError):
+    """The queue does not exist."""
+
+    code = "QueueNotExist"
+    http_status = 404
+
+
+class QueueAlreadyExist(ImmError):
+    """The queue already exists with different attributes."""
+
+    code = "QueueAlreadyExist"
+    http_status = 409
+
+
+class MessageNotExist(ImmError):
+    """Message not exist."""
+
+    code = "MessageNotExist"
+    http_status = 404
+
+
+class ReceiptHandleError(ImmError):
+    """The receipt handle is invalid or has expired."""
+
+    code = "ReceiptHandleError"
+    http_status = 400
+
+
 # Codes stored on tasks that fail inside the worker (not raised at the API edge).
 TASK_TIME_LIMIT_EXCEEDED = "TaskTimeLimitExceeded"
 TASK_MAX_ATTEMPTS = "TaskMaxAttemptsExceeded"

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline import mns_auth
 from pipeline.api.services import Services
-from pipeline.errors import ImmError, InvalidArgument
+from pipeline.errors import ImmError, InvalidArgument, MessageNotExist
 from pipeline.ids import utcnow
 from pipeline.models import Event, Subscription
 from pipeline.notify import queues, topics
@@ -244,7 +244,7 @@ async def receive_message(name: str, request: Request) -> Response:
         await asyncio.sleep(POLL_INTERVAL)
         _, message = await run_in_threadpool(run, services, owner)
     if message is None:
-        raise queues.MessageNotExist("Message not exist.")
+        raise MessageNotExist("Message not exist.")
     return _reply(
         request,
         200,

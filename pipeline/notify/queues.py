@@ -18,7 +18,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline.errors import ImmError, InvalidParameter
+from pipeline.errors import (
+    InvalidParameter,
+    MessageNotExist,
+    QueueAlreadyExist,
+    QueueNotExist,
+    ReceiptHandleError,
+)
 from pipeline.ids import utcnow
 from pipeline.models import MnsMessage, MnsQueue
 from pipeline.notify.messages import md5_upper
@@ -32,34 +38,6 @@ QUEUE_ATTRIBUTES = {  # XML name → (column, minimum, maximum)
     "DelaySeconds": ("delay_seconds", 0, 604800),
     "PollingWaitSeconds": ("polling_wait_seconds", 0, 30),
 }
-
-
-class QueueNotExist(ImmError):
-    """The queue does not exist."""
-
-    code = "QueueNotExist"
-    http_status = 404
-
-
-class QueueAlreadyExist(ImmError):
-    """The queue already exists with different attributes."""
-
-    code = "QueueAlreadyExist"
-    http_status = 409
-
-
-class MessageNotExist(ImmError):
-    """Message not exist."""
-
-    code = "MessageNotExist"
-    http_status = 404
-
-
-class ReceiptHandleError(ImmError):
-    """The receipt handle is invalid or has expired."""
-
-    code = "ReceiptHandleError"
-    http_status = 400
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
+from pipeline.errors import InvalidParameter, MessageNotExist, ReceiptHandleError
 from pipeline.models import MnsQueue
 from pipeline.notify.messages import md5_upper
-from pipeline.notify.queues import MessageNotExist, ReceiptHandleError, Received
+from pipeline.notify.queues import Received
 
 PUT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -109,8 +110,6 @@ class RedisMessageStore:
         priority: int = 8,
     ) -> tuple[str, str]:
         if len(body.encode()) > queue.maximum_message_size:
-            from pipeline.errors import InvalidParameter
-
             raise InvalidParameter(
                 "MessageBody", f"Longer than {queue.maximum_message_size} bytes."
             )

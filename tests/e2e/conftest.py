@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alibabacloud_imm20200930.client import Client as ImmSdk
 from alibabacloud_tea_openapi.models import Config
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch
 from tests.realservices import PostgresServer, RedisServer
 
 _counter = iter(range(1, 1000))
@@ -22,20 +21,13 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     n = next(_counter)
-    data_dir: Path = tmp_path_factory.mktemp("stack")
-    port = free_port()
-    env = make_env(
-        data_dir,
-        port,
+    stack = launch(
+        tmp_path_factory.mktemp("stack"),
         database_url=postgres_server.create_database(f"e2e_{n}"),
         broker_url=redis_server.url(n % 16),
         max_attempts="2",
         time_limits='{"Diagnostic": 6}',
     )
-    stack = Stack(data_dir=data_dir, env=env, port=port)
-    stack.run("migrate")
-    stack.start_api()
-    stack.start_worker()
     yield stack
     stack.stop_all()
 

@@ -124,3 +124,25 @@ def make_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
     )
     env.update({f"OPENIMM_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def launch(
+    data_dir: Path,
+    *,
+    database_url: str,
+    broker_url: str,
+    worker: bool = True,
+    dispatcher: bool = False,
+    **settings: str,
+) -> Stack:
+    """Migrate, then start the API (and optionally a worker pool and a dispatcher)."""
+    port = free_port()
+    env = make_env(data_dir, port, database_url=database_url, broker_url=broker_url, **settings)
+    stack = Stack(data_dir=data_dir, env=env, port=port)
+    stack.run("migrate")
+    stack.start_api()
+    if worker:
+        stack.start_worker()
+    if dispatcher:
+        stack.start_dispatcher()
+    return stack

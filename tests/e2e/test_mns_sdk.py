@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alibabacloud_imm20200930 import models as m
@@ -20,7 +19,7 @@ from mns.subscription import SubscriptionMeta
 from mns.topic import TopicMeta
 
 from schemas.events import ImmMessage, MnsEnvelope, TaskContent
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -34,22 +33,15 @@ def mns_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """Queues in PostgreSQL (no OPENIMM_REDIS_URL) and in Redis (distributed mode)."""
-    data: Path = tmp_path_factory.mktemp("mns")
-    port = free_port()
     store = {"redis_url": redis_server.url(12)} if request.param == "redis-store" else {}
-    env = make_env(
-        data,
-        port,
+    stack = launch(
+        tmp_path_factory.mktemp("mns"),
         database_url=postgres_server.create_database(f"mns_e2e_{request.param[:2]}"),
         broker_url=redis_server.url(13),
+        dispatcher=True,
         region="cn-local",
         **store,
     )
-    stack = Stack(data_dir=data, env=env, port=port)
-    stack.run("migrate")
-    stack.start_api()
-    stack.start_worker()
-    stack.start_dispatcher()
     yield stack
     stack.stop_all()
 

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select
 
 from pipeline.client import ClientError, ImmClient
 from pipeline.models import Event, Task
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer, start_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -35,20 +35,14 @@ def own_redis() -> Iterator[RedisServer]:
 def burst_stack(
     postgres_server: PostgresServer, own_redis: RedisServer, tmp_path: Path
 ) -> Iterator[Stack]:
-    port = free_port()
-    env = make_env(
+    stack = launch(
         tmp_path,
-        port,
         database_url=postgres_server.create_database("burst"),
         broker_url=own_redis.url(0),
+        dispatcher=True,
         redis_url=own_redis.url(1),
         visibility_timeout_seconds="5",
     )
-    stack = Stack(data_dir=tmp_path, env=env, port=port)
-    stack.run("migrate")
-    stack.start_api()
-    stack.start_worker()
-    stack.start_dispatcher()
     yield stack
     stack.stop_all()
 

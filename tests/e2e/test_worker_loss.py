@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, func, select
 
 from pipeline.client import ImmClient
 from pipeline.models import Event, Task
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, free_port, make_env, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -22,17 +22,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def short_visibility_stack(
     postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Stack]:
-    port = free_port()
-    env = make_env(
+    stack = launch(
         tmp_path,
-        port,
         database_url=postgres_server.create_database("worker_loss"),
         broker_url=redis_server.url(14),
+        worker=False,
         visibility_timeout_seconds="4",
     )
-    stack = Stack(data_dir=tmp_path, env=env, port=port)
-    stack.run("migrate")
-    stack.start_api()
     yield stack
     stack.stop_all()
 

@@ -10,11 +10,13 @@ import redis
 
 from pipeline import migrate
 from pipeline.db import Database
+from pipeline.errors import MessageNotExist, ReceiptHandleError
 from pipeline.models import MnsQueue
 from pipeline.notify import queues
 from pipeline.notify.redis_store import RedisMessageStore
 from pipeline.notify.store import DbMessageStore, MessageStore
 from pipeline.settings import Settings
+from tests.e2e.stack import wait_until
 
 
 @pytest.fixture(params=["db", "redis"])
@@ -52,7 +54,7 @@ def test_store_contract(store: tuple[MessageStore, Database]) -> None:
     assert other is not None and other.body == "second"
     assert messages.receive(queue, dead, 0) is None  # both invisible now
     new_handle, _ = messages.change_visibility(queue, got.receipt_handle, 30)
-    with pytest.raises(queues.ReceiptHandleError):
+    with pytest.raises(ReceiptHandleError):
         messages.delete(queue, got.receipt_handle)  # replaced by change_visibility
     messages.delete(queue, new_handle)
     messages.delete(queue, other.receipt_handle)
@@ -61,20 +63,22 @@ def test_store_contract(store: tuple[MessageStore, Database]) -> None:
 
 @pytest.mark.integration
 def test_store_redelivery_and_dead_letter(store: tuple[MessageStore, Database]) -> None:
-    import time
-
     messages, db = store
     queue, dead = _queues(db, vt=1)
     messages.put(queue, "poison")
     first = messages.receive(queue, dead, 2)
     assert first is not None and first.dequeue_count == 1
-    time.sleep(1.1)  # the 1 s visibility timeout lapses (the unit under test is the clock)
-    second = messages.receive(queue, dead, 2)
+    # poll until the 1 s visibility timeout lapses and the message is receivable again
+    second = wait_until(lambda: messages.receive(queue, dead, 2), 10, 0.05, "redelivery")
     assert second is not None and second.dequeue_count == 2
     assert second.receipt_handle != first.receipt_handle
-    with pytest.raises((queues.ReceiptHandleError, queues.MessageNotExist)):
+    with pytest.raises((ReceiptHandleError, MessageNotExist)):
         messages.delete(queue, first.receipt_handle)
-    time.sleep(1.1)
-    assert messages.receive(queue, dead, 2) is None  # moved on its third receive
-    moved = messages.receive(dead, None, 0)
+    # on its third receive it moves to the dead-letter queue instead of being returned
+    moved = wait_until(
+        lambda: messages.receive(queue, dead, 2) or messages.receive(dead, None, 0),
+        10,
+        0.05,
+        "dead-lettered",
+    )
     assert moved is not None and moved.body == "poison" and moved.dequeue_count == 1
