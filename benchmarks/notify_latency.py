@@ -50,7 +50,7 @@ class Hook(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         now = time.time()
         content = json.loads(json.loads(json.loads(body)["Message"])["content"])
-        hook_times.put((content["TaskId"], now))
+        hook_times.put(("hook:" + content["TaskId"], now))
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -74,7 +74,7 @@ def collect_hooks(times: Any, stop: threading.Event) -> None:
             task_id, when = times.get(timeout=0.2)
         except queue_mod.Empty:
             continue
-        arrivals["hook:" + task_id] = when
+        arrivals[task_id] = when
 
 
 def pct(values: list[float], q: float) -> float:
@@ -109,17 +109,18 @@ def commit_events(db: Database, topic: str, n: int, rate: float | None) -> dict[
     return committed
 
 
-def consume_queue(account: Account, n: int, stop: threading.Event) -> None:
-    queue = account.get_queue("bench-q")
+def consume_queue(endpoint: str, times: Any) -> None:
+    """The SDK consumer, in its own process (receive → delete, as an IMM consumer does)."""
+    queue = Account(endpoint, KEY_ID, KEY_SECRET).get_queue("bench-q")
     queue.set_encoding(False)
-    while not stop.is_set():
+    while True:
         try:
             message = queue.receive_message(wait_seconds=1)
         except MNSExceptionBase:
             continue
         now = time.time()
         content = json.loads(json.loads(json.loads(message.message_body)["Message"])["content"])
-        arrivals["queue:" + content["TaskId"]] = now
+        times.put(("queue:" + content["TaskId"], now))
         queue.delete_message(message.receipt_handle)
 
 
@@ -152,6 +153,7 @@ def main() -> None:
     hook_port = port_out.get(timeout=30)
     stop = threading.Event()
     threading.Thread(target=collect_hooks, args=(times, stop), daemon=True).start()
+    consumer: multiprocessing.Process | None = None
     try:
         stack.run("migrate")
         stack.start_api()
@@ -167,7 +169,9 @@ def main() -> None:
         client.call("Subscribe", TopicName="bench", SubscriptionName="hook", Endpoint=hook_url)
         client.call("CreateTopic", TopicName="sustained")
         client.call("Subscribe", TopicName="sustained", SubscriptionName="hook", Endpoint=hook_url)
-        consumer = threading.Thread(target=consume_queue, args=(account, args.events, stop))
+        consumer = multiprocessing.Process(
+            target=consume_queue, args=(f"http://{stack.endpoint}", times), daemon=True
+        )
         consumer.start()
         db = Database(Settings(database_url=db_url).db_url)
         stack.start_dispatcher()
@@ -181,7 +185,12 @@ def main() -> None:
         commit_events(db, "sustained", n, None)
         t0 = time.perf_counter()
         stack.start_dispatcher("dispatcher-sustained")
-        wait_until(lambda: len(arrivals) >= n, 600, 0.05, "backlog drained")
+        wait_until(
+            lambda: sum(k.startswith("hook:") for k in list(arrivals)) >= n,
+            600,
+            0.05,
+            "backlog drained",
+        )
         elapsed = time.perf_counter() - t0
         print(
             f"\none dispatcher drained {n} webhook deliveries in {elapsed:.1f} s: "
@@ -189,6 +198,8 @@ def main() -> None:
         )
     finally:
         stop.set()
+        if consumer is not None:
+            consumer.terminate()
         stack.stop_all()
         hook.terminate()
         pg.stop()
