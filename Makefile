@@ -40,6 +40,7 @@ typecheck: dev-install
 
 bench: dev-install system-deps
 	$(BIN)/python benchmarks/spine_throughput.py
+	$(BIN)/python benchmarks/notify_latency.py
 
 clean:
 	rm -rf $(VENV) openimm-data .pytest_cache .mypy_cache .ruff_cache
