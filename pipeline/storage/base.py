@@ -10,28 +10,53 @@ from typing import BinaryIO, Protocol
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """One object: its key within the bucket, size in bytes and mtime (Unix seconds)."""
+
     key: str
     size: int
     mtime: float
 
 
 class ObjectStore(Protocol):
-    """Every write is atomic: readers see the old object or the whole new one."""
+    """Objects addressed by ``(bucket, key)``; see ``pipeline.storage.uri`` for valid names.
 
-    def put_file(self, bucket: str, key: str, src: Path) -> None: ...
+    Every write is atomic: readers see the old object or the whole new one. A missing object
+    raises ``ObjectNotFound`` on read; a missing bucket reads as missing and lists as empty.
+    """
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None: ...
+    def put_file(self, bucket: str, key: str, src: Path) -> None:
+        """Store the local file ``src`` as the object."""
+        ...
 
-    def put_stream(self, bucket: str, key: str, stream: BinaryIO, max_bytes: int) -> int: ...
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        """Store ``data`` as the object."""
+        ...
 
-    def get_to_file(self, bucket: str, key: str, dest: Path) -> None: ...
+    def put_stream(self, bucket: str, key: str, stream: BinaryIO, max_bytes: int) -> int:
+        """Store ``stream`` and return its size; ``FileTooLarge`` past ``max_bytes``, leaving
+        nothing behind (a previous object stays as it was)."""
+        ...
 
-    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    def get_to_file(self, bucket: str, key: str, dest: Path) -> None:
+        """Copy the object to the local file ``dest`` (its directory must exist)."""
+        ...
 
-    def exists(self, bucket: str, key: str) -> bool: ...
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        """The object's content."""
+        ...
 
-    def stat(self, bucket: str, key: str) -> ObjectInfo: ...
+    def exists(self, bucket: str, key: str) -> bool:
+        """Whether the object exists."""
+        ...
 
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        """The object's size and mtime; ``ObjectNotFound`` if missing."""
+        ...
 
-    def delete(self, bucket: str, key: str) -> None: ...
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, recursively, sorted by key."""
+        ...
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
