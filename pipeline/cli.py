@@ -41,9 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.server import run_worker
+    from pipeline.server import run_worker, supervise_worker
 
     settings = _settings(args)
+    if not args.no_supervise:
+        child = ["-Q", args.queues, "-c", str(args.concurrency or settings.worker_concurrency)]
+        return supervise_worker(settings, child + (["-n", args.hostname] if args.hostname else []))
     return run_worker(
         settings,
         queues=args.queues,
@@ -304,6 +307,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-Q", "--queues", default="all", help="comma-separated queues or 'all'")
     worker.add_argument("-c", "--concurrency", type=int, help="OPENIMM_WORKER_CONCURRENCY")
     worker.add_argument("-n", "--hostname", default=None, help="worker node name")
+    worker.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="run Celery in this process (no automatic restart after a crash)",
+    )
     worker.set_defaults(func=cmd_worker)
     pools = sub.add_parser("pools", help="list pools, queue depths; grow/shrink a running pool")
     pools.add_argument(

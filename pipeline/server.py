@@ -109,29 +109,33 @@ def _die_with_parent() -> None:
 
 
 class WorkerSupervisor(threading.Thread):
-    """Keeps the embedded worker pool process alive; restarts it if it dies."""
+    """Keeps one Celery worker pool process alive and restarts it if it dies.
 
-    def __init__(self, settings: Settings) -> None:
+    Used by ``openimm worker`` and by the embedded ``serve``. Why: on a broker connection loss
+    (e.g. a Redis restart) Celery 5.7 / kombu occasionally exits with "Unrecoverable error"
+    instead of reconnecting; jobs are safe in the broker (late ack, AOF), so a restart is all
+    it takes. SIGTERM is forwarded for Celery's warm shutdown (running jobs finish).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        args: list[str],
+        *,
+        stop_grace: float | None,
+        die_with_parent: bool,
+    ) -> None:
         super().__init__(daemon=True, name="worker-supervisor")
-        self.settings = settings
+        self.settings, self.args = settings, args
+        self.stop_grace, self.die_with_parent = stop_grace, die_with_parent
         self.stopping = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "OPENIMM_DATA_DIR": str(self.settings.resolved_data_dir)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "worker",
-            "-Q",
-            "all",
-            "-c",
-            str(self.settings.worker_concurrency),
-            "-n",
-            "embedded@%h",
-        ]
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--no-supervise", *self.args]
+        preexec = _die_with_parent if self.die_with_parent else None
+        return subprocess.Popen(cmd, env=env, preexec_fn=preexec)
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -146,9 +150,23 @@ class WorkerSupervisor(threading.Thread):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # warm shutdown: running jobs finish
             try:
-                self.proc.wait(WORKER_STOP_GRACE)
+                self.proc.wait(self.stop_grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def supervise_worker(settings: Settings, args: list[str]) -> int:
+    """``openimm worker``: run the pool under a supervisor until SIGTERM/SIGINT. The stop waits
+    as long as running jobs need: the orchestrator's grace period is the limit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervisor = WorkerSupervisor(settings, args, stop_grace=None, die_with_parent=True)
+    supervisor.start()
+    stop.wait()
+    supervisor.stop()
+    return 0
 
 
 def run_dispatcher(settings: Settings) -> int:
@@ -191,7 +209,10 @@ def serve(settings: Settings) -> int:
             log.info("re-enqueued %d task(s) interrupted by the last stop", recovered)
     db.dispose()
     _announce(settings, keys)
-    supervisor = WorkerSupervisor(settings)
+    args = ["-Q", "all", "-c", str(settings.worker_concurrency), "-n", "embedded@%h"]
+    supervisor = WorkerSupervisor(
+        settings, args, stop_grace=WORKER_STOP_GRACE, die_with_parent=True
+    )
     supervisor.start()
     dispatcher_stop = _start_dispatcher_thread(settings)
     try:

@@ -20,9 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from redis.exceptions import RedisError
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from pipeline.db import Database
@@ -220,6 +221,10 @@ class Dispatcher:
             return 201, ""
         except ImmError as exc:
             return None, f"{exc.code}: {exc.message}"
+        except (RedisError, SQLAlchemyError) as exc:
+            # The message store is unreachable (e.g. Redis restarting): a failed attempt,
+            # retried on the subscription's policy rather than failing the whole pass.
+            return None, f"{type(exc).__name__}: {exc}"[:1000]
         return 201, ""
 
     def record_many(self, outcomes: list[Outcome]) -> None:
