@@ -1,4 +1,5 @@
-"""ORM models: projects, datasets, tasks and the transactional outbox of events.
+"""ORM models: projects, datasets, tasks, the transactional outbox of events, and the file
+meta / faces / figure clusters of datasets.
 
 Times are stored as naive UTC (``UTCDateTime``) so SQLite and PostgreSQL behave the same.
 """
@@ -11,10 +12,13 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -261,3 +265,107 @@ class MnsMessage(Base):
     next_visible_time: Mapped[datetime] = mapped_column(UTCDateTime)
     dequeue_count: Mapped[int] = mapped_column(Integer, default=0)
     receipt_handle: Mapped[str] = mapped_column(String(64), default="")
+
+
+# ---- file meta, faces and figure clusters (issue 4) ---------------------------------------
+
+# Byte-order collation on PostgreSQL, as SQLite's default BINARY: string ranges, prefixes and
+# sort orders of SimpleQuery then give the same results on both databases.
+IndexString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
+
+
+class File(Base):
+    """One indexed file (IMM ``File``). ``doc`` holds the document minus ``Figures``, which
+    live in :class:`Figure` so clustering can change them without rewriting the document."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index(None, "dataset_id", "update_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ObjectId
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(128))
+    project_name: Mapped[str] = mapped_column(String(128))
+    dataset_name: Mapped[str] = mapped_column(String(128))
+    uri: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(16), default="other")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Figure(Base):
+    """One detected face. ``clustered`` is False until a clustering run has seen it (IMM's
+    runs are incremental); ``manual`` marks a face the user placed with UpdateFileMeta."""
+
+    __tablename__ = "figures"
+    __table_args__ = (
+        Index(None, "dataset_id", "clustered"),
+        Index(None, "dataset_id", "cluster_id"),
+        Index(None, "file_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # FigureId
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(16), default="image")
+    cluster_id: Mapped[str] = mapped_column(String(64))
+    cluster_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    clustered: Mapped[bool] = mapped_column(Boolean, default=False)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    qualified: Mapped[bool] = mapped_column(Boolean, default=False)
+    quality: Mapped[float] = mapped_column(Float, default=0.0)
+    attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FigureCluster(Base):
+    """A person (IMM ``FigureCluster``). ``centroid``/``centroid_size`` are the running mean of
+    member embeddings that incremental runs match new faces against."""
+
+    __tablename__ = "figure_clusters"
+    __table_args__ = (Index(None, "dataset_id", "create_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ObjectId Cluster-<uuid>
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(128))
+    project_name: Mapped[str] = mapped_column(String(128))
+    dataset_name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(256), default="")
+    custom_id: Mapped[str] = mapped_column(String(256), default="")
+    custom_labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cover_figure_id: Mapped[str] = mapped_column(String(64), default="")
+    cover_manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    centroid_size: Mapped[int] = mapped_column(Integer, default=0)
+    image_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    video_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    face_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    meta_lock_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    update_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FileField(Base):
+    """Search index of file documents: one row per leaf value. ``elem`` is the index of the
+    array element a value belongs to (-1 for top-level scalars), which is what lets
+    ``nested`` queries require all conditions to hit the same element. Portable SQL over this
+    table gives SimpleQuery the same results on SQLite and PostgreSQL."""
+
+    __tablename__ = "file_fields"
+    __table_args__ = (
+        Index(None, "dataset_id", "field", "sval"),
+        Index(None, "dataset_id", "field", "nval"),
+        Index(None, "file_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(256))
+    elem: Mapped[int] = mapped_column(Integer, default=-1)
+    sval: Mapped[str] = mapped_column(IndexString)
+    lval: Mapped[str] = mapped_column(String(1024))  # casefolded sval, for match-phrase
+    nval: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -164,6 +164,9 @@ def delete_dataset(session: Session, project: Project, name: str) -> None:
     )
     if running:
         raise StatusConflict("Message: cannot delete a dataset while its tasks are running")
+    if dataset.file_count:
+        # IMM: file metas must be removed first (DeleteFileMeta / BatchDeleteFileMeta).
+        raise StatusConflict("Message: cannot delete when sub resoures exist")
     session.delete(dataset)
 
 

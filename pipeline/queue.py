@@ -25,6 +25,8 @@ ROUTES: dict[str, str] = {
     "FileUncompression": "archive",
     "ArchiveFileInspection": "archive",
     "Diagnostic": "default",
+    "FileMetaIndex": "index",
+    "FileMetaBatchIndex": "index",
     "FaceClustering": "cluster",
     "FigureClustersMerging": "cluster",
     "FacesSearching": "cluster",

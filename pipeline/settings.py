@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)
+    # Faces (indexing with Official:FaceManagement / ImageManagement templates).
+    face_detector: str = "hog"  # "hog" (fast, CPU) or "cnn" (dlib MMOD: better recall, GPU-worthy)
+    face_max_side: int = 1600  # detection runs at most at this size; boxes map back
+    video_face_interval_seconds: float = 1.0
+    video_face_max_frames: int = 60
 
     @field_validator("time_limits", "queue_routes", mode="before")
     @classmethod

@@ -35,6 +35,12 @@ EVENT_TYPE_NAMES = {
     "FaceClustering": "FigureClustering",
     "PointCloudCompress": "PointCloudCompression",
 }
+# IndexFileMeta / BatchIndexFileMeta run as internal tasks (retries, outbox, ListTasks when
+# asked by type) but announce themselves as IMM's FileMeta events, with IMM's content shape.
+FILE_META_EVENTS = {
+    "FileMetaIndex": "imm:FileMeta:Index",
+    "FileMetaBatchIndex": "imm:FileMeta:BatchIndex",
+}
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 # The worker hot path (claim, finalize) uses Core statements on these tables: no ORM identity
 # map or entity construction per job.
@@ -57,6 +63,8 @@ class NewTask:
 
 
 def event_type(task_type: str) -> str:
+    if task_type in FILE_META_EVENTS:
+        return FILE_META_EVENTS[task_type]
     return f"imm:Task:{EVENT_TYPE_NAMES.get(task_type, task_type)}"
 
 
@@ -178,6 +186,8 @@ def _filters(filt: TaskFilter) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     if filt.task_types:
         clauses.append(Task.task_type.in_(filt.task_types))
+    else:  # IMM lists no index jobs; name FileMetaIndex/FileMetaBatchIndex to see them
+        clauses.append(Task.task_type.not_in(list(FILE_META_EVENTS)))
     if filt.status:
         clauses.append(Task.status == filt.status)
     for column, (low, high) in (
@@ -246,6 +256,20 @@ def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
         .one_or_none()
     )
     return None if row is None else Claim(*row)
+
+
+def hold_running(session: Session, task_id_: str) -> bool:
+    """Lock a Running task's row for the rest of the transaction; False if it is terminal.
+
+    An UPDATE (not SELECT FOR UPDATE) so that SQLite takes its write lock now, before the
+    caller reads the state it is about to change, and PostgreSQL serialises with CancelTask.
+    """
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id_, Task.status == RUNNING)
+        .values(heartbeat_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def set_progress(session: Session, task_id_: str, progress: int) -> bool:
@@ -320,6 +344,7 @@ EVENT_COLUMNS = [
         "event_id",
         "notification",
         "result",
+        "request",
     )
 ]
 
@@ -342,6 +367,8 @@ def _terminal_event(task: Any) -> dict[str, Any]:
 
 def message_content(task: Any) -> dict[str, Any]:
     """Layer 3 of the IMM notification: the common keys, then task-specific results."""
+    if task["task_type"] in FILE_META_EVENTS:
+        return _file_meta_content(task)
     content: dict[str, Any] = {
         "ProjectName": task["project_name"],
         "DatasetName": task["dataset_name"],
@@ -358,6 +385,34 @@ def message_content(task: Any) -> dict[str, Any]:
     }
     content.update(task["result"] or {})
     return content
+
+
+def _file_meta_content(task: Any) -> dict[str, Any]:
+    """IMM's index message: no TaskId/Status; ``Success`` and per-file ``[Code] message``."""
+    result = task["result"] or {}
+    files = result.get("Files")
+    if files is None:  # the whole job failed before per-file results existed
+        error = f"[{task['code']}] {task['message']}"
+        files = [
+            {
+                "URI": f.get("URI", ""),
+                "CustomId": f.get("CustomId", ""),
+                "CustomLabels": f.get("CustomLabels", {}),
+                "Error": error,
+            }
+            for f in (task["request"] or {}).get("Files", [])
+        ]
+    return {
+        "ProjectName": task["project_name"],
+        "DatasetName": task["dataset_name"],
+        "RequestId": task["request_id"],
+        "StartTime": task_time(task["start_time"]),
+        "EndTime": task_time(task["end_time"]),
+        "UserData": task["user_data"],
+        "Success": task["status"] == SUCCEEDED,
+        "Message": task["message"],
+        "Files": files,
+    }
 
 
 def cancel(session: Session, project: Project, task_id_: str) -> Task:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from pipeline.settings import Settings
 from pipeline.storage import MediaIO, ObjectStore
 
@@ -20,6 +22,18 @@ PROGRESS_MIN_INTERVAL = 0.5
 
 class Cancelled(Exception):
     """The task was cancelled (CancelTask) while the processor was running."""
+
+
+@dataclass(frozen=True)
+class Transactional:
+    """A processor result that writes database state (file meta, figures, clusters).
+
+    The runtime calls ``apply(session)`` in the same transaction that ends the task, after
+    checking the task is still Running, so the state change, the task's terminal status and
+    its outbox event commit together or not at all; ``apply`` returns the task result.
+    """
+
+    apply: Callable[[Session], dict[str, Any]]
 
 
 @dataclass

@@ -12,13 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import InvalidArgument
-from workers.context import JobContext
+from workers.context import JobContext, Transactional
 
-Processor = Callable[[JobContext], dict[str, Any]]
+Processor = Callable[[JobContext], dict[str, Any] | Transactional]
 
 PROCESSORS: dict[str, str] = {
     "FileCompression": "workers.compression:process",
     "Diagnostic": "workers.diagnostic:process",
+    "FileMetaIndex": "workers.indexing:process",
+    "FileMetaBatchIndex": "workers.indexing:process",
+    "FaceClustering": "workers.figure_clustering:process",
+    "FigureClustersMerging": "workers.figure_clustering:merge",
+    "FacesSearching": "workers.face_search:process",
 }
 
 

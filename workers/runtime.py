@@ -22,7 +22,7 @@ from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmErro
 from pipeline.settings import Settings
 from pipeline.storage import MediaIO, ObjectStore, open_store
 from workers import registry
-from workers.context import Cancelled, JobContext
+from workers.context import Cancelled, JobContext, Transactional
 from workers.device import pick_device
 
 log = logging.getLogger("openimm.worker")
@@ -114,7 +114,29 @@ def _process(st: WorkerState, job: tasks.Claim) -> str:
         )
     finally:
         ctx.cleanup()
+    if isinstance(result, Transactional):
+        return _commit(st, job, result)
     return _finish(st, job, tasks.SUCCEEDED, result=result)
+
+
+def _commit(st: WorkerState, job: tasks.Claim, work: Transactional) -> str:
+    """Apply a processor's database changes and end the task in one transaction."""
+    try:
+        with st.db.session() as session:
+            if not tasks.hold_running(session, job.task_id):
+                return "superseded"  # cancelled meanwhile: apply nothing
+            result = work.apply(session)
+            tasks.finalize(
+                session, job.task_id, tasks.SUCCEEDED, result=result, started_at=job.start_time
+            )
+    except ImmError as exc:
+        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
+    except Exception as exc:
+        log.exception("task %s failed while committing", job.task_id)
+        return _finish(
+            st, job, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
+        )
+    return tasks.SUCCEEDED
 
 
 def _report(st: WorkerState, task_id: str, percent: int) -> bool:

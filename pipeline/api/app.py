@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import credentials, migrate, queue
 from pipeline.api import (  # noqa: F401 (importing registers the actions)
+    figure_actions,
+    file_actions,
     mns,
     notify_actions,
     objects,

@@ -1,0 +1,235 @@
+"""IndexFileMeta / BatchIndexFileMeta: probe each file, detect faces when the dataset's
+template asks for them, then store every successful file in the transaction that ends the
+job. Per-file failures do not fail the job: they are reported as IMM does, ``[Code] message``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline import figures, files
+from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
+from pipeline.models import Dataset, Project
+from workers import probe
+from workers.context import JobContext, Transactional
+
+log = logging.getLogger("openimm.indexing")
+
+# Templates (reference §3.2) whose operators include face detection.
+FACE_TEMPLATES = frozenset(
+    {
+        "Official:FaceManagement",
+        "Official:ImageManagement",
+        "Official:CognitionImageManagement",
+        "Official:AllFunction",
+    }
+)
+# IMM's group-formation rule for figure clustering (reference §3.6).
+MIN_FACE_PX = 75
+MAX_POSE_DEGREES = 30.0
+MIN_QUALITY = 0.8
+# Faces of one person across sampled video frames closer than this are one figure.
+VIDEO_TRACK_DISTANCE = 0.45
+
+
+@dataclass
+class Outcome:
+    uri: str
+    user: dict[str, Any]
+    indexed: files.Indexed | None = None
+    error: str = ""
+
+
+def process(ctx: JobContext) -> Transactional:
+    request = ctx.request
+    with_faces = request.get("TemplateId", "") in FACE_TEMPLATES
+    outcomes = []
+    entries = request["Files"]
+    for n, entry in enumerate(entries):
+        outcomes.append(_index_one(ctx, entry, n, with_faces))
+        ctx.progress(int(90 * (n + 1) / len(entries)))
+    return Transactional(lambda session: _store(session, ctx.request, outcomes))
+
+
+def _index_one(ctx: JobContext, entry: dict[str, Any], n: int, with_faces: bool) -> Outcome:
+    uri = entry["URI"]
+    out = Outcome(uri=uri, user=entry)
+    try:
+        local = ctx.media.fetch(uri, ctx.workdir / f"in{n}")
+        out.indexed = analyse(ctx, local, uri, with_faces)
+        out.indexed.user = entry
+    except ImmError as exc:
+        out.error = f"[{_file_code(exc)}] {exc.message}"
+    except Exception as exc:  # one bad file must not lose the batch
+        log.exception("indexing %s failed", uri)
+        out.error = f"[InternalError] {type(exc).__name__}: {exc}"
+    return out
+
+
+def _file_code(exc: ImmError) -> str:
+    return "InvalidArgument" if exc.code == "ObjectNotFound" else exc.code
+
+
+def analyse(ctx: JobContext, path: Path, uri: str, with_faces: bool) -> files.Indexed:
+    doc = probe.basics(path, uri)
+    kind = doc["MediaType"]
+    if kind == "image":
+        doc.update(probe.image_fields(path))
+    elif kind in ("video", "audio") or doc["ContentType"] == "application/octet-stream":
+        if kind == "other":
+            kind = _maybe_media(path, doc)
+        else:
+            doc.update(probe.ffprobe(path))
+        kind = doc["MediaType"]
+    if with_faces and kind not in ("image", "video"):
+        raise InvalidArgument(
+            f"Unsupported file type {doc['ContentType']}: the dataset's template indexes "
+            "images and videos."
+        )
+    faces = None
+    if with_faces:
+        faces = _image_faces(ctx, path) if kind == "image" else _video_faces(ctx, path)
+    return files.Indexed(uri=uri, media_type=kind, size=doc["Size"], doc=doc, faces=faces)
+
+
+def _maybe_media(path: Path, doc: dict[str, Any]) -> str:
+    """Unknown magic: let ffprobe decide (many containers have no fixed signature)."""
+    try:
+        doc.update(probe.ffprobe(path))
+    except InvalidArgument:
+        return "other"
+    return str(doc["MediaType"])
+
+
+# ---- faces ----------------------------------------------------------------------------------
+
+
+def _analyzer(ctx: JobContext) -> Any:
+    from workers import faces  # dlib loads on first use in this worker process
+
+    return faces.get_analyzer(ctx.settings.face_detector, ctx.settings.face_max_side)
+
+
+def _image_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
+    from workers import faces
+
+    rgb, _info = faces.load_image(path)
+    return [_new_face(face) for face in _analyzer(ctx).analyze(rgb)]
+
+
+def _video_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
+    """Faces from sampled frames; one figure per person (the best-quality sighting)."""
+    from workers import faces
+
+    frames = faces.sample_video_frames(
+        path,
+        every_seconds=ctx.settings.video_face_interval_seconds,
+        max_frames=ctx.settings.video_face_max_frames,
+    )
+    analyzer = _analyzer(ctx)
+    tracks: list[list[Any]] = []
+    for _ms, rgb in frames:
+        for face in analyzer.analyze(rgb):
+            _add_to_track(tracks, face)
+    return [_new_face(max(track, key=lambda f: f.quality)) for track in tracks]
+
+
+def _add_to_track(tracks: list[list[Any]], face: Any) -> None:
+    for track in tracks:
+        if float(np.linalg.norm(track[0].embedding - face.embedding)) < VIDEO_TRACK_DISTANCE:
+            track.append(face)
+            return
+    tracks.append([face])
+
+
+def qualifies(face: Any) -> bool:
+    """IMM's rule for faces that may found a cluster (reference §3.6)."""
+    return (
+        face.width > MIN_FACE_PX
+        and face.height > MIN_FACE_PX
+        and max(abs(face.pitch), abs(face.roll), abs(face.yaw)) < MAX_POSE_DEGREES
+        and face.quality > MIN_QUALITY
+    )
+
+
+def _new_face(face: Any) -> files.NewFace:
+    attrs = {
+        "FigureConfidence": round(float(face.confidence), 4),
+        "Boundary": {
+            "Left": int(face.left),
+            "Top": int(face.top),
+            "Width": int(face.width),
+            "Height": int(face.height),
+        },
+        "HeadPose": {
+            "Pitch": round(float(face.pitch), 2),
+            "Roll": round(float(face.roll), 2),
+            "Yaw": round(float(face.yaw), 2),
+        },
+        "FaceQuality": round(float(face.quality), 4),
+        "Sharpness": round(float(face.sharpness), 4),
+    }
+    return files.NewFace(
+        figure_id=str(uuid.uuid4()),
+        attrs=attrs,
+        embedding=np.asarray(face.embedding, dtype=np.float32).tobytes(),
+        qualified=qualifies(face),
+        quality=float(face.quality),
+    )
+
+
+# ---- the commit -----------------------------------------------------------------------------
+
+
+def _store(session: Session, request: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
+    dataset = _dataset(session, request)
+    touched: set[str] = set()
+    for out in outcomes:
+        if out.indexed is None:
+            continue
+        try:
+            with session.begin_nested():  # a file over the dataset's limits fails alone
+                touched |= files.store_indexed(session, dataset, out.indexed)
+        except ImmError as exc:
+            out.error = f"[{exc.code}] {exc.message}"
+    removed = set(figures.refresh(session, touched))
+    figures.reindex_files(session, figures.affected_files(session, touched - removed))
+    failed = [o for o in outcomes if o.error]
+    return {
+        "Success": True,
+        "Message": f"{len(failed)} of {len(outcomes)} files failed." if failed else "",
+        "Files": [_file_result(o) for o in outcomes],
+    }
+
+
+def _dataset(session: Session, request: dict[str, Any]) -> Dataset:
+    dataset = session.scalar(
+        select(Dataset)
+        .join(Project, Project.id == Dataset.project_id)
+        .where(
+            Project.owner == request["Owner"],
+            Project.name == request["ProjectName"],
+            Dataset.name == request["DatasetName"],
+        )
+        .with_for_update()  # counters: concurrent index jobs of one dataset take turns
+    )
+    if dataset is None:
+        raise ResourceNotFound("dataset", request["DatasetName"])
+    return dataset
+
+
+def _file_result(out: Outcome) -> dict[str, Any]:
+    return {
+        "URI": out.uri,
+        "CustomId": out.user.get("CustomId", ""),
+        "CustomLabels": out.user.get("CustomLabels", {}),
+        "Error": out.error,
+    }
