@@ -279,6 +279,38 @@ def _notify_parsers(sub: argparse._SubParsersAction) -> None:
     events.set_defaults(func=cmd_events)
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from pipeline import albums
+
+    summary = albums.index_folder(_client(args), Path(args.folder), args.project, args.dataset)
+    for err in summary["Errors"]:
+        print(f"{err['URI']}: {err['Error']}", file=sys.stderr)
+    run = summary["Clustering"]
+    print(
+        f"indexed {summary['Files'] - len(summary['Errors'])}/{summary['Files']} files; "
+        f"clustering {run['Status']}: {run.get('NewClusterCount', 0)} new people, "
+        f"{run.get('UpdatedClusterCount', 0)} updated"
+    )
+    return EXIT_OK if run["Status"] == "Succeeded" else EXIT_FAILURE
+
+
+def cmd_people(args: argparse.Namespace) -> int:
+    from pipeline import albums
+
+    clusters = albums.people(_client(args), args.project, args.dataset)
+    if args.json:
+        print(json.dumps(clusters, indent=2))
+        return EXIT_OK
+    print(f"{'CLUSTER':<46} {'NAME':<16} {'PHOTOS':>6} {'FACES':>6}  COVER")
+    for c in clusters:
+        cover = (c.get("Cover") or {}).get("URI", "")
+        print(
+            f"{c['ObjectId']:<46} {c['Name'] or '-':<16} {c['ImageCount']:>6} "
+            f"{c['FaceCount']:>6}  {cover}"
+        )
+    return EXIT_OK
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.imm import json_schemas
 
@@ -334,6 +366,16 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list objects: openimm ls oss://bucket/prefix")
     ls.add_argument("uri")
     ls.set_defaults(func=cmd_ls)
+    index = sub.add_parser("index", help="index a folder of photos and cluster the people")
+    index.add_argument("folder")
+    index.add_argument("--dataset", required=True)
+    index.add_argument("--project", default="photos")
+    index.set_defaults(func=cmd_index)
+    people = sub.add_parser("people", help="list the people (figure clusters) of a dataset")
+    people.add_argument("--dataset", required=True)
+    people.add_argument("--project", default="photos")
+    people.add_argument("--json", action="store_true", help="full FigureCluster objects")
+    people.set_defaults(func=cmd_people)
     _notify_parsers(sub)
     return parser
 

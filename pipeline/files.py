@@ -59,6 +59,8 @@ def input_file(value: Any, param: str, *, for_update: bool = False) -> dict[str,
     """A validated ``InputFile``; raises ``Invalid<param>`` naming the problem."""
     if not isinstance(value, dict):
         raise InvalidParameter(param, "Each file must be a JSON object.")
+    if for_update:
+        _check_update(value, param)
     unknown = set(value) - INPUT_FIELDS
     if unknown:
         raise InvalidParameter(param, f"Unknown field(s): {', '.join(sorted(unknown))}.")
@@ -77,8 +79,6 @@ def input_file(value: Any, param: str, *, for_update: bool = False) -> dict[str,
         raise InvalidParameter(param, f"MediaType must be one of {', '.join(MEDIA_TYPES)}.")
     if "Figures" in value and not for_update:
         raise InvalidParameter(param, "Figures can only be set with UpdateFileMeta.")
-    if for_update:
-        _check_update(value, param)
     return value
 
 

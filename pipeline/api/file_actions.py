@@ -69,7 +69,9 @@ def _index(svc: Services, caller: Caller, p: Params, entries: list[Any], kind: s
         "client_token": p.str("ClientToken") or None,
     }
     result = submit(svc, caller, names[0], kind, request, common, dataset_name=names[1])
-    return {"EventId": result["EventId"]}
+    # TaskId is an openimm extension (GetTask with TaskType FileMetaBatchIndex|FileMetaIndex
+    # shows progress and per-file results); IMM clients read EventId only.
+    return {"EventId": result["EventId"], "TaskId": result["TaskId"]}
 
 
 @action("IndexFileMeta", DATASET + " File Notification UserData CredentialConfig")

@@ -63,4 +63,12 @@ def task_info(t: Task, with_definition: bool = False) -> dict[str, Any]:
 
 def get_task(t: Task, request_id: str, with_definition: bool) -> dict[str, Any]:
     body = task_info(t, with_definition)
-    return {**body, "ProjectName": t.project_name, "EventId": t.event_id, "RequestId": request_id}
+    # openimm extension: the task's results (what its notification carries) are also readable
+    # here, for clients without a topic; IMM's own keys take precedence.
+    return {
+        **(t.result or {}),
+        **body,
+        "ProjectName": t.project_name,
+        "EventId": t.event_id,
+        "RequestId": request_id,
+    }
