@@ -30,6 +30,7 @@ ROUTES: dict[str, str] = {
     "FaceClustering": "cluster",
     "FigureClustersMerging": "cluster",
     "FacesSearching": "cluster",
+    "ImageFigureClusterSearch": "cluster",
     "Highlight": "highlight",
     "VideoSuperResolution": "sr",
     "SpeechRecognition": "asr",

@@ -41,6 +41,8 @@ FILE_META_EVENTS = {
     "FileMetaIndex": "imm:FileMeta:Index",
     "FileMetaBatchIndex": "imm:FileMeta:BatchIndex",
 }
+# Jobs that IMM does not list as tasks: ListTasks shows them only when asked by type.
+INTERNAL_TASK_TYPES = frozenset({*FILE_META_EVENTS, "ImageFigureClusterSearch"})
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 # The worker hot path (claim, finalize) uses Core statements on these tables: no ORM identity
 # map or entity construction per job.
@@ -187,7 +189,7 @@ def _filters(filt: TaskFilter) -> list[ColumnElement[bool]]:
     if filt.task_types:
         clauses.append(Task.task_type.in_(filt.task_types))
     else:  # IMM lists no index jobs; name FileMetaIndex/FileMetaBatchIndex to see them
-        clauses.append(Task.task_type.not_in(list(FILE_META_EVENTS)))
+        clauses.append(Task.task_type.not_in(sorted(INTERNAL_TASK_TYPES)))
     if filt.status:
         clauses.append(Task.status == filt.status)
     for column, (low, high) in (

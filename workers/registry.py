@@ -24,6 +24,7 @@ PROCESSORS: dict[str, str] = {
     "FaceClustering": "workers.figure_clustering:process",
     "FigureClustersMerging": "workers.figure_clustering:merge",
     "FacesSearching": "workers.face_search:process",
+    "ImageFigureClusterSearch": "workers.face_search:search_clusters",
 }
 
 

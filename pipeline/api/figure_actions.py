@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import figures
-from pipeline.api.file_actions import DATASET, _dataset
+from pipeline.api.file_actions import DATASET, _dataset, check_uri
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, _time_range, submit
+from pipeline.api.task_actions import (
+    COMMON_TASK_PARAMS,
+    _common,
+    _time_range,
+    submit,
+    wait_for_task,
+)
 from pipeline.errors import InvalidParameter, LimitExceeded
 from pipeline.params import Params
 
@@ -121,3 +127,28 @@ def update_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[str,
         _, dataset = _dataset(s, caller, p)
         figures.update(s, dataset, value)
     return {}
+
+
+@action("CreateFacesSearchingTask", COMMON_TASK_PARAMS + " DatasetName Sources MaxResult")
+def create_faces_searching_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    sources = p.json("Sources", list, required=True)
+    if not sources or len(sources) > 4:
+        raise InvalidParameter("Sources", "Expected 1 to 4 sources.")
+    for src in sources:
+        if not isinstance(src, dict) or not isinstance(src.get("URI"), str):
+            raise InvalidParameter("Sources", "Every source needs a URI string.")
+        check_uri(svc, src["URI"], "Sources")
+    max_result = p.int("MaxResult", default=5, minimum=0, maximum=100) or 5
+    extra = {"Sources": [{"URI": s["URI"]} for s in sources], "MaxResult": max_result}
+    return _dataset_task(svc, caller, p, "FacesSearching", extra)
+
+
+@action("SearchImageFigureCluster", DATASET + " SourceURI CredentialConfig")
+def search_image_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    """Synchronous in IMM: queued here (the API never loads dlib) and awaited."""
+    source = p.str("SourceURI", required=True)
+    check_uri(svc, source, "SourceURI")
+    p.json("CredentialConfig", dict)
+    created = _dataset_task(svc, caller, p, "ImageFigureClusterSearch", {"SourceURI": source})
+    task = wait_for_task(svc, caller, created["TaskId"], svc.settings.predict_timeout_seconds)
+    return {"Clusters": task.result.get("Clusters", [])}

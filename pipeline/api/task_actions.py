@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pipeline import projects, queue, tasks
@@ -91,6 +92,35 @@ def submit(
                 s.delete(s.get(tasks.Task, task_id))
             raise QueueUnavailable() from exc
     return {"TaskId": task_id, "EventId": event_id}
+
+
+def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -> tasks.Task:
+    """Block (in the request's worker thread) until a task ends; for IMM's synchronous calls
+    that openimm runs on the queue. A task still running at the timeout is cancelled."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        with svc.db.session() as s:
+            task = s.get(tasks.Task, task_id)
+            assert task is not None
+            if task.status != tasks.RUNNING:
+                break
+            if time.monotonic() > deadline:
+                project = projects.get_project(s, caller.owner, task.project_name)
+                tasks.cancel(s, project, task_id)
+                raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+    if task.status != tasks.SUCCEEDED:
+        raise ImmError(task.message or "The operation failed.", code=task.code or None)
+    return task
+
+
+class SyncTimeout(ImmError):
+    """The operation timed out."""
+
+    code = "OperationTimeout"
+    http_status = 504
 
 
 @action("GetTask", "ProjectName TaskType TaskId RequestDefinition")

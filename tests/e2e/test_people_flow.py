@@ -1,0 +1,268 @@
+"""The seed-004 flow with the official SDKs against real API, worker and dispatcher processes
+on PostgreSQL + Redis: FaceManagement dataset → BatchIndexFileMeta (MNS notification) →
+imm:FileMeta:BatchIndex → CreateFigureClusteringTask → imm:Task:FigureClustering →
+QueryFigureClusters → SimpleQuery on Figures.FigureClusterId; then an incremental run, a
+stale MetaLockVersion, and deletes that empty the cluster.
+
+Photos are generated from the committed astronaut fixture (NASA, public domain): the same
+person in several framings, plus a group photo holding her twice, a corrupt JPEG, a text file
+and a missing object."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alibabacloud_imm20200930 import models as m
+from alibabacloud_imm20200930.client import Client as ImmSdk
+from alibabacloud_tea_openapi.models import Config
+from mns.account import Account
+from mns.queue import Queue, QueueMeta
+from mns.subscription import SubscriptionMeta
+from mns.topic import TopicMeta
+from PIL import Image, ImageEnhance
+from Tea.exceptions import TeaException
+
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch
+from tests.realservices import PostgresServer, RedisServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
+PROJECT, DATASET, BUCKET = "albums", "family", "photos"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    stack = launch(
+        tmp_path_factory.mktemp("people"),
+        database_url=postgres_server.create_database("people_e2e"),
+        broker_url=redis_server.url(9),
+        redis_url=redis_server.url(8),
+        dispatcher=True,
+        region="cn-local",
+    )
+    yield stack
+    stack.stop_all()
+
+
+def _photos(folder: Path) -> list[str]:
+    """Variants of one face, each a separate photo; names returned in index order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Image.open(FIXTURE).convert("RGB")
+    w, h = base.size
+    variants = {
+        "p1.jpg": base,
+        "p2.jpg": base.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "p3.jpg": base.resize((int(w * 1.3), int(h * 1.3))),
+        "p4.jpg": ImageEnhance.Brightness(base).enhance(1.15),
+        "p5.jpg": base.crop((40, 0, w, h - 60)),
+    }
+    group = Image.new("RGB", (w * 2, h))
+    group.paste(base, (0, 0))
+    group.paste(variants["p2.jpg"], (w, 0))
+    variants["group.jpg"] = group
+    for name, img in variants.items():
+        img.save(folder / name, quality=92)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 50)
+    (folder / "notes.txt").write_text("not a photo")
+    return list(variants)
+
+
+def _queue(stack: Stack) -> Queue:
+    account = Account(f"http://{stack.endpoint}", KEY_ID, KEY_SECRET)
+    queue = account.get_queue("albums-events")
+    queue.create(QueueMeta())
+    queue.set_encoding(False)
+    topic = account.get_topic("albums")
+    topic.create(TopicMeta())
+    topic.get_subscription("q").subscribe(
+        SubscriptionMeta(endpoint=f"acs:mns:cn-local:{KEY_ID}:queues/albums-events")
+    )
+    return queue
+
+
+def _next_message(queue: Queue) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(IMM body, content) of the next message; deleted once read."""
+    msg = queue.receive_message(wait_seconds=30)
+    queue.delete_message(msg.receipt_handle)
+    body = json.loads(json.loads(msg.message_body)["Message"])
+    return body, json.loads(body["content"])
+
+
+def _sdk(stack: Stack) -> ImmSdk:
+    return ImmSdk(
+        Config(
+            access_key_id=KEY_ID,
+            access_key_secret=KEY_SECRET,
+            endpoint=stack.endpoint,
+            protocol="http",
+            read_timeout=30000,
+        )
+    )
+
+
+def _index(sdk: ImmSdk, uris: list[str], user_data: str) -> str:
+    reply = sdk.batch_index_file_meta(
+        m.BatchIndexFileMetaRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            files=[m.InputFile(uri=u, custom_labels={"album": "trip"}) for u in uris],
+            notification=m.Notification(mns=m.MNS(topic_name="albums")),
+            user_data=user_data,
+        )
+    ).body
+    assert reply.event_id
+    return str(reply.event_id)
+
+
+def _cluster(sdk: ImmSdk, queue: Queue) -> dict[str, Any]:
+    created = sdk.create_figure_clustering_task(
+        m.CreateFigureClusteringTaskRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            notification=m.Notification(mns=m.MNS(topic_name="albums")),
+            user_data="cluster-run",
+        )
+    ).body
+    body, content = _next_message(queue)
+    assert body["type"] == "imm:Task:FigureClustering" and body["id"] == created.event_id
+    assert content["TaskId"] == created.task_id and content["Status"] == "Succeeded"
+    assert content["TaskType"] == "FaceClustering" and content["DatasetName"] == DATASET
+    return content
+
+
+def test_people_albums_flow(stack: Stack) -> None:
+    sdk = _sdk(stack)
+    queue = _queue(stack)
+    names = _photos(stack.data_dir / "oss" / BUCKET)
+    sdk.create_project(m.CreateProjectRequest(project_name=PROJECT))
+    sdk.create_dataset(
+        m.CreateDatasetRequest(
+            project_name=PROJECT, dataset_name=DATASET, template_id="Official:FaceManagement"
+        )
+    )
+    first = [f"oss://{BUCKET}/{n}" for n in names if n != "p5.jpg"]
+    bad = [f"oss://{BUCKET}/corrupt.jpg", f"oss://{BUCKET}/notes.txt", f"oss://{BUCKET}/nope.jpg"]
+    event_id = _index(sdk, first + bad, "batch-1")
+
+    # imm:FileMeta:BatchIndex: no TaskId/Status, Success + per-file "[Code] message"
+    body, content = _next_message(queue)
+    assert (body["type"], body["id"], body["source"]) == (
+        "imm:FileMeta:BatchIndex",
+        event_id,
+        "acs.imm",
+    )
+    assert "TaskId" not in content and content["Success"] is True
+    assert (content["ProjectName"], content["DatasetName"]) == (PROJECT, DATASET)
+    errors = {f["URI"].rsplit("/", 1)[1]: f["Error"] for f in content["Files"]}
+    assert all(errors[n] == "" for n in names if n != "p5.jpg")
+    assert (
+        errors["corrupt.jpg"].startswith("[InvalidArgument] ") and "image" in errors["corrupt.jpg"]
+    )
+    assert errors["notes.txt"].startswith("[InvalidArgument] Unsupported file type")
+    assert errors["nope.jpg"].startswith("[InvalidArgument] ")
+    assert all(f["CustomLabels"] == {"album": "trip"} for f in content["Files"])
+
+    meta = sdk.get_file_meta(
+        m.GetFileMetaRequest(project_name=PROJECT, dataset_name=DATASET, uri=first[0])
+    ).body.files[0]
+    assert (meta.image_width, meta.image_height, meta.media_type) == (512, 512, "image")
+    assert meta.content_type == "image/jpeg" and meta.custom_labels == {"album": "trip"}
+    assert len(meta.figures) == 1
+    face = meta.figures[0]
+    assert face.figure_cluster_id == "figure-cluster-id-unavailable"
+    assert face.boundary.width > 75 and face.face_quality > 0.8
+
+    # First clustering run: one person; the group photo's second face cannot join her.
+    run = _cluster(sdk, queue)
+    assert run["NewClusterCount"] == 1 and run["UpdatedClusterCount"] == 0
+    assert run["UpdatedFigureCount"] == 6  # 5 faces placed + 1 left independent
+    (cluster_id,) = run["NewClusterIds"]
+    assert cluster_id.startswith("Cluster-")
+    clusters = sdk.query_figure_clusters(
+        m.QueryFigureClustersRequest(
+            project_name=PROJECT, dataset_name=DATASET, with_total_count=True
+        )
+    ).body
+    assert clusters.total_count == 1
+    cluster = clusters.figure_clusters[0]
+    assert (cluster.object_id, cluster.face_count, cluster.image_count) == (cluster_id, 5, 5)
+    assert cluster.meta_lock_version == 0 and cluster.cover.figures[0].figure_id
+
+    found = sdk.simple_query(
+        m.SimpleQueryRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            query=m.SimpleQuery(field="Figures.FigureClusterId", operation="eq", value=cluster_id),
+            max_results=100,
+        )
+    ).body
+    assert found.total_hits == 5
+    assert {f.uri.rsplit("/", 1)[1] for f in found.files} == {
+        "p1.jpg",
+        "p2.jpg",
+        "p3.jpg",
+        "p4.jpg",
+        "group.jpg",
+    }
+    group = next(f for f in found.files if f.uri.endswith("group.jpg"))
+    assert sorted(f.figure_cluster_id for f in group.figures) == sorted(
+        [cluster_id, "figure-cluster-id-independent"]
+    )
+
+    # Naming survives; a stale MetaLockVersion is a conflict.
+    sdk.update_figure_cluster(
+        m.UpdateFigureClusterRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            figure_cluster=m.FigureClusterForReq(
+                object_id=cluster_id, name="Eileen", meta_lock_version=0
+            ),
+        )
+    )
+    with pytest.raises(TeaException) as info:
+        sdk.update_figure_cluster(
+            m.UpdateFigureClusterRequest(
+                project_name=PROJECT,
+                dataset_name=DATASET,
+                figure_cluster=m.FigureClusterForReq(
+                    object_id=cluster_id, name="X", meta_lock_version=0
+                ),
+            )
+        )
+    assert info.value.code == "StatusConflict"
+
+    # Incremental: one new photo joins the existing, named cluster.
+    _index(sdk, [f"oss://{BUCKET}/p5.jpg"], "batch-2")
+    _next_message(queue)
+    run = _cluster(sdk, queue)
+    assert (run["NewClusterCount"], run["UpdatedClusterCount"], run["UpdatedFigureCount"]) == (
+        0,
+        1,
+        1,
+    )
+    assert run["UpdatedClusterIds"] == [cluster_id]
+    got = sdk.get_figure_cluster(
+        m.GetFigureClusterRequest(project_name=PROJECT, dataset_name=DATASET, object_id=cluster_id)
+    ).body.figure_cluster
+    assert (got.name, got.face_count, got.meta_lock_version) == ("Eileen", 6, 1)
+
+    # Deleting every photo of the person removes the cluster.
+    sdk.batch_delete_file_meta(
+        m.BatchDeleteFileMetaRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            uris=[f"oss://{BUCKET}/{n}" for n in names],
+        )
+    )
+    left = sdk.query_figure_clusters(
+        m.QueryFigureClustersRequest(project_name=PROJECT, dataset_name=DATASET)
+    ).body
+    assert left.figure_clusters == [] or left.figure_clusters is None
