@@ -26,7 +26,7 @@ from mns.topic import TopicMeta
 from PIL import Image, ImageEnhance
 from Tea.exceptions import TeaException
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -266,3 +266,53 @@ def test_people_albums_flow(stack: Stack) -> None:
         m.QueryFigureClustersRequest(project_name=PROJECT, dataset_name=DATASET)
     ).body
     assert left.figure_clusters == [] or left.figure_clusters is None
+
+
+def test_video_faces_and_probe(stack: Stack) -> None:
+    """A video gets ffprobe fields and one figure per person across its sampled frames."""
+    import subprocess
+
+    sdk = _sdk(stack)
+    folder = stack.data_dir / "oss" / BUCKET
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / "clip.mp4"
+    video_in = ["-loop", "1", "-t", "3", "-i", str(FIXTURE)]
+    audio_in = ["-f", "lavfi", "-t", "3", "-i", "sine=frequency=440:sample_rate=16000"]
+    encode = ["-r", "5", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-c:a", "aac", str(clip)]
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *video_in, *audio_in, *encode], check=True)
+    sdk.create_dataset(
+        m.CreateDatasetRequest(
+            project_name=PROJECT, dataset_name="clips", template_id="Official:FaceManagement"
+        )
+    )
+    client = _client(stack)
+    reply = client.call(
+        "IndexFileMeta",
+        ProjectName=PROJECT,
+        DatasetName="clips",
+        File={"URI": f"oss://{BUCKET}/clip.mp4"},
+    )
+    task = wait_until(
+        lambda: _done(client, reply["TaskId"], "FileMetaIndex"), 120, what="video indexed"
+    )
+    assert task["Status"] == "Succeeded" and task["Files"][0]["Error"] == ""
+    meta = sdk.get_file_meta(
+        m.GetFileMetaRequest(
+            project_name=PROJECT, dataset_name="clips", uri=f"oss://{BUCKET}/clip.mp4"
+        )
+    ).body.files[0]
+    assert meta.media_type == "video" and meta.content_type == "video/mp4"
+    assert abs(meta.duration - 3) < 0.5 and (meta.video_width, meta.video_height) == (512, 512)
+    assert [s.codec_name for s in meta.audio_streams] == ["aac"]
+    assert len(meta.figures) == 1  # one person across all sampled frames
+
+
+def _client(stack: Stack) -> Any:
+    from pipeline.client import ImmClient
+
+    return ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
+
+
+def _done(client: Any, task_id: str, task_type: str) -> dict[str, Any] | None:
+    task = client.call("GetTask", ProjectName=PROJECT, TaskType=task_type, TaskId=task_id)
+    return task if task["Status"] != "Running" else None
