@@ -15,6 +15,7 @@ install: $(BIN)/python
 
 dev-install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps eas-prediction==0.36
 
 system-deps:
 	./scripts/install-system-deps.sh

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import credentials, migrate, queue
 from pipeline.api import (  # noqa: F401 (importing registers the actions)
+    eas,
     figure_actions,
     file_actions,
     mns,
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     app.include_router(rpc.router)
     app.include_router(objects.router)
     app.include_router(mns.router)
+    app.include_router(eas.router)
     app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     return app

@@ -112,8 +112,14 @@ def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
     if task.status != tasks.SUCCEEDED:
-        raise ImmError(task.message or "The operation failed.", code=task.code or None)
+        raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task
+
+
+class TaskFailed(ImmError):
+    """The operation failed."""
+
+    http_status = 400
 
 
 class SyncTimeout(ImmError):
