@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
+    eas_output_bucket: str = "eas-outputs"  # where Model Hub services write their results
     # Notifications: the outbox dispatcher and webhook delivery.
     dispatch_interval_seconds: float = 0.02
     delivery_concurrency: int = 16

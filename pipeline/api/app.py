@@ -18,6 +18,7 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
     eas,
     figure_actions,
     file_actions,
+    media_actions,
     mns,
     notify_actions,
     objects,

@@ -1,0 +1,140 @@
+"""Media model jobs (issue 5): CreateHighlightTask (IMM shape) and the Model Hub (EAS)
+services that run the same processors. Inputs are validated here so nothing is queued that a
+worker could only fail on."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pipeline.api import eas
+from pipeline.api.file_actions import check_uri
+from pipeline.api.rpc import action
+from pipeline.api.services import Caller, Services
+from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, submit
+from pipeline.errors import InvalidArgument, InvalidParameter
+from pipeline.models import Task
+from pipeline.params import Params
+from pipeline.storage import parse_oss_uri
+
+MAX_HIGHLIGHT_SOURCES = 10
+HIGHLIGHT_CONTAINERS = ("mp4", "mov", "mkv", "ts", "flv")
+
+
+def play_duration_seconds(value: Any) -> float | None:
+    """Model Hub ``play_duration``: microseconds (number or numeric string); only the first
+    N µs are processed. Absent/empty → the whole input."""
+    if value in (None, ""):
+        return None
+    try:
+        micros = int(str(value))
+    except ValueError:
+        raise InvalidArgument(
+            f"play_duration must be an integer of microseconds: {value!r}"
+        ) from None
+    if micros <= 0:
+        raise InvalidArgument("play_duration must be a positive number of microseconds.")
+    return micros / 1_000_000
+
+
+def _highlight_output(p: Params) -> dict[str, Any]:
+    output = p.json("Output", dict, required=True)
+    unknown = set(output) - {
+        "URI",
+        "Container",
+        "MaxDuration",
+        "Video",
+        "Audio",
+        "Segment",
+        "Speed",
+    }
+    if unknown:
+        raise InvalidParameter("Output", f"Unknown field(s): {', '.join(sorted(unknown))}.")
+    uri = output.get("URI")
+    if not isinstance(uri, str) or not uri:
+        raise InvalidParameter("Output", "Output.URI is required.")
+    parse_oss_uri(uri)
+    container = output.get("Container") or "mp4"
+    if container not in HIGHLIGHT_CONTAINERS:
+        raise InvalidParameter(
+            "Output", f"Container must be one of {', '.join(HIGHLIGHT_CONTAINERS)}."
+        )
+    duration = output.get("MaxDuration")
+    if duration is not None and not (isinstance(duration, int | float) and 0 < duration <= 600):
+        raise InvalidParameter("Output", "MaxDuration must be 1-600 seconds.")
+    return {"URI": uri, "Container": container, "MaxDuration": duration}
+
+
+def _sources(svc: Services, p: Params) -> list[dict[str, str]]:
+    sources = p.json("Sources", list, required=True)
+    if not sources or len(sources) > MAX_HIGHLIGHT_SOURCES:
+        raise InvalidParameter("Sources", f"Expected 1 to {MAX_HIGHLIGHT_SOURCES} videos.")
+    for src in sources:
+        if not isinstance(src, dict) or not isinstance(src.get("URI"), str):
+            raise InvalidParameter("Sources", "Every source needs a URI string.")
+        check_uri(svc, src["URI"], "Sources")
+    return [{"URI": s["URI"]} for s in sources]
+
+
+@action(
+    "CreateHighlightTask",
+    COMMON_TASK_PARAMS + " Type Mode Sources Highlight Output Edit",
+)
+def create_highlight_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    """IMM's request shape. Type ``Retrieval`` (extract the highlight) is implemented;
+    ``Concat``/``Compose`` are refused. ``Highlight.Content`` (a topic) is accepted and
+    recorded but does not steer the signal-based scoring; ``Edit`` is refused."""
+    project_name = p.name("ProjectName")
+    kind = p.str("Type", required=True)
+    if kind != "Retrieval":
+        raise InvalidParameter("Type", "Only Retrieval is supported.")
+    mode = p.choice("Mode", ("Average", "Scene"), default="Average")
+    if p.str("Edit"):
+        raise InvalidParameter("Edit", "Edit is only used by Compose, which is not supported.")
+    topic = (p.json("Highlight", dict) or {}).get("Content", "")
+    request = {
+        "Type": kind,
+        "Mode": mode,
+        "Sources": _sources(svc, p),
+        "Output": _highlight_output(p),
+        "Highlight": {"Content": str(topic)[:100]},
+    }
+    return submit(svc, caller, project_name, "Highlight", request, _common(p))
+
+
+# ---- Model Hub services ---------------------------------------------------------------------
+
+
+def _input_url(body: dict[str, Any], svc: Services) -> tuple[str, float | None]:
+    data = body.get("input")
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not data["url"]:
+        raise InvalidArgument('Expected {"input": {"url": "oss://…|file://…|http(s)://…"}}.')
+    unknown = set(data) - {"url", "play_duration"}
+    if unknown:
+        raise InvalidArgument(f"Unknown input field(s): {', '.join(sorted(unknown))}.")
+    check_uri(svc, data["url"], "url")
+    return data["url"], play_duration_seconds(data.get("play_duration"))
+
+
+def _output_uri(svc: Services, service: str, suffix: str) -> str:
+    return f"oss://{svc.settings.eas_output_bucket}/{service}/{uuid.uuid4().hex}{suffix}"
+
+
+def _highlight_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc)
+    return {
+        "Type": "Retrieval",
+        "Mode": "Average",
+        "Sources": [{"URI": url}],
+        "Output": {"URI": _output_uri(svc, "video_highlight", ".mp4"), "Container": "mp4"},
+        "MaxSeconds": seconds,
+    }
+
+
+def oss_output(task: Task) -> dict[str, Any]:
+    """Model Hub output of the video services: where the result was written."""
+    uri = (task.result.get("Output") or {}).get("URI") or task.result.get("TargetURI", "")
+    return {"oss_path": uri, "result": "", "success": True}
+
+
+eas.register("video_highlight", eas.Service("Highlight", _highlight_request, oss_output))
