@@ -25,6 +25,7 @@ PROCESSORS: dict[str, str] = {
     "FigureClustersMerging": "workers.figure_clustering:merge",
     "FacesSearching": "workers.face_search:process",
     "ImageFigureClusterSearch": "workers.face_search:search_clusters",
+    "Highlight": "workers.highlights:process",
 }
 
 
