@@ -39,15 +39,8 @@ def play_duration_seconds(value: Any) -> float | None:
 
 def _highlight_output(p: Params) -> dict[str, Any]:
     output = p.json("Output", dict, required=True)
-    unknown = set(output) - {
-        "URI",
-        "Container",
-        "MaxDuration",
-        "Video",
-        "Audio",
-        "Segment",
-        "Speed",
-    }
+    known = {"URI", "Container", "MaxDuration", "TargetDuration", "Video", "Audio", "Segment"}
+    unknown = set(output) - known - {"Speed"}
     if unknown:
         raise InvalidParameter("Output", f"Unknown field(s): {', '.join(sorted(unknown))}.")
     uri = output.get("URI")
@@ -59,9 +52,10 @@ def _highlight_output(p: Params) -> dict[str, Any]:
         raise InvalidParameter(
             "Output", f"Container must be one of {', '.join(HIGHLIGHT_CONTAINERS)}."
         )
-    duration = output.get("MaxDuration")
+    # The highlight's length: TargetDuration, else MaxDuration, else 5 s.
+    duration = output.get("TargetDuration") or output.get("MaxDuration")
     if duration is not None and not (isinstance(duration, int | float) and 0 < duration <= 600):
-        raise InvalidParameter("Output", "MaxDuration must be 1-600 seconds.")
+        raise InvalidParameter("Output", "TargetDuration/MaxDuration must be 1-600 seconds.")
     return {"URI": uri, "Container": container, "MaxDuration": duration}
 
 
