@@ -12,33 +12,17 @@ import pytest
 
 from pipeline.errors import InvalidArgument
 from pipeline.settings import Settings
+from tests.mediagen import ffmpeg, planted_video
 from workers import highlights
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 s: a still grey frame and a faint tone, except 10-16 s where a moving test pattern
     and loud noise play."""
-    out = tmp_path_factory.mktemp("hl") / "planted.mp4"
-    graph = (
-        "[0][1]overlay=x='mod(t*200,160)':y=60:enable='between(t,10,16)'[v];"
-        "[2]volume=0.02[q];[3]volume='if(between(t,10,16),1,0)':eval=frame[n];"
-        "[q][n]amix=inputs=2[a]"
-    )
-    ffmpeg(
-        *("-f", "lavfi", "-i", "color=c=gray:s=320x240:d=20:r=25"),
-        *("-f", "lavfi", "-i", "testsrc2=s=160x120:d=20:r=25"),
-        *("-f", "lavfi", "-i", "sine=f=300:d=20", "-f", "lavfi", "-i", "anoisesrc=d=20:a=0.8"),
-        *("-filter_complex", graph, "-map", "[v]", "-map", "[a]"),
-        *("-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-t", "20", str(out)),
-    )
-    return out
+    return planted_video(tmp_path_factory.mktemp("hl") / "planted.mp4")
 
 
 def probe(path: Path) -> dict:
