@@ -217,15 +217,17 @@ def store_indexed(session: Session, dataset: Dataset, item: Indexed) -> set[str]
         _check_capacity(session, dataset, item.size)
     doc = {**item.doc, **{k: v for k, v in item.user.items() if k in USER_FIELDS}}
     touched: set[str] = set()
+    owner, project_name = _owner_of(session, dataset)
     if existing is None:
         f = File(
             id=fid,
             dataset_id=dataset.id,
-            owner="",
-            project_name="",
+            owner=owner,
+            project_name=project_name,
             dataset_name=dataset.name,
             uri=item.uri,
             create_time=now,
+            update_time=now,
         )
         session.add(f)
         dataset.file_count += 1
@@ -237,7 +239,7 @@ def store_indexed(session: Session, dataset: Dataset, item: Indexed) -> set[str]
             touched = _drop_faces(session, fid)
         elif same:
             item.faces = None  # keep the stored faces
-    f.owner, f.project_name = _owner_of(session, dataset)
+    f.owner, f.project_name = owner, project_name
     f.media_type, f.size, f.doc, f.update_time = item.media_type, item.size, doc, now
     dataset.total_file_size += item.size
     session.flush()
