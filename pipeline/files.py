@@ -59,6 +59,9 @@ def input_file(value: Any, param: str, *, for_update: bool = False) -> dict[str,
     """A validated ``InputFile``; raises ``Invalid<param>`` naming the problem."""
     if not isinstance(value, dict):
         raise InvalidParameter(param, "Each file must be a JSON object.")
+    # The official SDK serialises unset list fields as [] (Figures, Labels, Addresses):
+    # treat empty and null values as absent.
+    value = {k: v for k, v in value.items() if v is not None and v != []}
     if for_update:
         _check_update(value, param)
     unknown = set(value) - INPUT_FIELDS

@@ -67,15 +67,19 @@ def _index_one(ctx: JobContext, entry: dict[str, Any], n: int, with_faces: bool)
         out.indexed = analyse(ctx, local, uri, with_faces)
         out.indexed.user = entry
     except ImmError as exc:
-        out.error = f"[{_file_code(exc)}] {exc.message}"
+        out.error = _file_error(exc)
     except Exception as exc:  # one bad file must not lose the batch
         log.exception("indexing %s failed", uri)
         out.error = f"[InternalError] {type(exc).__name__}: {exc}"
     return out
 
 
-def _file_code(exc: ImmError) -> str:
-    return "InvalidArgument" if exc.code == "ObjectNotFound" else exc.code
+def _file_error(exc: ImmError) -> str:
+    """``[Code] message``; a missing input reads as IMM's own "[InvalidArgument] File does
+    not exist." whatever store reported it."""
+    if exc.code in ("ObjectNotFound", "ResourceNotFound"):
+        return "[InvalidArgument] File does not exist."
+    return f"[{exc.code}] {exc.message}"
 
 
 def analyse(ctx: JobContext, path: Path, uri: str, with_faces: bool) -> files.Indexed:

@@ -167,7 +167,7 @@ def test_people_albums_flow(stack: Stack) -> None:
         errors["corrupt.jpg"].startswith("[InvalidArgument] ") and "image" in errors["corrupt.jpg"]
     )
     assert errors["notes.txt"].startswith("[InvalidArgument] Unsupported file type")
-    assert errors["nope.jpg"].startswith("[InvalidArgument] ")
+    assert errors["nope.jpg"] == "[InvalidArgument] File does not exist."
     assert all(f["CustomLabels"] == {"album": "trip"} for f in content["Files"])
 
     meta = sdk.get_file_meta(
