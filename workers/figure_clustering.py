@@ -42,7 +42,9 @@ def locked_dataset(session: Session, request: dict[str, Any]) -> Dataset:
             Project.name == request["ProjectName"],
             Dataset.name == request["DatasetName"],
         )
-        .with_for_update()
+        # OF: lock the dataset row only; the joined project row stays free for the
+        # project's other datasets.
+        .with_for_update(of=Dataset)
     )
     if dataset is None:
         raise ResourceNotFound("dataset", request["DatasetName"])
@@ -107,7 +109,7 @@ def cluster_dataset(session: Session, request: dict[str, Any]) -> dict[str, Any]
     candidates, previous = _candidates(session, dataset)
     plan = clustering.plan(_existing(session, dataset), candidates)
     new_ids = _create_clusters(session, dataset, plan)
-    changes = []
+    changes: list[dict[str, Any]] = []
     for cand in candidates:
         target = plan.assignments.get(cand.figure_id, clustering.INDEPENDENT)
         target = new_ids.get(target, target)

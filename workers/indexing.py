@@ -223,7 +223,7 @@ def _dataset(session: Session, request: dict[str, Any]) -> Dataset:
             Project.name == request["ProjectName"],
             Dataset.name == request["DatasetName"],
         )
-        .with_for_update()  # counters: concurrent index jobs of one dataset take turns
+        .with_for_update(of=Dataset)  # counters: index jobs of one dataset take turns
     )
     if dataset is None:
         raise ResourceNotFound("dataset", request["DatasetName"])

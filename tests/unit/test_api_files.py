@@ -55,7 +55,7 @@ def test_index_returns_event_id_and_hides_the_job_from_list_tasks(
         ({"Files": [{"URI": "oss://bkt/../../etc/passwd"}]}, "InvalidURI"),
         ({"Files": [{"URI": "file:///etc/passwd"}]}, "InvalidURI"),
         ({"Files": [{"URI": "http://127.0.0.1/a.jpg"}]}, "InvalidURI"),
-        ({"Files": [{"URI": "oss://bkt/a.jpg", "Figures": []}]}, "InvalidFiles"),
+        ({"Files": [{"URI": "oss://bkt/a.jpg", "Figures": [{"FigureId": "x"}]}]}, "InvalidFiles"),
         ({"Files": [{"URI": "oss://bkt/a.jpg", "CustomLabels": {"k": 1}}]}, "InvalidFiles"),
         (
             {

@@ -1,0 +1,448 @@
+"""Incremental figure (face) clustering: where each face of a CreateFigureClusteringTask run goes.
+
+Pure algorithm over 128-d dlib embeddings; the caller (``workers.figure_clustering``) reads and
+writes the database. One call of :func:`plan` places the *candidates* (faces no run has seen
+yet, plus faces an earlier run left independent) against the *existing* clusters, which are
+never merged, renamed or emptied here.
+
+Algorithm, per block of candidates (sorted by figure id, so the output is deterministic):
+
+1. **Join.** Every face goes to its nearest cluster centroid if the euclidean distance is below
+   ``join`` — qualified or not (IMM lets lower-quality faces join a group). A cluster never
+   takes two faces of one file: faces are accepted in increasing distance, so the closest face
+   of a file wins and the others retry their next-nearest cluster (up to ``MAX_ROUNDS``).
+2. **Link.** The qualified faces left over (the *pool*) are linked when closer than ``link``
+   and from different files. Connected components of that graph are split by average-linkage
+   agglomeration (stopping at ``link``; two faces of one file are never merged), which keeps a
+   chain a-b-c of different people from becoming one group. A group with >= ``min_size``
+   faces (all qualified, all from distinct files) becomes a new cluster.
+3. **Late join.** Pool faces still unplaced (unqualified ones included) may join a cluster
+   formed in step 2, as in step 1.
+4. Everything else is ``INDEPENDENT`` and is carried into the next block (or the next run).
+
+Thresholds (euclidean distances between dlib embeddings; dlib's own same-person cut is 0.6):
+``join`` = 0.55 (face -> centroid), ``link`` = 0.55 (face <-> face), ``min_size`` = 3 (IMM's
+rule). Measured on the labelled portrait set (benchmarks/cluster_quality.py, 30 random
+initial/incremental splits): precision stays 1.0 for ``join`` up to 0.58 and breaks at 0.60
+(the closest other person's face lies 0.593 from a 3-face centroid), while the hardest face
+of a person lies up to 0.543 from a 3-face centroid of its own person, so 0.55 is the low,
+precision-favouring end of the working window [0.55, 0.58]. ``link`` is far less sensitive
+because average linkage re-checks every component: precision and F1 are unchanged for any
+``link`` in [0.5, 0.65], and 0.55 is the middle of that range.
+
+Complexity, with Q candidates, K clusters, P pooled faces, d = 128: step 1 is one chunked
+float32 matrix product, O(Q K d) time and O(CHUNK_ENTRIES) extra memory; step 2 is O(F P d)
+for the F new faces of the pool against the whole pool (faces carried over from an earlier
+block are only compared with each other when a new face reaches them), plus
+O(m^2)..O(m^3) per component of m faces (m is one person's photos in practice, and a component
+larger than ``MAX_COMPONENT`` is first split at a tighter threshold). An incremental run is
+therefore linear in the dataset (through K), never quadratic in it. A run with more than
+``BLOCK_FACES`` candidates (the first run of a large dataset) is processed as successive
+incremental blocks, which bounds the pool's quadratic term to BLOCK_FACES^2 per block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy
+
+INDEPENDENT = "figure-cluster-id-independent"
+UNAVAILABLE = "figure-cluster-id-unavailable"
+
+CHUNK_ENTRIES = 1 << 24  # distance-matrix entries per chunk: 64 MB of float32
+BLOCK_FACES = 20_000  # larger runs are split into incremental blocks of this many faces
+MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
+MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
+TIGHTEN = 0.95  # factor applied to ``link`` for each such split
+SIMILARITY_MIDPOINT = 0.6  # dlib's same-person cut maps to similarity 0.5
+SIMILARITY_SLOPE = 12.0  # 0.3 -> 0.97, 0.4 -> 0.92, 0.5 -> 0.77, 0.7 -> 0.23
+NEW_KEY = "new-{}"
+
+
+@dataclass
+class Candidate:
+    figure_id: str
+    file_id: str
+    embedding: numpy.ndarray
+    qualified: bool
+
+
+@dataclass
+class ExistingCluster:
+    cluster_id: str
+    centroid: numpy.ndarray  # mean of the member embeddings
+    size: int
+    file_ids: set[str]
+
+
+@dataclass
+class NewCluster:
+    key: str
+    figure_ids: list[str]
+    centroid: numpy.ndarray
+
+
+@dataclass
+class Plan:
+    assignments: dict[str, str]  # figure_id -> cluster_id | NewCluster.key | INDEPENDENT
+    new_clusters: list[NewCluster]
+    similarity: dict[str, float]  # figure_id -> FigureClusterConfidence, assigned faces only
+    updated: dict[str, tuple[numpy.ndarray, int]]  # existing cluster_id -> (centroid, size)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    join: float = 0.55  # face -> centroid distance to join a cluster
+    link: float = 0.55  # face <-> face distance to link qualified faces into a new cluster
+    min_size: int = 3  # qualified faces of distinct files needed for a new cluster
+
+
+def distance_to_similarity(d: float) -> float:
+    """FigureClusterConfidence for an embedding distance: a logistic curve that is 0.5 at
+    dlib's same-person cut (0.6), ~0.97 at a typical same-person distance to a centroid (0.3)
+    and falls towards 0 for different people (0.8+)."""
+    return 1.0 / (1.0 + math.exp(SIMILARITY_SLOPE * (d - SIMILARITY_MIDPOINT)))
+
+
+class _Faces:
+    """Candidates as arrays; rows are augmented so that one matrix product gives squared
+    distances: [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2."""
+
+    def __init__(self, candidates: Sequence[Candidate], codes: dict[str, int]) -> None:
+        self.ids = [c.figure_id for c in candidates]
+        emb = numpy.stack([numpy.asarray(c.embedding, dtype=numpy.float32) for c in candidates])
+        self.emb = emb
+        self.left = _left(emb)
+        self.files = numpy.array([_code(codes, c.file_id) for c in candidates], dtype=numpy.int64)
+        self.qualified = numpy.array([c.qualified for c in candidates], dtype=bool)
+
+
+def _left(x: numpy.ndarray) -> numpy.ndarray:
+    sq = numpy.einsum("ij,ij->i", x, x)[:, None]
+    return numpy.hstack([x, sq, numpy.ones_like(sq)]).astype(numpy.float32)
+
+
+def _right(x: numpy.ndarray) -> numpy.ndarray:
+    sq = numpy.einsum("ij,ij->i", x, x)[:, None]
+    return numpy.hstack([-2.0 * x, numpy.ones_like(sq), sq]).astype(numpy.float32)
+
+
+def _code(codes: dict[str, int], file_id: str) -> int:
+    return codes.setdefault(file_id, len(codes))
+
+
+class _Clusters:
+    """Existing and new clusters as running sums, with a file -> clusters index so that a
+    same-file conflict is a set lookup."""
+
+    def __init__(
+        self, existing: Sequence[ExistingCluster], codes: dict[str, int], dim: int
+    ) -> None:
+        self.dim = dim
+        self.keys = [c.cluster_id for c in existing]
+        self.sums = [numpy.asarray(c.centroid, dtype=numpy.float64) * c.size for c in existing]
+        self.sizes = [c.size for c in existing]
+        self.members: list[list[str]] = [[] for _ in existing]
+        self.n_existing = len(existing)
+        self.by_file: dict[int, set[int]] = {}
+        for index, cluster in enumerate(existing):
+            for file_id in cluster.file_ids:
+                self.by_file.setdefault(_code(codes, file_id), set()).add(index)
+
+    def centroids(self, which: Sequence[int]) -> numpy.ndarray:
+        return numpy.array([self.sums[i] / max(self.sizes[i], 1) for i in which], numpy.float32)
+
+    def has_file(self, cluster: int, file_code: int) -> bool:
+        return cluster in self.by_file.get(file_code, ())
+
+    def add(self, cluster: int, figure_id: str, file_code: int, emb: numpy.ndarray) -> None:
+        self.sums[cluster] = self.sums[cluster] + emb
+        self.sizes[cluster] += 1
+        self.members[cluster].append(figure_id)
+        self.by_file.setdefault(file_code, set()).add(cluster)
+
+    def create(self) -> int:
+        self.keys.append(NEW_KEY.format(len(self.keys) - self.n_existing))
+        self.sums.append(numpy.zeros(self.dim))
+        self.sizes.append(0)
+        self.members.append([])
+        return len(self.keys) - 1
+
+
+@dataclass
+class _Run:
+    faces: _Faces
+    clusters: _Clusters
+    thresholds: Thresholds
+    placed: dict[int, tuple[int, float]] = field(default_factory=dict)  # face -> cluster, dist
+
+
+def plan(
+    existing: list[ExistingCluster],
+    candidates: list[Candidate],
+    thresholds: Thresholds = Thresholds(),
+) -> Plan:
+    """Place ``candidates`` into ``existing`` clusters or new ones (see the module docstring).
+    Every candidate appears in ``assignments``; existing clusters are only ever added to."""
+    if not candidates:
+        return Plan({}, [], {}, {})
+    codes: dict[str, int] = {}
+    ordered = sorted(candidates, key=lambda c: c.figure_id)
+    faces = _Faces(ordered, codes)
+    clusters = _Clusters(sorted(existing, key=lambda c: c.cluster_id), codes, faces.emb.shape[1])
+    run = _Run(faces, clusters, thresholds)
+    stale = numpy.zeros(0, dtype=numpy.int64)
+    for start in range(0, len(ordered), BLOCK_FACES):
+        fresh = numpy.arange(start, min(start + BLOCK_FACES, len(ordered)))
+        stale = _block(run, fresh, stale)
+    return _result(run)
+
+
+def _block(run: _Run, fresh: numpy.ndarray, stale: numpy.ndarray) -> numpy.ndarray:
+    """Steps 1-3 for one block; returns the faces still independent afterwards."""
+    faces = numpy.concatenate([stale, fresh])
+    _join(run, faces, range(len(run.clusters.keys)))
+    pool = numpy.array([f for f in faces if f not in run.placed], dtype=numpy.int64)
+    created = _link(run, pool, numpy.isin(pool, fresh))
+    leftover = numpy.array([f for f in pool if f not in run.placed], dtype=numpy.int64)
+    if created and len(leftover):
+        _join(run, leftover, created)
+    return numpy.array([f for f in leftover if f not in run.placed], dtype=numpy.int64)
+
+
+# -- step 1 and 3: nearest centroid within ``join`` --------------------------------------------
+
+
+def _join(run: _Run, faces: numpy.ndarray, which: Sequence[int]) -> None:
+    """Place ``faces`` in their nearest cluster among ``which`` (cluster indices)."""
+    which = list(which)
+    if not which or not len(faces):
+        return
+    right = _right(run.clusters.centroids(which))
+    limit = run.thresholds.join**2
+    best, dist2 = _nearest(run.faces.left[faces], right)
+    proposals = [
+        (float(d), int(f), which[int(b)])
+        for f, b, d in zip(faces, best, dist2, strict=True)
+        if d < limit
+    ]
+    for _ in range(MAX_ROUNDS):
+        losers = _accept(run, proposals)
+        if not losers:
+            return
+        proposals = _retry(run, numpy.array(losers), which, right, limit)
+
+
+def _nearest(left: numpy.ndarray, right: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Index of and squared distance to the nearest ``right`` row for every ``left`` row."""
+    rows = max(1, CHUNK_ENTRIES // max(len(right), 1))
+    best = numpy.empty(len(left), dtype=numpy.int64)
+    dist2 = numpy.empty(len(left), dtype=numpy.float32)
+    for start in range(0, len(left), rows):
+        block = left[start : start + rows] @ right.T
+        best[start : start + rows] = block.argmin(axis=1)
+        dist2[start : start + rows] = block[numpy.arange(len(block)), best[start : start + rows]]
+    return best, numpy.maximum(dist2, 0.0)
+
+
+def _accept(run: _Run, proposals: list[tuple[float, int, int]]) -> list[int]:
+    """Accept proposals closest first; a cluster already holding the face's file refuses it.
+    Returns the refused faces."""
+    losers = []
+    for dist2, face, cluster in sorted(proposals):
+        file_code = int(run.faces.files[face])
+        if run.clusters.has_file(cluster, file_code):
+            losers.append(face)
+            continue
+        run.clusters.add(cluster, run.faces.ids[face], file_code, run.faces.emb[face])
+        run.placed[face] = (cluster, math.sqrt(dist2))
+    return losers
+
+
+def _retry(
+    run: _Run, losers: numpy.ndarray, which: list[int], right: numpy.ndarray, limit: float
+) -> list[tuple[float, int, int]]:
+    """Next proposals for refused faces: nearest cluster that does not hold their file.
+    Distances use the centroids of the start of this step, like the first proposals."""
+    dist2 = run.faces.left[losers] @ right.T
+    column = {cluster: col for col, cluster in enumerate(which)}
+    for row, face in enumerate(losers):
+        taken = run.clusters.by_file.get(int(run.faces.files[face]), set())
+        dist2[row, [column[c] for c in taken if c in column]] = numpy.inf
+    best = dist2.argmin(axis=1)
+    return [
+        (float(dist2[row, b]), int(face), which[int(b)])
+        for row, (face, b) in enumerate(zip(losers, best, strict=True))
+        if dist2[row, b] < limit
+    ]
+
+
+# -- step 2: link the pool's qualified faces into new clusters --------------------------------
+
+
+def _link(run: _Run, pool: numpy.ndarray, is_fresh: numpy.ndarray) -> list[int]:
+    """New clusters from the qualified faces of ``pool``; returns their cluster indices."""
+    mask = run.faces.qualified[pool]
+    pool, is_fresh = pool[mask], is_fresh[mask]
+    if len(pool) < run.thresholds.min_size:
+        return []
+    a, b = _pool_edges(run.faces, pool, is_fresh, run.thresholds.link)
+    labels = _components(len(pool), a, b)
+    created = []
+    for members in _groups(labels):
+        if len(members) < run.thresholds.min_size:
+            continue
+        for group in _split(run.faces, pool[members], run.thresholds.link):
+            if len(group) >= run.thresholds.min_size:
+                created.append(_create(run, group))
+    return created
+
+
+def _pool_edges(
+    faces: _Faces, pool: numpy.ndarray, is_fresh: numpy.ndarray, link: float
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Edges (positions in ``pool``) between faces closer than ``link``. Fresh faces are
+    compared with the whole pool; carried-over faces with each other only once a fresh face
+    reaches them, since they found no group among themselves before."""
+    right = _right(faces.emb[pool])
+    rows = numpy.flatnonzero(is_fresh)
+    stale = numpy.flatnonzero(~is_fresh)
+    seen = numpy.zeros(len(pool), dtype=bool)
+    edges_a, edges_b = [], []
+    while len(rows):
+        a, b = _close_pairs(faces, pool, rows, right, link)
+        edges_a.append(a)
+        edges_b.append(b)
+        seen[rows] = True
+        reached = numpy.unique(numpy.concatenate([a, b]))
+        rows = reached[~seen[reached] & numpy.isin(reached, stale)]
+    if not edges_a:
+        return numpy.zeros(0, numpy.int64), numpy.zeros(0, numpy.int64)
+    return numpy.concatenate(edges_a), numpy.concatenate(edges_b)
+
+
+def _close_pairs(
+    faces: _Faces, pool: numpy.ndarray, rows: numpy.ndarray, right: numpy.ndarray, link: float
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Pairs (row, column) of pool positions closer than ``link``, not of one file."""
+    limit = link**2
+    step = max(1, CHUNK_ENTRIES // len(pool))
+    found_a, found_b = [], []
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        r, c = numpy.nonzero(faces.left[pool[chunk]] @ right.T < limit)
+        a = chunk[r]
+        keep = faces.files[pool[a]] != faces.files[pool[c]]
+        found_a.append(a[keep])
+        found_b.append(c[keep])
+    return numpy.concatenate(found_a), numpy.concatenate(found_b)
+
+
+def _components(n: int, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
+    """Connected-component label (smallest member position) of each of ``n`` nodes:
+    min-label propagation over the edges with pointer jumping, all in numpy."""
+    labels = numpy.arange(n)
+    while True:
+        low = numpy.minimum(labels[a], labels[b])
+        new = labels.copy()
+        numpy.minimum.at(new, a, low)
+        numpy.minimum.at(new, b, low)
+        new = new[new]
+        if numpy.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def _groups(labels: numpy.ndarray) -> Iterable[numpy.ndarray]:
+    order = numpy.argsort(labels, kind="stable")
+    bounds = numpy.flatnonzero(numpy.diff(labels[order])) + 1
+    return numpy.split(order, bounds)
+
+
+def _split(faces: _Faces, members: numpy.ndarray, link: float) -> list[numpy.ndarray]:
+    """Groups of one component: the whole component when every pair is closer than ``link``
+    and of distinct files (the common case), else average-linkage agglomeration."""
+    if len(members) > MAX_COMPONENT:
+        return _split_large(faces, members, link)
+    emb = faces.emb[members]
+    dist = numpy.sqrt(numpy.maximum(_left(emb) @ _right(emb).T, 0.0))
+    files = faces.files[members]
+    dist[files[:, None] == files[None, :]] = numpy.inf  # also the diagonal
+    numpy.fill_diagonal(dist, 0.0)
+    if dist.max() < link:
+        return [members]
+    numpy.fill_diagonal(dist, numpy.inf)
+    return [members[g] for g in _agglomerate(dist, link)]
+
+
+def _split_large(faces: _Faces, members: numpy.ndarray, link: float) -> list[numpy.ndarray]:
+    """A component too large to agglomerate (a chain through many people): re-link it at a
+    tighter threshold and split the resulting components."""
+    tighter = link * TIGHTEN
+    fresh = numpy.ones(len(members), dtype=bool)
+    a, b = _pool_edges(faces, members, fresh, tighter)
+    out: list[numpy.ndarray] = []
+    for part in _groups(_components(len(members), a, b)):
+        out.extend(_split(faces, members[part], link if len(part) <= MAX_COMPONENT else tighter))
+    return out
+
+
+def _agglomerate(dist: numpy.ndarray, link: float) -> list[numpy.ndarray]:
+    """Average-linkage agglomeration of a distance matrix (diagonal inf), stopping at
+    ``link``. An infinite distance (same file) stays infinite in every average, so such
+    faces are never merged."""
+    n = len(dist)
+    groups: list[list[int]] = [[i] for i in range(n)]
+    size = numpy.ones(n)
+    while True:
+        i, j = divmod(int(dist.argmin()), n)
+        if not dist[i, j] < link:
+            break
+        row = (size[i] * dist[i] + size[j] * dist[j]) / (size[i] + size[j])
+        dist[i, :], dist[:, i] = row, row
+        dist[j, :], dist[:, j] = numpy.inf, numpy.inf
+        dist[i, i] = numpy.inf
+        groups[i] += groups[j]
+        groups[j] = []
+        size[i] += size[j]
+    return [numpy.array(sorted(g)) for g in groups if g]
+
+
+def _create(run: _Run, group: numpy.ndarray) -> int:
+    """A new cluster holding ``group``; similarities are distances to its centroid."""
+    cluster = run.clusters.create()
+    emb = run.faces.emb[group]
+    for face in group:
+        run.clusters.add(
+            cluster, run.faces.ids[face], int(run.faces.files[face]), run.faces.emb[face]
+        )
+    dist = numpy.linalg.norm(emb - emb.mean(axis=0), axis=1)
+    for face, d in zip(group, dist, strict=True):
+        run.placed[int(face)] = (cluster, float(d))
+    return cluster
+
+
+# -- result -----------------------------------------------------------------------------------
+
+
+def _result(run: _Run) -> Plan:
+    clusters = run.clusters
+    assignments = dict.fromkeys(run.faces.ids, INDEPENDENT)
+    similarity = {}
+    for face, (cluster, dist) in sorted(run.placed.items()):
+        figure_id = run.faces.ids[face]
+        assignments[figure_id] = clusters.keys[cluster]
+        similarity[figure_id] = distance_to_similarity(dist)
+    new_clusters = [
+        NewCluster(clusters.keys[i], clusters.members[i], clusters.centroids([i])[0])
+        for i in range(clusters.n_existing, len(clusters.keys))
+    ]
+    updated = {
+        clusters.keys[i]: (clusters.centroids([i])[0], clusters.sizes[i])
+        for i in range(clusters.n_existing)
+        if clusters.members[i]
+    }
+    return Plan(assignments, new_clusters, similarity, updated)

@@ -1,0 +1,169 @@
+"""Decoding of photos and video frames into RGB arrays for the model workers.
+
+Photos are decoded with Pillow and turned upright by their EXIF Orientation tag, so every
+coordinate openimm reports is in the *displayed* image, as IMM's are. Videos are decoded by
+the ``ffmpeg`` binary into a pipe of PPM frames (raw rgb24 pixels behind a tiny header that
+carries each frame's size, so no second probe is needed to parse the stream); ffmpeg applies
+the container's rotation itself.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import ImmError, InvalidArgument
+
+EXIF_ORIENTATION = 0x0112
+PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
+FFMPEG_TIMEOUT_S = 600  # a stuck decode must not hold a worker forever
+PROBE_TIMEOUT_S = 60
+MIN_STEP_S = 0.04  # one frame at 25 fps: a finer step would only return duplicates
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Displayed size of a photo (after EXIF orientation) and the tag that produced it."""
+
+    width: int
+    height: int
+    orientation: int
+
+
+def load_image(path: str | Path) -> tuple[numpy.ndarray, ImageInfo]:
+    """Decode a photo to an upright RGB uint8 array (H, W, 3) and its ``ImageInfo``.
+
+    Raises ``InvalidArgument`` when the file is not a decodable image.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            orientation = _orientation(img)
+            upright = ImageOps.exif_transpose(img)
+            rgb = to_rgb(numpy.asarray(_flatten(upright)))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidArgument(f"The file is not a decodable image: {exc}") from exc
+    height, width = rgb.shape[:2]
+    return rgb, ImageInfo(width=width, height=height, orientation=orientation)
+
+
+def _orientation(img: Image.Image) -> int:
+    value = img.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """RGB or L; transparency is composited on white, the way viewers show it."""
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        # 16-bit/float greys: Pillow's "L" conversion clips instead of scaling.
+        grey = numpy.asarray(img, dtype=numpy.float64)
+        peak = max(float(grey.max()), 1.0)
+        return Image.fromarray((grey * (255.0 / peak)).astype(numpy.uint8))
+    return img.convert("RGB")
+
+
+def to_rgb(pixels: numpy.ndarray) -> numpy.ndarray:
+    """Grey (H, W) / (H, W, 1), RGB or RGBA uint8 → C-contiguous RGB uint8 (H, W, 3)."""
+    if pixels.dtype != numpy.uint8:
+        raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected a grey, RGB or RGBA image, got shape {pixels.shape}")
+    if pixels.shape[2] == 1:
+        pixels = numpy.repeat(pixels, 3, axis=2)
+    return numpy.ascontiguousarray(pixels[:, :, :3])
+
+
+def sample_video_frames(
+    path: str | Path, *, every_seconds: float = 1.0, max_frames: int = 60, max_side: int = 1280
+) -> list[tuple[int, numpy.ndarray]]:
+    """Decode frames every ``every_seconds`` (widened so ``max_frames`` cover the whole
+    video), downscaled so the longest side is at most ``max_side``.
+
+    Returns ``(time in ms, RGB uint8 frame)`` pairs. Raises ``InvalidArgument`` when ffmpeg
+    cannot decode the file.
+    """
+    if every_seconds <= 0 or max_frames < 1 or max_side < 2:
+        raise ValueError("every_seconds, max_frames and max_side must be positive")
+    duration = _duration_s(Path(path))
+    step = max(every_seconds, MIN_STEP_S)
+    if duration is not None and duration / step > max_frames:
+        step = duration / max_frames
+    raw = _run_ffmpeg(_ffmpeg_args(Path(path), step, max_frames, max_side))
+    frames = _parse_ppm_stream(raw)
+    if not frames:
+        raise InvalidArgument(f"The file is not a decodable video: {Path(path).name}")
+    return [(round(i * step * 1000), frame) for i, frame in enumerate(frames)]
+
+
+def _ffmpeg_args(path: Path, step: float, max_frames: int, max_side: int) -> list[str]:
+    # fps=1/step keeps the frame nearest to each multiple of step, the first at t=0.
+    # Downscale only, keeping the aspect ratio; even sides are not needed for PPM.
+    scale = (
+        f"scale=w='if(gte(iw,ih),min(iw,{max_side}),-1)'"
+        f":h='if(gte(iw,ih),-1,min(ih,{max_side}))':flags=area"
+    )
+    return [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path),
+        "-an", "-sn", "-dn", "-vf", f"fps=1/{step!r},{scale}",
+        "-frames:v", str(max_frames), "-f", "image2pipe", "-c:v", "ppm",
+        "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+
+
+def _run_ffmpeg(args: list[str]) -> bytes:
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+    except FileNotFoundError as exc:
+        raise ImmError("ffmpeg is not installed on this worker.") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidArgument("The video took too long to decode.") from exc
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise InvalidArgument(f"The file is not a decodable video: {detail[0]}")
+    return done.stdout
+
+
+def _duration_s(path: Path) -> float | None:
+    """Container duration in seconds, or None when the container does not say (streams)."""
+    args = [
+        "ffprobe", "-v", "error", "-show_entries", "format=duration",
+        "-of", "default=noprint_wrappers=1:nokey=1", str(path),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None  # ffmpeg itself reports what is wrong
+    try:
+        return float(done.stdout.decode().strip())
+    except ValueError:
+        return None
+
+
+def _parse_ppm_stream(raw: bytes) -> list[numpy.ndarray]:
+    frames: list[numpy.ndarray] = []
+    offset = 0
+    while offset < len(raw):
+        match = PPM_HEADER.match(raw, offset)
+        if match is None:
+            break
+        width, height = int(match[1]), int(match[2])
+        start, size = match.end(), width * height * 3
+        if start + size > len(raw):
+            break  # a truncated last frame
+        pixels = numpy.frombuffer(raw, numpy.uint8, size, start).reshape(height, width, 3)
+        frames.append(pixels.copy())
+        offset = start + size
+    return frames
