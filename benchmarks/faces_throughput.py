@@ -1,5 +1,6 @@
-"""Face analysis throughput: openimm's decode + ``FaceAnalyzer.analyze`` per photo against
-dlib called directly, on the same photos in the same run.
+"""Indexing throughput: openimm's per-file indexing work (``workers.indexing.analyse``: hash,
+sniffing, EXIF/size probe, EXIF-aware decode, faces with pose/quality and the stored figure
+records) per photo against dlib called directly, on the same photos in the same run.
 
     .venv/bin/python benchmarks/faces_throughput.py [--dir /work/shared/data/faces]
     .venv/bin/python benchmarks/faces_throughput.py --quality   # per-face calibration table
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy
@@ -32,6 +34,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.settings import Settings  # noqa: E402
+from workers import indexing  # noqa: E402
 from workers.faces import get_analyzer, load_image, model_files  # noqa: E402
 
 DEFAULT_DIR = Path("/work/shared/data/faces")
@@ -65,9 +69,12 @@ def raw_dlib(path: str) -> int:
     return len(rects)
 
 
+_CTX = SimpleNamespace(settings=Settings())  # what indexing.analyse reads of a JobContext
+
+
 def openimm(path: str) -> int:
-    rgb, _ = load_image(path)
-    return len(get_analyzer().analyze(rgb))
+    item = indexing.analyse(_CTX, Path(path), f"oss://bench/{Path(path).name}", True)  # type: ignore[arg-type]
+    return len(item.faces or [])
 
 
 def _warm_up() -> None:
