@@ -7,6 +7,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v zip >/dev/null 2>&1 || need+=(zip)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)  # speech fixtures for ASR tests
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages present"
   exit 0
