@@ -68,7 +68,7 @@ import cv2
 import dlib
 import numpy
 
-from pipeline.errors import ImmError
+from pipeline.errors import ModelNotInstalled
 from workers.imaging import ImageInfo, load_image, sample_video_frames, to_rgb
 
 __all__ = ["Face", "FaceAnalyzer", "ImageInfo", "get_analyzer", "load_image"]
@@ -231,13 +231,6 @@ def model_files() -> dict[str, str]:
     if missing:
         raise ModelNotInstalled(f"Face model files are missing: {', '.join(missing)}.")
     return {name: str(path) for name, path in files.items()}
-
-
-class ModelNotInstalled(ImmError):
-    """A model this job needs is not installed."""
-
-    code = "ModelNotInstalled"
-    http_status = 501
 
 
 def _bounded(image: numpy.ndarray, max_side: int) -> tuple[numpy.ndarray, float]:
