@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
     eas_output_bucket: str = "eas-outputs"  # where Model Hub services write their results
+    # Speech: a CTranslate2 Whisper model directory (larger models); empty → the whisper-base
+    # installed by `openimm models install whisper-base` in the data dir, else PocketSphinx.
+    whisper_model_dir: str = ""
     # Notifications: the outbox dispatcher and webhook delivery.
     dispatch_interval_seconds: float = 0.02
     delivery_concurrency: int = 16

@@ -26,6 +26,8 @@ PROCESSORS: dict[str, str] = {
     "FacesSearching": "workers.face_search:process",
     "ImageFigureClusterSearch": "workers.face_search:search_clusters",
     "Highlight": "workers.highlights:process",
+    "VideoSuperResolution": "workers.superres:process",
+    "SpeechRecognition": "workers.speech:process",
 }
 
 

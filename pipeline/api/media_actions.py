@@ -4,6 +4,7 @@ worker could only fail on."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -132,3 +133,84 @@ def oss_output(task: Task) -> dict[str, Any]:
 
 
 eas.register("video_highlight", eas.Service("Highlight", _highlight_request, oss_output))
+
+
+# ---- super-resolution and speech (openimm extensions, same task model) ----------------------
+
+SR_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".mp4", ".m4v", ".mov", ".mkv")
+TRANSCRIPT_SUFFIXES = (".json", ".srt", ".vtt")
+LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+
+def _target(p: Params, suffixes: tuple[str, ...], *, required: bool) -> str:
+    target = p.str("TargetURI", required=required)
+    if target:
+        _, key = parse_oss_uri(target)
+        if not key.lower().endswith(suffixes):
+            raise InvalidParameter("TargetURI", f"It must end in one of {', '.join(suffixes)}.")
+    return target
+
+
+@action("CreateVideoSuperResolutionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Scale")
+def create_video_super_resolution_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    project_name = p.name("ProjectName")
+    source = p.str("SourceURI", required=True)
+    check_uri(svc, source, "SourceURI")
+    scale = p.int("Scale", default=2)
+    if scale not in (2, 3, 4):
+        raise InvalidParameter("Scale", "It must be 2, 3 or 4.")
+    request = {
+        "SourceURI": source,
+        "TargetURI": _target(p, SR_SUFFIXES, required=True),
+        "Scale": scale,
+    }
+    return submit(svc, caller, project_name, "VideoSuperResolution", request, _common(p))
+
+
+def _language(p: Params) -> str:
+    language = p.str("Language", default="en")
+    if not LANGUAGE_RE.match(language):
+        raise InvalidParameter("Language", "Use a BCP-47 tag such as en, en-US or zh-CN.")
+    return language
+
+
+@action("CreateSpeechRecognitionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Language Engine")
+def create_speech_recognition_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
+    project_name = p.name("ProjectName")
+    source = p.str("SourceURI", required=True)
+    check_uri(svc, source, "SourceURI")
+    request = {
+        "SourceURI": source,
+        "TargetURI": _target(p, TRANSCRIPT_SUFFIXES, required=False),
+        "Language": _language(p),
+        "Engine": p.choice("Engine", ("whisper", "sphinx")),
+    }
+    return submit(svc, caller, project_name, "SpeechRecognition", request, _common(p))
+
+
+def _micros(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1_000_000)
+
+
+def _sr_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc)
+    return {
+        "SourceURI": url,
+        "TargetURI": _output_uri(svc, "video_super_resolution", ""),
+        "AutoSuffix": True,
+        "Scale": 2,
+        "MaxMicroseconds": _micros(seconds),
+    }
+
+
+def _asr_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc)
+    return {"SourceURI": url, "Language": "en", "MaxMicroseconds": _micros(seconds)}
+
+
+def _asr_output(task: Task) -> dict[str, Any]:
+    return dict(task.result.get("Transcript") or {})
+
+
+eas.register("video_super_resolution", eas.Service("VideoSuperResolution", _sr_request, oss_output))
+eas.register("asr", eas.Service("SpeechRecognition", _asr_request, _asr_output))

@@ -1,0 +1,49 @@
+"""CreateSpeechRecognitionTask (openimm extension) and the ``asr`` service: transcribe the
+audio of a media file with the engine that serves its language (``workers.asr``), store the
+transcript at TargetURI (JSON, SRT or VTT by its extension) and return the Model Hub form
+(segment start µs → sentences joined by ``;``) as the task result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InvalidArgument
+from pipeline.storage import parse_oss_uri
+from workers.context import JobContext
+
+FORMATS = (".json", ".srt", ".vtt")
+
+
+def process(ctx: JobContext) -> dict[str, Any]:
+    from workers import asr
+    from workers.models_install import whisper_model_dir
+
+    request = ctx.request
+    src = ctx.media.fetch(request["SourceURI"], ctx.workdir / "in")
+    configured = Path(ctx.settings.whisper_model_dir) if ctx.settings.whisper_model_dir else None
+    model_dir = whisper_model_dir(ctx.settings.resolved_data_dir, configured)
+    ctx.progress(5, force=True)
+    segments = asr.transcribe_file(
+        src,
+        request.get("Language") or "en",
+        max_us=request.get("MaxMicroseconds"),
+        engine=request.get("Engine") or None,
+        model_dir=model_dir,
+        device=ctx.device,
+    )
+    result: dict[str, Any] = {
+        "Language": request.get("Language") or "en",
+        "SegmentCount": len(segments),
+        "Transcript": asr.to_model_hub(segments),
+    }
+    target = request.get("TargetURI")
+    if target:
+        bucket, key = parse_oss_uri(target)
+        suffix = Path(key).suffix.lower()
+        render = {".json": asr.to_json, ".srt": asr.to_srt, ".vtt": asr.to_vtt}.get(suffix)
+        if render is None:
+            raise InvalidArgument(f"TargetURI must end in one of {', '.join(FORMATS)}.")
+        ctx.store.put_bytes(bucket, key, render(segments).encode())
+        result["TargetURI"] = target
+    return result
