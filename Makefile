@@ -42,6 +42,12 @@ typecheck: dev-install
 bench: dev-install system-deps
 	$(BIN)/python benchmarks/spine_throughput.py
 	$(BIN)/python benchmarks/notify_latency.py
+	$(BIN)/python benchmarks/faces_throughput.py
+	$(BIN)/python benchmarks/cluster_quality.py
+	$(BIN)/python benchmarks/cluster_scale.py
+	$(BIN)/python benchmarks/highlights_speed.py
+	$(BIN)/python benchmarks/sr_quality.py
+	$(BIN)/python benchmarks/asr_quality.py
 
 clean:
 	rm -rf $(VENV) openimm-data .pytest_cache .mypy_cache .ruff_cache

@@ -311,6 +311,13 @@ def cmd_people(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from workers import models_install
+
+    settings = _settings(args)
+    return models_install.main([args.name, "--data-dir", str(settings.resolved_data_dir)])
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.imm import json_schemas
 
@@ -376,6 +383,10 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--project", default="photos")
     people.add_argument("--json", action="store_true", help="full FigureCluster objects")
     people.set_defaults(func=cmd_people)
+    models = sub.add_parser("models", help="install a model: openimm models install whisper-base")
+    models.add_argument("action", choices=["install"])
+    models.add_argument("name", choices=["whisper-base"])
+    models.set_defaults(func=cmd_models)
     _notify_parsers(sub)
     return parser
 

@@ -28,3 +28,16 @@ def planted_video(out: Path, seconds: int = 20, event: tuple[int, int] = (10, 16
         *("-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-t", str(seconds), str(out)),
     )
     return out
+
+
+def speech_wav(out: Path, text: str, *, silence_before: float = 0.5) -> Path:
+    """English speech from espeak-ng (16 kHz mono WAV), after ``silence_before`` seconds."""
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(raw), text], check=True)
+    ffmpeg(
+        *("-f", "lavfi", "-t", f"{silence_before}", "-i", "anullsrc=r=16000:cl=mono"),
+        *("-i", str(raw), "-filter_complex", "[1]aresample=16000[s];[0][s]concat=n=2:v=0:a=1"),
+        *("-ac", "1", "-ar", "16000", str(out)),
+    )
+    raw.unlink()
+    return out

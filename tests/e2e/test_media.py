@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from Tea.exceptions import TeaException
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction import PredictClient, StringRequest
 
-from tests.e2e.stack import KEY_SECRET, Stack, wait_until
-from tests.mediagen import planted_video
+from pipeline.client import ImmClient
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, wait_until
+from tests.mediagen import ffmpeg, planted_video, speech_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 PROJECT = "media"
@@ -128,3 +130,67 @@ def test_video_highlight_service(stack: Stack, video: str) -> None:
     with pytest.raises(Exception) as info:
         eas(stack, "video_highlight", {"input": {"url": video, "play_duration": "-5"}})
     assert "400" in str(info.value)
+
+
+SPOKEN = "One two three four five. Please call my office tomorrow morning."
+
+
+@pytest.fixture(scope="module")
+def speech(stack: Stack) -> str:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    folder = stack.data_dir / "oss" / "media-in"
+    folder.mkdir(parents=True, exist_ok=True)
+    speech_wav(folder / "speech.wav", SPOKEN, silence_before=1.5)
+    stack.run("models", "install", "whisper-base")  # the workers find it in the data dir
+    return "oss://media-in/speech.wav"
+
+
+def imm_call(stack: Stack, action: str, **params: object) -> dict[str, object]:
+    """Extension actions (not in the IMM SDK) through openimm's own signed client."""
+    return ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET)).call(action, **params)
+
+
+def test_speech_recognition_task(stack: Stack, sdk: ImmSdk, project: str, speech: str) -> None:
+    created = imm_call(
+        stack,
+        "CreateSpeechRecognitionTask",
+        ProjectName=project,
+        SourceURI=speech,
+        TargetURI="oss://media-out/speech.srt",
+        Language="en-US",
+    )
+    task = wait_task(sdk, str(created["TaskId"]), "SpeechRecognition")
+    assert task.status == "Succeeded", task.message
+    srt = (stack.data_dir / "oss" / "media-out" / "speech.srt").read_text()
+    assert "-->" in srt and "tomorrow" in srt.lower()
+    full = imm_call(
+        stack,
+        "GetTask",
+        ProjectName=project,
+        TaskType="SpeechRecognition",
+        TaskId=created["TaskId"],
+    )
+    transcript = full["Transcript"]
+    assert isinstance(transcript, dict) and all(k.isdigit() for k in transcript)
+    assert int(min(transcript, key=int)) >= 900_000  # after 1.5 s of silence (VAD pads 0.4 s)
+
+
+def test_asr_service_and_bad_audio(stack: Stack, speech: str, video: str) -> None:
+    out = eas(stack, "asr", {"input": {"url": speech}})
+    text = " ".join(str(v) for v in out.values()).lower()
+    assert "office" in text and "morning" in text and all(k.isdigit() for k in out)
+    short = eas(stack, "asr", {"input": {"url": speech, "play_duration": "3000000"}})
+    assert "morning" not in " ".join(str(v) for v in short.values()).lower()
+    folder = stack.data_dir / "oss" / "media-in"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=160x120:d=2:r=10",
+        "-c:v",
+        "libx264",
+        str(folder / "mute.mp4"),
+    )
+    failed = eas(stack, "asr", {"input": {"url": "oss://media-in/mute.mp4"}})
+    assert failed["success"] is False and "audio" in str(failed["result"]).lower()
