@@ -136,7 +136,9 @@ def _code(codes: dict[str, int], file_id: str) -> int:
 
 class _Clusters:
     """Existing and new clusters as running sums, with a file -> clusters index so that a
-    same-file conflict is a set lookup."""
+    same-file conflict is a set lookup. Only the candidates' files (already in ``codes``) are
+    indexed: no other file can conflict, and indexing every member file of a large dataset
+    would cost more than the matching itself."""
 
     def __init__(
         self, existing: Sequence[ExistingCluster], codes: dict[str, int], dim: int
@@ -148,9 +150,10 @@ class _Clusters:
         self.members: list[list[str]] = [[] for _ in existing]
         self.n_existing = len(existing)
         self.by_file: dict[int, set[int]] = {}
+        candidate_files = codes.keys()
         for index, cluster in enumerate(existing):
-            for file_id in cluster.file_ids:
-                self.by_file.setdefault(_code(codes, file_id), set()).add(index)
+            for file_id in cluster.file_ids & candidate_files:
+                self.by_file.setdefault(codes[file_id], set()).add(index)
 
     def centroids(self, which: Sequence[int]) -> numpy.ndarray:
         return numpy.array([self.sums[i] / max(self.sizes[i], 1) for i in which], numpy.float32)
