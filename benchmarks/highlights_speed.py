@@ -40,7 +40,8 @@ def measure(path: Path, settings: Settings, tmp: Path) -> tuple[float, float, fl
     start = time.perf_counter()
     timeline = highlights.analyse(path, max_seconds=None, settings=settings)
     window = highlights.best_window(timeline, 5.0)
-    highlights.cut(path, tmp / f"{path.stem}.highlight.mp4", window, "mp4")
+    whole = highlights.covers(window, timeline)
+    highlights.cut(path, tmp / f"{path.stem}.highlight.mp4", window, "mp4", whole=whole)
     spent = time.perf_counter() - start
     return timeline.duration, spent, decode_only(path)
 

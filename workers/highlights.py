@@ -8,6 +8,8 @@ Signals, on a timeline of ``STEP`` s bins (all from one cheap decode each):
 - **audio**: librosa RMS energy and onset strength of the 16 kHz mono track (0 when silent or
   absent);
 - **faces**: dlib HOG face count on frames sampled every ``FACE_EVERY`` s at 320 px.
+The video is decoded once (320 px, 8 fps) and streamed: thumbnails and face counts come from
+the same frames while the audio decodes in a parallel ffmpeg process.
 Each signal is scaled to 0..1 by its robust range within the video (5th-95th percentile), so a
 score is "eventful relative to the rest of this video". The bin score is
 ``0.4·motion + 0.35·audio + 0.25·faces``.
@@ -22,9 +24,11 @@ lists the window and the per-second segment scores so a user can see why.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -36,8 +40,8 @@ DEFAULT_SECONDS = 5.0  # highlight length when Output.MaxDuration is not set
 STEP = 0.25  # seconds per timeline bin
 FRAME_RATE = 8  # frames per second decoded for motion and shots
 THUMB = (64, 36)
+DECODE_WIDTH = 320  # frames are decoded once at this width: faces here, thumbnails from them
 FACE_EVERY = 2.0
-FACE_SIDE = 320
 CUT_PENALTY = 0.5
 WEIGHTS = {"motion": 0.4, "audio": 0.35, "faces": 0.25}
 AUDIO_RATE = 16000
@@ -89,20 +93,47 @@ def _limit(max_seconds: float | None) -> list[str]:
     return ["-t", f"{max_seconds:.3f}"] if max_seconds else []
 
 
-def thumbnails(path: Path, max_seconds: float | None) -> np.ndarray:
-    """Grey 64x36 frames at FRAME_RATE fps: (n, 36, 64) uint8."""
-    w, h = THUMB
-    raw = _ffmpeg(
-        [
-            *("-i", str(path), *_limit(max_seconds), "-an"),
-            *("-vf", f"fps={FRAME_RATE},scale={w}:{h}", "-pix_fmt", "gray", "-f", "rawvideo", "-"),
-        ],
-        "decode the video",
-    )
-    frames = np.frombuffer(raw, np.uint8)
-    if frames.size < w * h:
-        raise InvalidArgument("The file has no decodable video frames.")
-    return frames[: frames.size // (w * h) * (w * h)].reshape(-1, h, w)
+def decoded_frames(path: Path, max_seconds: float | None) -> Iterator[np.ndarray]:
+    """RGB frames at FRAME_RATE fps, at most DECODE_WIDTH px wide, streamed from ONE ffmpeg
+    decode (PPM frames carry their own size, so no probe is needed). Memory stays one frame
+    whatever the video's length."""
+    args = [
+        *("ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *_limit(max_seconds), "-an"),
+        *("-vf", f"fps={FRAME_RATE},scale='min({DECODE_WIDTH},iw)':-2"),
+        *("-f", "image2pipe", "-vcodec", "ppm", "-"),
+    ]
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise InvalidArgument("ffmpeg is not installed.") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        while (frame := _read_ppm(proc.stdout)) is not None:
+            yield frame
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        proc.stderr.close()
+        code = proc.wait()
+    if code != 0:
+        raise InvalidArgument(f"Could not decode the video: {(err or [''])[-1]}")
+
+
+def _read_ppm(stream: IO[bytes]) -> np.ndarray | None:
+    """One binary PPM (P6) frame from ``stream``; None at the end."""
+    fields: list[bytes] = []
+    while len(fields) < 4:
+        line = stream.readline()
+        if not line:
+            return None
+        fields += line.split()
+    if fields[0] != b"P6":
+        raise InvalidArgument("Unexpected frame data from ffmpeg.")
+    width, height = int(fields[1]), int(fields[2])
+    data = stream.read(width * height * 3)
+    if len(data) < width * height * 3:
+        return None  # a truncated last frame
+    return np.frombuffer(data, np.uint8).reshape(height, width, 3)
 
 
 def audio_track(path: Path, max_seconds: float | None) -> np.ndarray:
@@ -189,39 +220,42 @@ def audio_activity(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return (_robust(rms[:n]) + 0.5 * _robust(onset[:n])) / 1.5, 20.0
 
 
-def face_presence(path: Path, duration: float, nbins: int, settings: Any) -> np.ndarray:
-    """Number of faces (capped at 3, scaled to 0..1) on frames every FACE_EVERY s."""
-    from workers import faces
-
-    out = np.zeros(nbins)
-    frames = faces.sample_video_frames(
-        path,
-        every_seconds=FACE_EVERY,
-        max_frames=int(duration / FACE_EVERY) + 1,
-        max_side=FACE_SIDE,
-    )
-    analyzer = faces.get_analyzer(getattr(settings, "face_detector", "hog"), FACE_SIDE)
-    per = int(FACE_EVERY / STEP)
-    for ms, rgb in frames:
-        count = len(analyzer.analyze(rgb))
-        first = int(ms / 1000 / STEP)
-        out[first : first + per] = min(count, 3) / 3
-    return out
-
-
 def analyse(path: Path, *, max_seconds: float | None, settings: Any) -> Timeline:
-    frames = thumbnails(path, max_seconds)
-    duration = len(frames) / FRAME_RATE
+    """One pass over the decoded frames (thumbnails for shots/motion, a face count every
+    FACE_EVERY s) while the audio decodes in parallel in its own ffmpeg process."""
+    import cv2
+
+    with ThreadPoolExecutor(1) as pool:
+        audio = pool.submit(audio_track, path, max_seconds)
+        analyzer = _face_analyzer(settings)
+        every = int(FACE_EVERY * FRAME_RATE)
+        thumbs, face_counts = [], []
+        for n, rgb in enumerate(decoded_frames(path, max_seconds)):
+            grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            thumbs.append(cv2.resize(grey, THUMB, interpolation=cv2.INTER_AREA))
+            if n % every == 0:
+                face_counts.append(len(analyzer.analyze(np.ascontiguousarray(rgb))))
+        samples = audio.result()
+    if not thumbs:
+        raise InvalidArgument("The file has no decodable video frames.")
+    duration = len(thumbs) / FRAME_RATE
     nbins = max(1, int(np.ceil(duration / STEP)))
-    cuts, motion = shots_and_motion(frames)
-    loud, rate = audio_activity(audio_track(path, max_seconds))
+    cuts, motion = shots_and_motion(np.stack(thumbs))
+    loud, rate = audio_activity(samples)
+    faces = np.repeat(np.minimum(face_counts, 3) / 3, int(FACE_EVERY / STEP))[:nbins]
     return Timeline(
         duration=duration,
         motion=_bins(_robust(motion), FRAME_RATE, nbins),
         audio=_bins(loud, rate, nbins) if loud.size else np.zeros(nbins),
-        faces=face_presence(path, duration, nbins, settings),
+        faces=np.pad(faces, (0, nbins - faces.size)),
         cuts=cuts,
     )
+
+
+def _face_analyzer(settings: Any) -> Any:
+    from workers import faces  # dlib loads once per worker process
+
+    return faces.get_analyzer(getattr(settings, "face_detector", "hog"), DECODE_WIDTH)
 
 
 def best_window(timeline: Timeline, length: float, mode: str = "Average") -> Window:
@@ -267,9 +301,23 @@ def segments(timeline: Timeline) -> list[dict[str, float]]:
     return out
 
 
-def cut(src: Path, dst: Path, window: Window, container: str) -> None:
-    """Frame-accurate cut (re-encoded: a stream copy can only start on a keyframe)."""
+def cut(src: Path, dst: Path, window: Window, container: str, *, whole: bool = False) -> None:
+    """Frame-accurate cut: re-encoded, since a stream copy can only start on a keyframe. When
+    the window is the whole video (``whole``), the streams are copied instead when the
+    container can hold them: nothing to cut, nothing to lose."""
     fmt = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "ts": "mpegts", "flv": "flv"}[container]
+    if whole:
+        try:
+            _ffmpeg(
+                [
+                    *("-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?"),
+                    *("-c", "copy", "-f", fmt, str(dst)),
+                ],
+                "copy the video",
+            )
+            return
+        except InvalidArgument:
+            pass  # e.g. VP8 cannot go into MP4: encode below
     _ffmpeg(
         [
             *("-y", "-ss", f"{window.start:.3f}", "-i", str(src), "-t", f"{window.duration:.3f}"),
@@ -279,6 +327,10 @@ def cut(src: Path, dst: Path, window: Window, container: str) -> None:
         ],
         "cut the highlight",
     )
+
+
+def covers(window: Window, timeline: Timeline) -> bool:
+    return window.start == 0 and window.duration >= timeline.duration - 1 / FRAME_RATE
 
 
 # ---- the task -------------------------------------------------------------------------------
@@ -306,7 +358,7 @@ def process(ctx: JobContext) -> dict[str, Any]:
     uri, local, timeline, window = best
     container = output.get("Container") or "mp4"
     clip = ctx.workdir / f"highlight.{container}"
-    cut(local, clip, window, container)
+    cut(local, clip, window, container, whole=covers(window, timeline) and not max_seconds)
     ctx.progress(95, force=True)
     bucket, key = parse_oss_uri(output["URI"])
     ctx.store.put_file(bucket, key, clip)
