@@ -239,6 +239,29 @@ def test_people_albums_flow(stack: Stack) -> None:
         )
     assert info.value.code == "StatusConflict"
 
+    # Which cluster is the face in this photo? (synchronous) and the most similar faces (task).
+    hits = sdk.search_image_figure_cluster(
+        m.SearchImageFigureClusterRequest(
+            project_name=PROJECT, dataset_name=DATASET, source_uri=f"oss://{BUCKET}/p5.jpg"
+        )
+    ).body.clusters
+    assert [h.cluster_id for h in hits] == [cluster_id] and hits[0].similarity > 0.5
+    searching = sdk.create_faces_searching_task(
+        m.CreateFacesSearchingTaskRequest(
+            project_name=PROJECT,
+            dataset_name=DATASET,
+            sources=[m.CreateFacesSearchingTaskRequestSources(uri=f"oss://{BUCKET}/p5.jpg")],
+            max_result=3,
+            notification=m.Notification(mns=m.MNS(topic_name="albums")),
+        )
+    ).body
+    body, content = _next_message(queue)
+    assert body["type"] == "imm:Task:FacesSearching" and content["TaskId"] == searching.task_id
+    (found_faces,) = content["SimilarFaces"]
+    similar = found_faces["SimilarFaces"]
+    assert len(similar) == 3 and all(0.5 < f["Similarity"] <= 1 for f in similar)
+    assert similar == sorted(similar, key=lambda f: -f["Similarity"])
+
     # Incremental: one new photo joins the existing, named cluster.
     _index(sdk, [f"oss://{BUCKET}/p5.jpg"], "batch-2")
     _next_message(queue)
