@@ -339,3 +339,34 @@ def _client(stack: Stack) -> Any:
 def _done(client: Any, task_id: str, task_type: str) -> dict[str, Any] | None:
     task = client.call("GetTask", ProjectName=PROJECT, TaskType=task_type, TaskId=task_id)
     return task if task["Status"] != "Running" else None
+
+
+def test_cli_index_and_people(stack: Stack, tmp_path: Path) -> None:
+    """`openimm index ./photos --dataset d` then `openimm people --dataset d`."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "my photos"
+    names = _photos(folder)
+    for extra in ("corrupt.jpg", "notes.txt", "group.jpg"):
+        (folder / extra).unlink()
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "index", str(folder), "--dataset", "cli"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"indexed {len(names) - 1}/{len(names) - 1} files" in run.stdout
+    assert "clustering Succeeded: 1 new people" in run.stdout
+    assert "indexed" in run.stderr and "#" in run.stderr  # the progress bar
+    people = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "people", "--dataset", "cli", "--json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    clusters = json.loads(people.stdout)
+    assert [(c["ImageCount"], c["FaceCount"]) for c in clusters] == [(5, 5)]

@@ -166,3 +166,48 @@ def test_merge_moves_faces_and_removes_the_source(db: Database) -> None:
     run(db)
     with db.session() as s:
         assert s.scalar(select(FigureCluster).where(FigureCluster.id == ids[1])) is None
+
+
+def test_query_figure_clusters_sort_filter_and_paging(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    for i in range(5):
+        add_photo(db, f"a{i}", ["A"])
+    for i in range(4):
+        add_photo(db, f"b{i}", ["B"])
+    for i in range(3):
+        add_photo(db, f"c{i}", ["C"])
+    ids = run(db)["NewClusterIds"]
+    assert len(ids) == 3
+    with db.session() as s:
+        dataset = s.scalar(select(Dataset))
+        assert dataset is not None
+        biggest = max(ids, key=lambda c: s.get(FigureCluster, c).face_count)  # type: ignore[union-attr]
+        figures.update(s, dataset, {"ObjectId": biggest, "CustomLabels": {"role": "me"}})
+    everything = (None, None)
+
+    def page(**kw: object) -> tuple[list[FigureCluster], str, int | None]:
+        args = {
+            "create_range": everything,
+            "update_range": everything,
+            "custom_labels": None,
+            "sort": "FaceCount",
+            "desc": True,
+            "max_results": 100,
+            "next_token": "",
+            "with_total": True,
+            **kw,
+        }
+        with db.session() as s:
+            dataset = s.scalar(select(Dataset))
+            return figures.query(s, dataset, **args)  # type: ignore[arg-type]
+
+    rows, token, total = page()
+    assert [c.face_count for c in rows] == [5, 4, 3] and token == "" and total == 3
+    first, token, _ = page(max_results=2, sort="FaceCount", desc=False)
+    second, last, _ = page(max_results=2, sort="FaceCount", desc=False, next_token=token)
+    assert [c.face_count for c in first + second] == [3, 4, 5] and token and last == ""
+    labelled, _, total = page(custom_labels=("role", "me"))
+    assert [c.id for c in labelled] == [biggest] and total == 1
+    future = datetime.now(UTC) + timedelta(days=1)
+    assert page(create_range=(future, None))[0] == []
