@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Table, delete, insert
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import FileField
@@ -88,3 +88,52 @@ def rebuild(session: Session, file_id: str, dataset_id: int, doc: dict[str, Any]
     values = rows(file_id, dataset_id, doc)
     if values:
         conn.execute(insert(FIELDS), values)
+
+
+def set_figure_clusters(session: Session, changes: list[dict[str, Any]]) -> None:
+    """Point the index rows of faces at their new cluster, in two batched statements.
+
+    ``changes``: ``{"file_id", "figure_id", "cluster_id", "confidence"}`` per face. A face's
+    array element is found through its ``Figures.FigureId`` row, so a clustering run that
+    moves 100k faces does not rebuild 100k documents' rows.
+    """
+    if not changes:
+        return
+    anchor = FIELDS.alias()
+    elem_of = (
+        select(anchor.c.elem)
+        .where(
+            anchor.c.file_id == bindparam("b_file"),
+            anchor.c.field == "Figures.FigureId",
+            anchor.c.sval == bindparam("b_figure"),
+        )
+        .scalar_subquery()
+    )
+    where = [FIELDS.c.file_id == bindparam("b_file"), FIELDS.c.elem == elem_of]
+    conn = session.connection()
+    ids = update(FIELDS).where(*where, FIELDS.c.field == "Figures.FigureClusterId")
+    conn.execute(
+        ids.values(sval=bindparam("b_cluster"), lval=bindparam("b_lower")),
+        [
+            {
+                "b_file": c["file_id"],
+                "b_figure": c["figure_id"],
+                "b_cluster": c["cluster_id"],
+                "b_lower": c["cluster_id"].casefold(),
+            }
+            for c in changes
+        ],
+    )
+    conf = update(FIELDS).where(*where, FIELDS.c.field == "Figures.FigureClusterConfidence")
+    conn.execute(
+        conf.values(sval=bindparam("b_text"), lval=bindparam("b_text"), nval=bindparam("b_num")),
+        [
+            {
+                "b_file": c["file_id"],
+                "b_figure": c["figure_id"],
+                "b_num": round(c["confidence"], 4),
+                "b_text": scalar_text(round(c["confidence"], 4)),
+            }
+            for c in changes
+        ],
+    )

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline import figures, files
+from pipeline import figures, fileindex, files
 from pipeline.errors import InvalidParameter, ResourceNotFound
 from pipeline.ids import utcnow
 from pipeline.models import Dataset, Figure, FigureCluster, Project
@@ -126,7 +126,19 @@ def cluster_dataset(session: Session, request: dict[str, Any]) -> dict[str, Any]
     moved = {c["id"] for c in changes if previous.get(c["id"]) != c["cluster_id"]}
     updated = sorted(set(plan.updated) - set(new_ids.values()))
     figures.refresh(session, set(new_ids.values()) | set(updated))
-    figures.reindex_files(session, {c.file_id for c in candidates if c.figure_id in moved})
+    fileindex.set_figure_clusters(
+        session,
+        [
+            {
+                "file_id": cand.file_id,
+                "figure_id": cand.figure_id,
+                "cluster_id": change["cluster_id"],
+                "confidence": change["cluster_confidence"],
+            }
+            for cand, change in zip(candidates, changes, strict=True)
+            if cand.figure_id in moved
+        ],
+    )
     return {
         "NewClusterCount": len(new_ids),
         "UpdatedClusterCount": len(updated),
