@@ -194,3 +194,71 @@ def test_asr_service_and_bad_audio(stack: Stack, speech: str, video: str) -> Non
     )
     failed = eas(stack, "asr", {"input": {"url": "oss://media-in/mute.mp4"}})
     assert failed["success"] is False and "audio" in str(failed["result"]).lower()
+
+
+def test_super_resolution_task_image_and_video(stack: Stack, sdk: ImmSdk, project: str) -> None:
+    from PIL import Image
+
+    folder = stack.data_dir / "oss" / "media-in"
+    folder.mkdir(parents=True, exist_ok=True)
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
+    Image.open(fixture).convert("RGB").resize((96, 64)).save(folder / "small.png")
+    ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc2=s=160x96:d=1:r=10", "-f", "lavfi", "-i", "sine=d=1"),
+        *("-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"),
+        str(folder / "small.mp4"),
+    )
+    outputs = {}
+    for name, target, scale in (("small.png", "big.png", 3), ("small.mp4", "big.mp4", 2)):
+        created = imm_call(
+            stack,
+            "CreateVideoSuperResolutionTask",
+            ProjectName=project,
+            SourceURI=f"oss://media-in/{name}",
+            TargetURI=f"oss://media-out/{target}",
+            Scale=scale,
+        )
+        task = wait_task(sdk, str(created["TaskId"]), "VideoSuperResolution")
+        assert task.status == "Succeeded", task.message
+        outputs[target] = stack.data_dir / "oss" / "media-out" / target
+    assert Image.open(outputs["big.png"]).size == (288, 192)
+    streams = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-of", "json", "-show_streams", str(outputs["big.mp4"])],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )["streams"]
+    video = next(s for s in streams if s["codec_type"] == "video")
+    assert (video["width"], video["height"]) == (320, 192)
+    assert any(s["codec_type"] == "audio" for s in streams)  # original audio kept
+
+
+def test_super_resolution_bad_input_and_service(stack: Stack, sdk: ImmSdk, project: str) -> None:
+    from pipeline.client import ClientError
+
+    with pytest.raises(ClientError) as info:
+        imm_call(
+            stack,
+            "CreateVideoSuperResolutionTask",
+            ProjectName=project,
+            SourceURI="oss://media-in/small.png",
+            TargetURI="oss://media-out/x.png",
+            Scale=5,
+        )
+    assert info.value.code == "InvalidScale"
+    (stack.data_dir / "oss" / "media-in" / "junk.mp4").write_bytes(b"junk" * 500)
+    created = imm_call(
+        stack,
+        "CreateVideoSuperResolutionTask",
+        ProjectName=project,
+        SourceURI="oss://media-in/junk.mp4",
+        TargetURI="oss://media-out/junk-big.mp4",
+        Scale=2,
+    )
+    task = wait_task(sdk, str(created["TaskId"]), "VideoSuperResolution")
+    assert task.status == "Failed" and task.code == "InvalidArgument"
+    assert not (stack.data_dir / "oss" / "media-out" / "junk-big.mp4").exists()
+    out = eas(stack, "video_super_resolution", {"input": {"url": "oss://media-in/small.mp4"}})
+    assert out["success"] is True and str(out["oss_path"]).endswith(".mp4")
+    assert (stack.data_dir / "oss" / str(out["oss_path"]).removeprefix("oss://")).is_file()
