@@ -46,7 +46,7 @@ bench: dev-install system-deps
 	$(BIN)/python benchmarks/cluster_quality.py
 	$(BIN)/python benchmarks/cluster_scale.py
 	$(BIN)/python benchmarks/highlights_speed.py
-	$(BIN)/python benchmarks/sr_quality.py
+	$(BIN)/python -m benchmarks.sr_quality
 	$(BIN)/python benchmarks/asr_quality.py
 
 clean:
