@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Speech: a CTranslate2 Whisper model directory (larger models); empty → the whisper-base
     # installed by `openimm models install whisper-base` in the data dir, else PocketSphinx.
     whisper_model_dir: str = ""
+    # Media models: inputs larger or longer (in what is processed) are refused up front.
+    media_max_bytes: int = 4 << 30
+    media_max_seconds: float = 4 * 3600
     # Notifications: the outbox dispatcher and webhook delivery.
     dispatch_interval_seconds: float = 0.02
     delivery_concurrency: int = 16

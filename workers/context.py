@@ -74,3 +74,19 @@ class JobContext:
         self._last_report = now
         if not self.report(percent):
             raise Cancelled(self.task_id)
+
+
+def limits(ctx: JobContext, path: Path, processed_seconds: float | None) -> None:
+    """The settings' size and duration limits for a media job's input."""
+    from workers.probe import check_media_limits
+
+    check_media_limits(
+        path,
+        max_bytes=ctx.settings.media_max_bytes,
+        max_seconds=ctx.settings.media_max_seconds,
+        processed_seconds=processed_seconds,
+    )
+
+
+def seconds(microseconds: int | None) -> float | None:
+    return None if microseconds is None else microseconds / 1_000_000

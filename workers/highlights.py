@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
-from workers.context import JobContext
+from workers.context import JobContext, limits
 
 DEFAULT_SECONDS = 5.0  # highlight length when Output.MaxDuration is not set
 STEP = 0.25  # seconds per timeline bin
@@ -349,6 +349,7 @@ def process(ctx: JobContext) -> dict[str, Any]:
     sources = request["Sources"]
     for n, src in enumerate(sources):
         local = ctx.media.fetch(src["URI"], ctx.workdir / f"src{n}")
+        limits(ctx, local, max_seconds)
         timeline = analyse(local, max_seconds=max_seconds, settings=ctx.settings)
         window = best_window(timeline, length, request.get("Mode") or "Average")
         if best is None or window.score > best[3].score:

@@ -289,3 +289,30 @@ def _gps(gps: Any) -> str:
 def _dms(value: Any) -> float:
     d, m, s = (float(x) for x in value)
     return d + m / 60 + s / 3600
+
+
+# ---- limits for the media models --------------------------------------------------------------
+
+
+def check_media_limits(
+    path: Path, *, max_bytes: int, max_seconds: float, processed_seconds: float | None
+) -> None:
+    """Refuse inputs too large or too long for a media job before any heavy work starts.
+
+    The duration limit applies to what will be processed: a long file with a short
+    ``play_duration`` is fine. Images have no duration and pass that check.
+    """
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InvalidArgument(
+            f"The input is {size} bytes; the limit is {max_bytes} (OPENIMM_MEDIA_MAX_BYTES)."
+        )
+    if media_type(sniff(path.open("rb").read(512))) == "image":
+        return
+    duration = ffprobe(path).get("Duration") or 0.0
+    processed = min(duration, processed_seconds) if processed_seconds else duration
+    if processed > max_seconds:
+        raise InvalidArgument(
+            f"The input is {duration:.0f} s long; at most {max_seconds:.0f} s can be processed "
+            "(OPENIMM_MEDIA_MAX_SECONDS; or set play_duration)."
+        )

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
-from workers.context import JobContext
+from workers.context import JobContext, limits, seconds
 
 FORMATS = (".json", ".srt", ".vtt")
 
@@ -21,6 +21,7 @@ def process(ctx: JobContext) -> dict[str, Any]:
 
     request = ctx.request
     src = ctx.media.fetch(request["SourceURI"], ctx.workdir / "in")
+    limits(ctx, src, seconds(request.get("MaxMicroseconds")))
     configured = Path(ctx.settings.whisper_model_dir) if ctx.settings.whisper_model_dir else None
     model_dir = whisper_model_dir(ctx.settings.resolved_data_dir, configured)
     ctx.progress(5, force=True)

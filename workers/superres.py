@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
 from workers import probe
-from workers.context import JobContext
+from workers.context import JobContext, limits, seconds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
@@ -23,6 +23,7 @@ def process(ctx: JobContext) -> dict[str, Any]:
     request = ctx.request
     scale = int(request["Scale"])
     src = ctx.media.fetch(request["SourceURI"], ctx.workdir / "in")
+    limits(ctx, src, seconds(request.get("MaxMicroseconds")))
     kind = probe.media_type(probe.sniff(src.open("rb").read(512)))
     target = request["TargetURI"]
     if request.get("AutoSuffix"):  # EAS calls: the worker names the output after its kind

@@ -78,3 +78,16 @@ def test_ffprobe_fields(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00\x01" * 300)
     with pytest.raises(InvalidArgument, match="not a decodable media file"):
         probe.ffprobe(junk)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_media_limits(tmp_path: Path) -> None:
+    path = tmp_path / "long.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=d=6", str(path))
+    probe.check_media_limits(path, max_bytes=10**9, max_seconds=10, processed_seconds=None)
+    with pytest.raises(InvalidArgument, match="OPENIMM_MEDIA_MAX_SECONDS"):
+        probe.check_media_limits(path, max_bytes=10**9, max_seconds=5, processed_seconds=None)
+    # a play_duration shorter than the limit makes a long input acceptable
+    probe.check_media_limits(path, max_bytes=10**9, max_seconds=5, processed_seconds=3)
+    with pytest.raises(InvalidArgument, match="OPENIMM_MEDIA_MAX_BYTES"):
+        probe.check_media_limits(path, max_bytes=100, max_seconds=60, processed_seconds=None)
