@@ -86,12 +86,12 @@ def main() -> None:
         for path in videos:
             duration, spent, decode = measure(path, settings, tmp)
             ratio = spent / duration
-            worst = max(worst, ratio) if duration >= 5 else worst
+            worst = max(worst, ratio)
             print(
                 f"{path.name:<28}{duration:>8.1f}{spent:>11.2f}{ratio:>8.3f}{decode:>10.2f}"
                 f"{decode / duration:>14.3f}"
             )
-        print(f"worst ratio on videos >= 5 s: {worst:.3f} (target <= {TARGET}) "
+        print(f"worst ratio over all videos: {worst:.3f} (target <= {TARGET}) "
               f"{'OK' if worst <= TARGET else 'MISSED'}")  # fmt: skip
         hits = planted_checks(settings, tmp)
         print(f"planted segment found: {sum(hits)}/{len(hits)}")
