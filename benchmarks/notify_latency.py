@@ -140,12 +140,21 @@ def run_rate(db: Database, n: int, rate: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500)
+    parser.add_argument(
+        "--store",
+        choices=["redis", "db"],
+        default="redis",
+        help="MNS queue messages in Redis (distributed mode, default) or in the database",
+    )
     args = parser.parse_args()
     pg, rd = start_postgres(), start_redis()
     data = Path(tempfile.mkdtemp(prefix="openimm-nbench-"))
     port = free_port()
     db_url = pg.create_database("nbench")
-    env = make_env(data, port, database_url=db_url, broker_url=rd.url(0), http_allow_private="1")
+    store = {"redis_url": rd.url(1)} if args.store == "redis" else {}
+    env = make_env(
+        data, port, database_url=db_url, broker_url=rd.url(0), http_allow_private="1", **store
+    )
     stack = Stack(data_dir=data, env=env, port=port)
     times, port_out = multiprocessing.Queue(), multiprocessing.Queue()
     hook = multiprocessing.Process(target=serve_hook, args=(port_out, times), daemon=True)
@@ -192,9 +201,12 @@ def main() -> None:
             "backlog drained",
         )
         elapsed = time.perf_counter() - t0
+        hooks = sorted(t for k, t in list(arrivals.items()) if k.startswith("hook:"))
+        steady = (len(hooks) - 1) / (hooks[-1] - hooks[0])
         print(
-            f"\none dispatcher drained {n} webhook deliveries in {elapsed:.1f} s: "
-            f"{n / elapsed:.0f} events/s (includes ~1 s process start)"
+            f"\none dispatcher drained {n} webhook deliveries in {elapsed:.1f} s including "
+            f"its process start: {n / elapsed:.0f} events/s overall; sustained (first to last "
+            f"delivery) {steady:.0f} events/s (target >= 1000)"
         )
     finally:
         stop.set()

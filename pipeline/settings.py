@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     # MNS queues: a message received this many times moves to "<queue>-deadletter" (0 = never).
     mns_dead_letter_after: int = 0
+    # Long-polling receivers re-check their queue this often (latency vs. store load).
+    mns_poll_interval_seconds: float = 0.01
     task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)

@@ -30,7 +30,6 @@ from pipeline.notify.messages import MNS_XMLNS, RAW_MESSAGE_TYPE, epoch_ms, md5_
 router = APIRouter()
 MAX_XML_BYTES = 1 << 20
 MAX_WAIT_SECONDS = 30
-POLL_INTERVAL = 0.025  # long-poll re-check; one indexed query per waiting receiver
 T = TypeVar("T")
 
 
@@ -229,20 +228,24 @@ async def send_message(name: str, request: Request) -> Response:
 
 @router.get("/queues/{name}/messages")
 async def receive_message(name: str, request: Request) -> Response:
-    def run(svc: Services, owner: str) -> tuple[int, queues.Received | None]:
+    def run(svc: Services, owner: str) -> tuple[Any, Any, queues.Received | None]:
         limit = svc.settings.mns_dead_letter_after
         with svc.db.session() as s:
             queue = queues.get_queue(s, owner, name)
             dead = queues.dead_letter_queue(s, queue) if limit else None
-        return queue.polling_wait_seconds, svc.messages.receive(queue, dead, limit)
+        return queue, dead, svc.messages.receive(queue, dead, limit)
 
-    services, owner, (default_wait, message) = await _call(request, run)
+    services, _owner, (queue, dead, message) = await _call(request, run)
     raw_wait = request.query_params.get("waitseconds")
-    wait = min(MAX_WAIT_SECONDS, int(raw_wait) if raw_wait else default_wait)
+    wait = min(MAX_WAIT_SECONDS, int(raw_wait) if raw_wait else queue.polling_wait_seconds)
     deadline = time.monotonic() + wait
+    limit = services.settings.mns_dead_letter_after
+    interval = services.settings.mns_poll_interval_seconds
     while message is None and time.monotonic() < deadline:  # long polling
-        await asyncio.sleep(POLL_INTERVAL)
-        _, message = await run_in_threadpool(run, services, owner)
+        # Re-check the message store only (the queue row was read once): one indexed query
+        # or one Redis script per interval per waiting receiver.
+        await asyncio.sleep(interval)
+        message = await run_in_threadpool(services.messages.receive, queue, dead, limit)
     if message is None:
         raise MessageNotExist("Message not exist.")
     return _reply(
