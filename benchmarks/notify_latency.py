@@ -137,6 +137,25 @@ def run_rate(db: Database, n: int, rate: float) -> None:
         )
 
 
+def raw_posts(url: str, n: int) -> float:
+    """POSTs/s of bare urllib3 (16 threads) to the same receiver: the ceiling for pushes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import urllib3
+
+    pool = urllib3.PoolManager(maxsize=16, retries=False)
+
+    def post(i: int) -> None:
+        content = json.dumps({"TaskId": f"raw-{i}", "pad": "x" * 1200})
+        body = json.dumps({"Message": json.dumps({"content": content})})
+        pool.request("POST", url, body=body, headers={"content-type": "application/json"})
+
+    with ThreadPoolExecutor(16) as threads:
+        start = time.perf_counter()
+        list(threads.map(post, range(n)))
+        return n / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500)
@@ -207,6 +226,11 @@ def main() -> None:
             f"\none dispatcher drained {n} webhook deliveries in {elapsed:.1f} s including "
             f"its process start: {n / elapsed:.0f} events/s overall; sustained (first to last "
             f"delivery) {steady:.0f} events/s (target >= 1000)"
+        )
+        raw = raw_posts(hook_url, n)
+        print(
+            f"raw baseline: urllib3, 16 threads, same receiver and body size: {raw:.0f} POST/s; "
+            f"dispatcher / raw = {steady / raw:.2f}"
         )
     finally:
         stop.set()
