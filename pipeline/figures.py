@@ -6,6 +6,7 @@ cluster, so counts can never drift; a cluster left without faces is removed, as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,13 +72,22 @@ def _stats(cluster: FigureCluster, members: list[Figure]) -> None:
     cluster.update_time = utcnow()
 
 
-def view(session: Session, cluster: FigureCluster) -> dict[str, Any]:
-    cover: dict[str, Any] = {}
-    fig = session.get(Figure, cluster.cover_figure_id) if cluster.cover_figure_id else None
-    if fig is not None:
-        f = session.get(File, fig.file_id)
-        if f is not None:
-            cover = files.document(f, [fig])
+def views(session: Session, clusters: Sequence[FigureCluster]) -> list[dict[str, Any]]:
+    """IMM ``FigureCluster`` objects; the covers of a whole page load in two queries."""
+    cover_ids = [c.cover_figure_id for c in clusters if c.cover_figure_id]
+    covers = {f.id: f for f in session.scalars(select(Figure).where(Figure.id.in_(cover_ids)))}
+    file_ids = [f.file_id for f in covers.values()]
+    docs = {f.id: f for f in session.scalars(select(File).where(File.id.in_(file_ids)))}
+    out = []
+    for cluster in clusters:
+        fig = covers.get(cluster.cover_figure_id)
+        f = docs.get(fig.file_id) if fig is not None else None
+        cover = files.document(f, [fig]) if f is not None and fig is not None else {}
+        out.append(_view(cluster, cover))
+    return out
+
+
+def _view(cluster: FigureCluster, cover: dict[str, Any]) -> dict[str, Any]:
     return {
         "ObjectId": cluster.id,
         "ObjectType": "figure-cluster",

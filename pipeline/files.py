@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from pipeline import fileindex
 from pipeline.errors import InvalidParameter, LimitExceeded, ResourceNotFound
 from pipeline.ids import resource_time, utcnow
-from pipeline.models import DEFAULT_LIMITS, Dataset, Figure, FigureCluster, File
+from pipeline.models import DEFAULT_LIMITS, Dataset, Figure, FigureCluster, File, Project
 
 UNAVAILABLE = "figure-cluster-id-unavailable"
 INDEPENDENT = "figure-cluster-id-independent"
@@ -253,8 +253,6 @@ def store_indexed(session: Session, dataset: Dataset, item: Indexed) -> set[str]
 
 
 def _owner_of(session: Session, dataset: Dataset) -> tuple[str, str]:
-    from pipeline.models import Project
-
     proj = session.get(Project, dataset.project_id)
     assert proj is not None
     return proj.owner, proj.name

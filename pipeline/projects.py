@@ -22,6 +22,28 @@ from pipeline.models import DEFAULT_LIMITS, Dataset, Project, Task
 MAX_PROJECTS_PER_OWNER = 100  # IMM's default per-region quota
 
 
+def job_dataset(session: Session, request: dict[str, Any], *, lock: bool) -> Dataset:
+    """The dataset a job's request names (``Owner``, ``ProjectName``, ``DatasetName``).
+
+    ``lock``: hold its row until the transaction ends (``FOR UPDATE OF datasets``: the joined
+    project row stays free for the project's other datasets), so jobs that change one
+    dataset's faces, clusters or counters take turns while datasets proceed in parallel.
+    """
+    query = (
+        select(Dataset)
+        .join(Project, Project.id == Dataset.project_id)
+        .where(
+            Project.owner == request["Owner"],
+            Project.name == request["ProjectName"],
+            Dataset.name == request["DatasetName"],
+        )
+    )
+    dataset = session.scalar(query.with_for_update(of=Dataset) if lock else query)
+    if dataset is None:
+        raise ResourceNotFound("dataset", request["DatasetName"])
+    return dataset
+
+
 def get_project(session: Session, owner: str, name: str) -> Project:
     project = session.scalar(select(Project).where(Project.owner == owner, Project.name == name))
     if project is None:

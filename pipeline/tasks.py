@@ -367,17 +367,24 @@ def _terminal_event(task: Any) -> dict[str, Any]:
     }
 
 
-def message_content(task: Any) -> dict[str, Any]:
-    """Layer 3 of the IMM notification: the common keys, then task-specific results."""
-    if task["task_type"] in FILE_META_EVENTS:
-        return _file_meta_content(task)
-    content: dict[str, Any] = {
+def _content_head(task: Any) -> dict[str, Any]:
+    """The keys both IMM content shapes (task and file-meta messages) start with."""
+    return {
         "ProjectName": task["project_name"],
         "DatasetName": task["dataset_name"],
         "RequestId": task["request_id"],
         "StartTime": task_time(task["start_time"]),
         "EndTime": task_time(task["end_time"]),
         "UserData": task["user_data"],
+    }
+
+
+def message_content(task: Any) -> dict[str, Any]:
+    """Layer 3 of the IMM notification: the common keys, then task-specific results."""
+    if task["task_type"] in FILE_META_EVENTS:
+        return _file_meta_content(task)
+    content: dict[str, Any] = {
+        **_content_head(task),
         "TaskType": task["task_type"],
         "TaskId": task["id"],
         "Status": task["status"],
@@ -405,12 +412,7 @@ def _file_meta_content(task: Any) -> dict[str, Any]:
             for f in (task["request"] or {}).get("Files", [])
         ]
     return {
-        "ProjectName": task["project_name"],
-        "DatasetName": task["dataset_name"],
-        "RequestId": task["request_id"],
-        "StartTime": task_time(task["start_time"]),
-        "EndTime": task_time(task["end_time"]),
-        "UserData": task["user_data"],
+        **_content_head(task),
         "Success": task["status"] == SUCCEEDED,
         "Message": task["message"],
         "Files": files,

@@ -14,11 +14,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline import figures
+from pipeline import figures, projects
 from pipeline.models import Figure, FigureCluster, File
 from workers import clustering
 from workers.context import JobContext, Transactional
-from workers.figure_clustering import locked_dataset
 
 # Beyond this embedding distance two faces are not reported as similar at all.
 MAX_DISTANCE = 0.6
@@ -57,7 +56,7 @@ def process(ctx: JobContext) -> Transactional:
 def _search_faces(
     session: Session, request: dict[str, Any], found: list[tuple[str, list[Any]]], limit: int
 ) -> dict[str, Any]:
-    dataset = locked_dataset(session, request)
+    dataset = projects.job_dataset(session, request, lock=False)
     rows = session.execute(
         select(Figure.id, Figure.embedding, Figure.attrs, File.uri)
         .join(File, File.id == Figure.file_id)
@@ -101,7 +100,7 @@ def search_clusters(ctx: JobContext) -> Transactional:
 
 
 def _match_clusters(session: Session, request: dict[str, Any], faces: list[Any]) -> dict[str, Any]:
-    dataset = locked_dataset(session, request)
+    dataset = projects.job_dataset(session, request, lock=False)
     rows = session.execute(
         select(FigureCluster.id, FigureCluster.centroid)
         .where(FigureCluster.dataset_id == dataset.id)

@@ -17,8 +17,8 @@ import numpy as np
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline import figures, fileindex, files
-from pipeline.errors import InvalidParameter, ResourceNotFound
+from pipeline import figures, fileindex, files, projects
+from pipeline.errors import InvalidParameter
 from pipeline.ids import utcnow
 from pipeline.models import Dataset, Figure, FigureCluster, Project
 from workers import clustering
@@ -31,24 +31,6 @@ def process(ctx: JobContext) -> Transactional:
 
 def merge(ctx: JobContext) -> Transactional:
     return Transactional(lambda session: merge_clusters(session, ctx.request))
-
-
-def locked_dataset(session: Session, request: dict[str, Any]) -> Dataset:
-    dataset = session.scalar(
-        select(Dataset)
-        .join(Project, Project.id == Dataset.project_id)
-        .where(
-            Project.owner == request["Owner"],
-            Project.name == request["ProjectName"],
-            Dataset.name == request["DatasetName"],
-        )
-        # OF: lock the dataset row only; the joined project row stays free for the
-        # project's other datasets.
-        .with_for_update(of=Dataset)
-    )
-    if dataset is None:
-        raise ResourceNotFound("dataset", request["DatasetName"])
-    return dataset
 
 
 def _existing(session: Session, dataset: Dataset) -> list[clustering.ExistingCluster]:
@@ -105,7 +87,7 @@ def _candidates(
 
 
 def cluster_dataset(session: Session, request: dict[str, Any]) -> dict[str, Any]:
-    dataset = locked_dataset(session, request)
+    dataset = projects.job_dataset(session, request, lock=True)
     candidates, previous = _candidates(session, dataset)
     plan = clustering.plan(_existing(session, dataset), candidates)
     new_ids = _create_clusters(session, dataset, plan)
@@ -186,7 +168,7 @@ def merge_clusters(session: Session, request: dict[str, Any]) -> dict[str, Any]:
     """Move every face of the ``From`` clusters to ``To`` and remove the emptied clusters.
     A source holding a face of a photo that ``To`` already has keeps that face (two faces of
     one photo never share a cluster), so such a source survives with what is left."""
-    dataset = locked_dataset(session, request)
+    dataset = projects.job_dataset(session, request, lock=True)
     to = figures.get(session, dataset, request["To"])
     sources = [figures.get(session, dataset, cid) for cid in request["Froms"]]
     if any(src.id == to.id for src in sources):

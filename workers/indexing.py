@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline import figures, files
-from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
-from pipeline.models import Dataset, Project
+from pipeline import figures, files, projects
+from pipeline.errors import ImmError, InvalidArgument
 from workers import probe
 from workers.context import JobContext, Transactional
 
@@ -194,7 +192,7 @@ def _new_face(face: Any) -> files.NewFace:
 
 
 def _store(session: Session, request: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
-    dataset = _dataset(session, request)
+    dataset = projects.job_dataset(session, request, lock=True)  # counters take turns
     touched: set[str] = set()
     for out in outcomes:
         if out.indexed is None:
@@ -212,22 +210,6 @@ def _store(session: Session, request: dict[str, Any], outcomes: list[Outcome]) -
         "Message": f"{len(failed)} of {len(outcomes)} files failed." if failed else "",
         "Files": [_file_result(o) for o in outcomes],
     }
-
-
-def _dataset(session: Session, request: dict[str, Any]) -> Dataset:
-    dataset = session.scalar(
-        select(Dataset)
-        .join(Project, Project.id == Dataset.project_id)
-        .where(
-            Project.owner == request["Owner"],
-            Project.name == request["ProjectName"],
-            Dataset.name == request["DatasetName"],
-        )
-        .with_for_update(of=Dataset)  # counters: index jobs of one dataset take turns
-    )
-    if dataset is None:
-        raise ResourceNotFound("dataset", request["DatasetName"])
-    return dataset
 
 
 def _file_result(out: Outcome) -> dict[str, Any]:

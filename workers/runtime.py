@@ -105,13 +105,8 @@ def _process(st: WorkerState, job: tasks.Claim) -> str:
             code=TASK_TIME_LIMIT_EXCEEDED,
             message=f"The task exceeded its time limit of {limit} s.",
         )
-    except ImmError as exc:
-        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
     except Exception as exc:
-        log.exception("task %s failed", job.task_id)
-        return _finish(
-            st, job, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
-        )
+        return _fail(st, job, exc)
     finally:
         ctx.cleanup()
     if isinstance(result, Transactional):
@@ -129,14 +124,19 @@ def _commit(st: WorkerState, job: tasks.Claim, work: Transactional) -> str:
             tasks.finalize(
                 session, job.task_id, tasks.SUCCEEDED, result=result, started_at=job.start_time
             )
-    except ImmError as exc:
-        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
     except Exception as exc:
-        log.exception("task %s failed while committing", job.task_id)
-        return _finish(
-            st, job, tasks.FAILED, code="InternalError", message=f"{type(exc).__name__}: {exc}"
-        )
+        return _fail(st, job, exc)
     return tasks.SUCCEEDED
+
+
+def _fail(st: WorkerState, job: tasks.Claim, exc: Exception) -> str:
+    """End the task Failed: an ImmError keeps its Code; anything else is an InternalError
+    (logged with its traceback, since the user only sees its one-line message)."""
+    if isinstance(exc, ImmError):
+        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
+    log.exception("task %s failed", job.task_id, exc_info=exc)
+    message = f"{type(exc).__name__}: {exc}"
+    return _finish(st, job, tasks.FAILED, code="InternalError", message=message)
 
 
 def _report(st: WorkerState, task_id: str, percent: int) -> bool:

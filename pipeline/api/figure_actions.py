@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import figures
-from pipeline.api.file_actions import DATASET, _dataset, check_uri
+from pipeline.api.file_actions import DATASET, _dataset
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
 from pipeline.api.task_actions import (
     COMMON_TASK_PARAMS,
     _common,
     _time_range,
+    check_uri,
     submit,
     wait_for_task,
 )
@@ -83,7 +84,7 @@ def query_figure_clusters(svc: Services, caller: Caller, p: Params) -> dict[str,
             with_total=p.bool("WithTotalCount"),
         )
         out: dict[str, Any] = {
-            "FigureClusters": [figures.view(s, c) for c in rows],
+            "FigureClusters": figures.views(s, rows),
             "NextToken": token,
         }
         if total is not None:
@@ -96,7 +97,7 @@ def get_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[str, An
     object_id = p.str("ObjectId", required=True)
     with svc.db.session() as s:
         _, dataset = _dataset(s, caller, p)
-        return {"FigureCluster": figures.view(s, figures.get(s, dataset, object_id))}
+        return {"FigureCluster": figures.views(s, [figures.get(s, dataset, object_id)])[0]}
 
 
 @action("BatchGetFigureCluster", DATASET + " ObjectIds")
@@ -106,12 +107,9 @@ def batch_get_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[s
         raise InvalidParameter("ObjectIds", "Expected a JSON array of at most 100 cluster ids.")
     with svc.db.session() as s:
         _, dataset = _dataset(s, caller, p)
-        found = []
-        for object_id in ids:
-            cluster = s.get(figures.FigureCluster, object_id)
-            if cluster is not None and cluster.dataset_id == dataset.id:
-                found.append(figures.view(s, cluster))
-        return {"FigureClusters": found}
+        rows = [s.get(figures.FigureCluster, object_id) for object_id in ids]
+        found = [c for c in rows if c is not None and c.dataset_id == dataset.id]
+        return {"FigureClusters": figures.views(s, found)}
 
 
 @action("UpdateFigureCluster", DATASET + " FigureCluster")

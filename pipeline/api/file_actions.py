@@ -9,11 +9,10 @@ from sqlalchemy.orm import Session
 from pipeline import figures, files, projects, query
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import USER_DATA_MAX_BYTES, _notification, submit
+from pipeline.api.task_actions import USER_DATA_MAX_BYTES, _notification, check_uri, submit
 from pipeline.errors import ImmError, InvalidParameter, LimitExceeded
 from pipeline.models import Dataset, Project
 from pipeline.params import Params
-from pipeline.storage import check_public_host, parse_oss_uri, resolve_file_uri
 
 DATASET = "ProjectName DatasetName"
 
@@ -21,20 +20,6 @@ DATASET = "ProjectName DatasetName"
 def _dataset(s: Session, caller: Caller, p: Params) -> tuple[Project, Dataset]:
     project = projects.get_project(s, caller.owner, p.name("ProjectName"))
     return project, projects.get_dataset(s, project, p.name("DatasetName"))
-
-
-def check_uri(svc: Services, uri: str, param: str) -> None:
-    """Refuse URIs the workers could never read, before anything is queued."""
-    if uri.startswith("oss://"):
-        parse_oss_uri(uri)
-    elif uri.startswith("file://"):
-        resolve_file_uri(uri, svc.settings.allowed_file_roots)
-    elif uri.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
-        check_public_host(urlsplit(uri).hostname or "", svc.settings.http_allow_private)
-    else:
-        raise InvalidParameter(param, f"Unsupported URI {uri!r}: use oss://bucket/key.")
 
 
 def _uris(p: Params, name: str) -> list[str]:

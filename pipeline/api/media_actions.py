@@ -9,10 +9,9 @@ import uuid
 from typing import Any
 
 from pipeline.api import eas
-from pipeline.api.file_actions import check_uri
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, submit
+from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_uri, submit
 from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
 from pipeline.params import Params
@@ -142,6 +141,12 @@ TRANSCRIPT_SUFFIXES = (".json", ".srt", ".vtt")
 LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
+def _project_and_source(svc: Services, p: Params) -> tuple[str, str]:
+    source = p.str("SourceURI", required=True)
+    check_uri(svc, source, "SourceURI")
+    return p.name("ProjectName"), source
+
+
 def _target(p: Params, suffixes: tuple[str, ...], *, required: bool) -> str:
     target = p.str("TargetURI", required=required)
     if target:
@@ -153,9 +158,7 @@ def _target(p: Params, suffixes: tuple[str, ...], *, required: bool) -> str:
 
 @action("CreateVideoSuperResolutionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Scale")
 def create_video_super_resolution_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    project_name = p.name("ProjectName")
-    source = p.str("SourceURI", required=True)
-    check_uri(svc, source, "SourceURI")
+    project_name, source = _project_and_source(svc, p)
     scale = p.int("Scale", default=2)
     if scale not in (2, 3, 4):
         raise InvalidParameter("Scale", "It must be 2, 3 or 4.")
@@ -176,9 +179,7 @@ def _language(p: Params) -> str:
 
 @action("CreateSpeechRecognitionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Language Engine")
 def create_speech_recognition_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    project_name = p.name("ProjectName")
-    source = p.str("SourceURI", required=True)
-    check_uri(svc, source, "SourceURI")
+    project_name, source = _project_and_source(svc, p)
     request = {
         "SourceURI": source,
         "TargetURI": _target(p, TRANSCRIPT_SUFFIXES, required=False),

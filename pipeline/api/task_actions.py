@@ -222,9 +222,13 @@ def cancel_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     return result
 
 
-def _check_source_uri(uri: str, svc: Services) -> None:
-    if uri.startswith("oss://"):
+def check_uri(svc: Services, uri: str, param: str, *, prefix: bool = False) -> None:
+    """Refuse input URIs the workers could never read, before anything is queued.
+    ``prefix``: an ``oss://`` URI may name a folder (``oss://bucket/dir/``)."""
+    if uri.startswith("oss://") and prefix:
         parse_oss_prefix(uri)
+    elif uri.startswith("oss://"):
+        parse_oss_uri(uri)
     elif uri.startswith("file://"):
         resolve_file_uri(uri, svc.settings.allowed_file_roots)
     elif uri.startswith(("http://", "https://")):
@@ -232,7 +236,7 @@ def _check_source_uri(uri: str, svc: Services) -> None:
 
         check_public_host(urlsplit(uri).hostname or "", svc.settings.http_allow_private)
     else:
-        raise InvalidParameter("Sources", f"Unsupported URI {uri!r}: use oss://bucket/key.")
+        raise InvalidParameter(param, f"Unsupported URI {uri!r}: use oss://bucket/key.")
 
 
 def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
@@ -250,7 +254,7 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
         alias = str(src.get("Alias") or "")
         if alias and (not alias.startswith("/") or ".." in alias.split("/")):
             raise InvalidParameter("Sources", "Alias must start with '/' and not contain '..'.")
-        _check_source_uri(src["URI"], svc)
+        check_uri(svc, src["URI"], "Sources", prefix=True)
     return sources
 
 

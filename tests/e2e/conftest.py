@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 from alibabacloud_imm20200930.client import Client as ImmSdk
-from alibabacloud_tea_openapi.models import Config
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch
+from tests.e2e.stack import Stack, imm_sdk, launch
 from tests.realservices import PostgresServer, RedisServer
 
 _counter = iter(range(1, 1000))
@@ -35,13 +34,4 @@ def stack(
 @pytest.fixture(scope="module")
 def sdk(stack: Stack) -> ImmSdk:
     """The official alibabacloud-imm20200930 client pointed at openimm."""
-    return ImmSdk(
-        Config(
-            access_key_id=KEY_ID,
-            access_key_secret=KEY_SECRET,
-            endpoint=stack.endpoint,
-            protocol="http",
-            read_timeout=30000,
-            connect_timeout=5000,
-        )
-    )
+    return imm_sdk(stack.endpoint)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from alibabacloud_imm20200930.client import Client as ImmSdk
+from alibabacloud_tea_openapi.models import Config
 
 KEY_ID, KEY_SECRET = "LTAIe2eKey", "e2e-secret"
 STARTUP_TIMEOUT = 60.0
@@ -146,3 +148,17 @@ def launch(
     if dispatcher:
         stack.start_dispatcher()
     return stack
+
+
+def imm_sdk(endpoint: str, secret: str = KEY_SECRET) -> ImmSdk:
+    """The official alibabacloud-imm20200930 client pointed at an openimm endpoint."""
+    return ImmSdk(
+        Config(
+            access_key_id=KEY_ID,
+            access_key_secret=secret,
+            endpoint=endpoint,
+            protocol="http",
+            read_timeout=60000,
+            connect_timeout=5000,
+        )
+    )

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 from alibabacloud_imm20200930 import models as m
 from alibabacloud_imm20200930.client import Client as ImmSdk
-from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction import PredictClient, StringRequest
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, wait_until
+from tests.e2e.stack import KEY_SECRET, Stack, imm_sdk, wait_until
 from tests.mediagen import ffmpeg, planted_video, speech_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -153,15 +152,7 @@ def imm_call(stack: Stack, action: str, **params: object) -> dict[str, Any]:
     from alibabacloud_tea_openapi import models as om
     from darabonba.runtime import RuntimeOptions
 
-    sdk = ImmSdk(
-        Config(
-            access_key_id=KEY_ID,
-            access_key_secret=KEY_SECRET,
-            endpoint=stack.endpoint,
-            protocol="http",
-            read_timeout=60000,
-        )
-    )
+    sdk = imm_sdk(stack.endpoint)
     query = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
     spec = om.Params(
         action=action,

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from alibabacloud_imm20200930 import models as m
-from alibabacloud_imm20200930.client import Client as ImmSdk
-from alibabacloud_tea_openapi.models import Config
 from mns.account import Account
 from mns.mns_exception import MNSExceptionBase
 from mns.queue import QueueMeta
@@ -19,7 +17,7 @@ from mns.subscription import SubscriptionMeta
 from mns.topic import TopicMeta
 
 from schemas.events import ImmMessage, MnsEnvelope, TaskContent
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -63,14 +61,7 @@ def test_task_completion_through_an_mns_queue(mns_stack: Stack) -> None:
     )
     assert [u.rsplit("/", 1)[1] for u in account.list_queue()[0]] == ["imm-results"]
 
-    imm = ImmSdk(
-        Config(
-            access_key_id=KEY_ID,
-            access_key_secret=KEY_SECRET,
-            endpoint=stack.endpoint,
-            protocol="http",
-        )
-    )
+    imm = imm_sdk(stack.endpoint)
     imm.create_project(m.CreateProjectRequest(project_name="mnsp"))
     (stack.data_dir / "oss" / "mbkt").mkdir(parents=True)
     (stack.data_dir / "oss" / "mbkt" / "a.txt").write_text("a")

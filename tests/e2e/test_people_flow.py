@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from alibabacloud_imm20200930 import models as m
 from alibabacloud_imm20200930.client import Client as ImmSdk
-from alibabacloud_tea_openapi.models import Config
 from mns.account import Account
 from mns.queue import Queue, QueueMeta
 from mns.subscription import SubscriptionMeta
@@ -26,7 +25,7 @@ from mns.topic import TopicMeta
 from PIL import Image, ImageEnhance
 from Tea.exceptions import TeaException
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -96,18 +95,6 @@ def _next_message(queue: Queue) -> tuple[dict[str, Any], dict[str, Any]]:
     return body, json.loads(body["content"])
 
 
-def _sdk(stack: Stack) -> ImmSdk:
-    return ImmSdk(
-        Config(
-            access_key_id=KEY_ID,
-            access_key_secret=KEY_SECRET,
-            endpoint=stack.endpoint,
-            protocol="http",
-            read_timeout=30000,
-        )
-    )
-
-
 def _index(sdk: ImmSdk, uris: list[str], user_data: str) -> str:
     reply = sdk.batch_index_file_meta(
         m.BatchIndexFileMetaRequest(
@@ -139,7 +126,7 @@ def _cluster(sdk: ImmSdk, queue: Queue) -> dict[str, Any]:
 
 
 def test_people_albums_flow(stack: Stack) -> None:
-    sdk = _sdk(stack)
+    sdk = imm_sdk(stack.endpoint)
     queue = _queue(stack)
     names = _photos(stack.data_dir / "oss" / BUCKET)
     sdk.create_project(m.CreateProjectRequest(project_name=PROJECT))
@@ -295,7 +282,7 @@ def test_video_faces_and_probe(stack: Stack) -> None:
     """A video gets ffprobe fields and one figure per person across its sampled frames."""
     import subprocess
 
-    sdk = _sdk(stack)
+    sdk = imm_sdk(stack.endpoint)
     folder = stack.data_dir / "oss" / BUCKET
     folder.mkdir(parents=True, exist_ok=True)
     clip = folder / "clip.mp4"

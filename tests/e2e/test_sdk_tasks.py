@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from pipeline.models import Event, Task
-from tests.e2e.stack import Stack, wait_until
+from tests.e2e.stack import Stack, imm_sdk, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 PROJECT = "e2e"
@@ -258,19 +258,9 @@ def test_time_limit_ends_the_task_failed_with_code(stack: Stack, sdk: ImmSdk, pr
 
 
 def test_sdk_with_a_wrong_secret_is_refused(stack: Stack, project: str) -> None:
-    from alibabacloud_tea_openapi.models import Config
     from Tea.exceptions import TeaException
 
-    from tests.e2e.stack import KEY_ID
-
-    bad = ImmSdk(
-        Config(
-            access_key_id=KEY_ID,
-            access_key_secret="not-the-secret",
-            endpoint=stack.endpoint,
-            protocol="http",
-        )
-    )
+    bad = imm_sdk(stack.endpoint, secret="not-the-secret")
     with pytest.raises(TeaException) as info:
         bad.list_projects(m.ListProjectsRequest())
     assert info.value.code == "SignatureDoesNotMatch"

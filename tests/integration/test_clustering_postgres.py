@@ -88,8 +88,8 @@ def test_a_locked_dataset_does_not_block_another(db: Database) -> None:
 
     def hold_d1() -> None:
         with db.session() as s:
-            figure_clustering.locked_dataset(
-                s, {"Owner": "o", "ProjectName": "p", "DatasetName": "d1"}
+            projects.job_dataset(
+                s, {"Owner": "o", "ProjectName": "p", "DatasetName": "d1"}, lock=True
             )
             holding.set()
             release.wait(10)
