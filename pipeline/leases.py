@@ -89,7 +89,24 @@ class Reaper:
                 len(rows),
                 ", ".join(row.id for row in rows[:5]) + (" …" if len(rows) > 5 else ""),
             )
-        return len(rows)
+        restored = queue.restore_unclaimed(
+            self.celery, self.settings, self._unclaimed, self.settings.lease_seconds
+        )
+        if restored:
+            log.warning("gave back %d message(s) a dead worker took but never claimed", restored)
+        return len(rows) + restored
+
+    def _unclaimed(self, task_ids: set[str]) -> set[str]:
+        with self.db.session() as s:
+            return set(
+                s.scalars(
+                    select(TASKS.c.id).where(
+                        TASKS.c.id.in_(sorted(task_ids)),
+                        TASKS.c.status == RUNNING,
+                        TASKS.c.lease_expires_at.is_(None),
+                    )
+                )
+            )
 
 
 @dataclass

@@ -8,6 +8,8 @@ lost, prefetch 1, a visibility timeout above the longest task time limit, per-ty
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +181,35 @@ def embedded_queued_ids(folder: Path) -> set[str]:
         except (OSError, ValueError, KeyError):
             continue
     return ids
+
+
+def restore_unclaimed(
+    app: Celery,
+    settings: Settings,
+    unclaimed: Callable[[set[str]], set[str]],
+    older_than: float,
+) -> int:
+    """Redis only: give back messages a worker took but never claimed (it died between
+    receiving a message and its claim), instead of waiting for the visibility timeout.
+
+    ``unclaimed`` filters TaskIds down to those still Running without a lease. A live worker
+    claims within milliseconds of delivery, so a delivery older than ``older_than`` seconds
+    whose task nobody leased belongs to a dead worker. The message moves back to its queue
+    atomically (kombu's restore by delivery tag): no duplicate is created.
+    """
+    if settings.is_embedded_broker:
+        return 0
+    with app.connection_for_write() as conn:
+        channel: Any = conn.default_channel
+        client = channel.client
+        tags = client.zrangebyscore(channel.unacked_index_key, 0, time.time() - older_than)
+        if not tags:
+            return 0
+        by_id: dict[str, Any] = {}
+        for tag, raw in zip(tags, client.hmget(channel.unacked_key, tags), strict=True):
+            if raw is not None:
+                by_id[_message_id(raw, wrapped=True)] = tag
+        stuck = unclaimed(set(by_id) - {""})
+        for task_id in stuck:
+            channel.qos.restore_by_tag(by_id[task_id], client)
+        return len(stuck)
