@@ -214,8 +214,8 @@ def test_chaos_drill_loses_nothing(
     with engine.connect() as conn:
         by_status = select(Task.status, func.count()).group_by(Task.status)
         statuses = {status: n for status, n in conn.execute(by_status).all()}
-        by_task = select(Event.task_id, func.count()).group_by(Event.task_id)
-        per_task = {task_id: n for task_id, n in conn.execute(by_task).all()}
+        events = select(Event.task_id, func.count()).group_by(Event.task_id)
+        per_task = {task_id: n for task_id, n in conn.execute(events).all()}
         attempts = Counter(conn.execute(select(Task.attempts)).scalars().all())
     assert len(set(ids)) == TASKS and statuses == {"Succeeded": TASKS}
     assert set(per_task) == set(ids) and set(per_task.values()) == {1}
