@@ -89,11 +89,11 @@ class Reaper:
                 len(rows),
                 ", ".join(row.id for row in rows[:5]) + (" …" if len(rows) > 5 else ""),
             )
-        # A live worker may hold a delivery unclaimed while it waits out an outage (or
-        # starts a pool process): only one older than that wait plus a lease is a dead one's.
-        unclaimed_after = self.settings.outage_wait_seconds + self.settings.lease_seconds
+        # A live worker claims right after delivery, so one unclaimed for a whole lease is
+        # a dead worker's. (A live one that waited out a longer outage then claims too: the
+        # later claim takes the lease over and only one of them ends the task.)
         restored = queue.restore_unclaimed(
-            self.celery, self.settings, self._unclaimed, unclaimed_after
+            self.celery, self.settings, self._unclaimed, self.settings.lease_seconds
         )
         if restored:
             log.warning("gave back %d message(s) a dead worker took but never claimed", restored)

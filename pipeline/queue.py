@@ -193,9 +193,9 @@ def restore_unclaimed(
     receiving a message and its claim), instead of waiting for the visibility timeout.
 
     ``unclaimed`` filters TaskIds down to those still Running without a lease. A live worker
-    claims right after delivery (or after waiting out an outage), so a delivery older than
-    ``older_than`` seconds whose task nobody leased belongs to a dead worker. The message
-    moves back to its queue atomically (kombu's restore by delivery tag).
+    claims right after delivery, so a delivery older than ``older_than`` seconds whose task
+    nobody leased belongs to a dead worker. The message moves back to its queue atomically
+    (kombu's restore by delivery tag).
     """
     if settings.is_embedded_broker:
         return 0

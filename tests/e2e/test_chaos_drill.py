@@ -32,7 +32,7 @@ from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_unt
 from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
 from tests.unit.test_notify import Receiver
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 TASKS = 100
 RATE = 15.0
 PG_OUTAGE_SECONDS = 3.0
@@ -210,7 +210,7 @@ def test_chaos_drill_loses_nothing(
         except Exception:  # the database may still be coming back
             return 0
 
-    wait_until(lambda: finished() == TASKS, 150, 0.5, what="every task finished")
+    wait_until(lambda: finished() == TASKS, 240, 0.5, what="every task finished")
     with engine.connect() as conn:
         by_status = select(Task.status, func.count()).group_by(Task.status)
         statuses = {status: n for status, n in conn.execute(by_status).all()}
