@@ -78,6 +78,32 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if response.status_code == 200 else EXIT_UNHEALTHY
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the lease invariant: every Running task has a live lease or a queued message."""
+    from pipeline import leases
+    from pipeline.db import Database
+
+    settings = _settings(args)
+    db = Database.from_settings(settings)
+    try:
+        report = leases.check(settings, db)
+    finally:
+        db.dispose()
+    print(
+        json.dumps(
+            {
+                "Ok": report.ok,
+                "Leased": report.leased,
+                "Queued": report.queued,
+                "Lost": report.lost,
+                "LeaseOverdue": report.overdue,
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK if report.ok else EXIT_UNHEALTHY
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -336,6 +362,7 @@ def _parser() -> argparse.ArgumentParser:
         ("api", cmd_api, "HTTP API only"),
         ("migrate", cmd_migrate, "apply database migrations"),
         ("healthcheck", cmd_healthcheck, "exit 0 when the API answers"),
+        ("doctor", cmd_doctor, "exit 0 when every Running task has a lease or a queued message"),
         ("demo", cmd_demo, "start the embedded server, run a FileCompression job, stop"),
         ("schemas", cmd_schemas, "print the JSON Schema of the wire contract"),
         ("dispatcher", cmd_dispatcher, "publish the notification outbox (distributed mode)"),

@@ -6,11 +6,13 @@ Only this module and ``pipeline.models`` touch SQLAlchemy engine details; servic
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.settings import Settings
@@ -27,30 +29,55 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection before use only if it sat idle for ``idle_seconds``.
+
+    Why not ``pool_pre_ping``: it costs a round trip per transaction on the hot path. A
+    connection broken by a database restart has, by then, sat idle at least as long as the
+    outage (one used during it failed and made the pool drop every older connection), so this
+    catches the stale ones while a busy pool pays nothing. A failed ping raises
+    ``DisconnectionError``: the pool replaces the connection and the caller never sees it.
+    """
+
+    def checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError("stale pooled connection") from exc
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
+
+
+def make_engine(url: str, *, pool_size: int = 10, ping_idle_seconds: float = 2.0) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # No pool_pre_ping: it costs a round trip per transaction on the hot path. Connections
-    # are recycled every 30 min, and a connection broken by a database restart fails one
-    # request, which the pool then discards.
-    return create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    _ping_when_idle(engine, ping_idle_seconds)
+    return engine
 
 
 class Database:
     """Owns the engine; hands out sessions that commit on success and roll back on error."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, ping_idle_seconds: float = 2.0) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(url, pool_size=pool_size, ping_idle_seconds=ping_idle_seconds)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         if settings.db_url.startswith("sqlite"):
             settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(settings.db_url)
+        return cls(settings.db_url, ping_idle_seconds=settings.db_ping_idle_seconds)
 
     @property
     def is_sqlite(self) -> bool:

@@ -158,6 +158,14 @@ class FileTooLarge(InvalidArgument):
     code = "FileTooLarge"
 
 
+class ServiceUnavailable(ImmError):
+    """A service openimm depends on is unavailable; nothing was changed. Retry later."""
+
+    code = "ServiceUnavailable"
+    http_status = 503
+    retry_after_seconds = 1  # the Retry-After header: outages openimm rides out are short
+
+
 class ModelNotInstalled(ImmError):
     """The model this feature needs is not installed."""
 

@@ -134,6 +134,10 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(255), default="")
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set by the claim, renewed by the worker's heartbeat, cleared when the reaper re-enqueues
+    # the task. Not indexed: the reaper scans Running rows (status index) and an index here
+    # would cost every claim and heartbeat its HOT update.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 

@@ -7,6 +7,9 @@ lost, prefetch 1, a visibility timeout above the longest task time limit, per-ty
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +141,75 @@ def _folder_depths(folder: Path, queues: list[str]) -> dict[str, int]:
             if len(parts) == 3 and parts[2] == "msg" and parts[1] in depths:
                 depths[parts[1]] += 1
     return depths
+
+
+def queued_task_ids(app: Celery, settings: Settings) -> set[str]:
+    """TaskIds of every message the broker still holds: waiting in a queue, or delivered but
+    not acknowledged (Redis keeps those until ack, and restores them after the visibility
+    timeout). Reads the whole queues: an operator check (``openimm doctor``), not a hot path."""
+    if settings.is_embedded_broker:
+        return embedded_queued_ids(settings.broker_folder / "queue")
+    with app.connection_for_read() as conn:
+        channel: Any = conn.default_channel
+        client = channel.client
+        ids: set[str] = set()
+        for name in all_queues(settings):
+            for key in [name, *(f"{name}{channel.sep}{p}" for p in channel.priority_steps[1:])]:
+                ids.update(_message_id(raw) for raw in client.lrange(key, 0, -1))
+        for raw in client.hvals(channel.unacked_key):
+            ids.add(_message_id(raw, wrapped=True))
+        ids.discard("")
+        return ids
+
+
+def _message_id(raw: bytes | str, *, wrapped: bool = False) -> str:
+    try:
+        message = json.loads(raw)
+        if wrapped:  # the unacked hash stores [message, exchange, routing key]
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def embedded_queued_ids(folder: Path) -> set[str]:
+    """TaskIds of the messages waiting in the embedded (filesystem) broker's queue folder."""
+    ids: set[str] = set()
+    for path in folder.glob("*.msg") if folder.is_dir() else []:
+        try:
+            ids.add(json.loads(path.read_text())["headers"]["id"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return ids
+
+
+def restore_unclaimed(
+    app: Celery,
+    settings: Settings,
+    unclaimed: Callable[[set[str]], set[str]],
+    older_than: float,
+) -> int:
+    """Redis only: give back messages a worker took but never claimed (it died between
+    receiving a message and its claim), instead of waiting for the visibility timeout.
+
+    ``unclaimed`` filters TaskIds down to those still Running without a lease. A live worker
+    claims right after delivery, so a delivery older than ``older_than`` seconds whose task
+    nobody leased belongs to a dead worker. The message moves back to its queue atomically
+    (kombu's restore by delivery tag).
+    """
+    if settings.is_embedded_broker:
+        return 0
+    with app.connection_for_write() as conn:
+        channel: Any = conn.default_channel
+        client = channel.client
+        tags = client.zrangebyscore(channel.unacked_index_key, 0, time.time() - older_than)
+        if not tags:
+            return 0
+        by_id: dict[str, Any] = {}
+        for tag, raw in zip(tags, client.hmget(channel.unacked_key, tags), strict=True):
+            if raw is not None:
+                by_id[_message_id(raw, wrapped=True)] = tag
+        stuck = unclaimed(set(by_id) - {""})
+        for task_id in stuck:
+            channel.qos.restore_by_tag(by_id[task_id], client)
+        return len(stuck)

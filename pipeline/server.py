@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from pipeline import credentials, migrate, queue
 from pipeline.db import Database
@@ -72,11 +70,12 @@ def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: s
 def recover_embedded(settings: Settings, db: Database) -> int:
     """Re-enqueue Running tasks whose message is gone (the machine stopped mid-job).
 
-    Only for the embedded filesystem broker, which loses a delivered-but-unacknowledged message
+    For the embedded filesystem broker, which loses a delivered-but-unacknowledged message
     when its worker dies; ``serve`` calls this before starting workers, when no job can be in
-    flight. Redis brokers redeliver by visibility timeout instead.
+    flight (so every lease is a dead one). Later losses are the lease reaper's job (it runs in
+    the dispatcher thread); Redis brokers also redeliver by visibility timeout.
     """
-    queued = _queued_ids(settings.broker_folder / "queue")
+    queued = queue.embedded_queued_ids(settings.broker_folder / "queue")
     with db.session() as s:
         running = s.execute(
             select(Task.id, Task.task_type, Task.queue).where(Task.status == "Running")
@@ -85,17 +84,14 @@ def recover_embedded(settings: Settings, db: Database) -> int:
     lost = [row for row in running if row.id not in queued]
     for row in lost:
         queue.enqueue(celery, row.id, row.task_type, row.queue, settings)
+    if lost:
+        with db.session() as s:  # queued again: the reaper must not send a second message
+            s.execute(
+                update(Task)
+                .where(Task.id.in_([row.id for row in lost]), Task.status == "Running")
+                .values(lease_expires_at=None, worker="")
+            )
     return len(lost)
-
-
-def _queued_ids(folder: Path) -> set[str]:
-    ids: set[str] = set()
-    for path in folder.glob("*.msg") if folder.is_dir() else []:
-        try:
-            ids.add(json.loads(path.read_text())["headers"]["id"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return ids
 
 
 def _die_with_parent() -> None:

@@ -63,6 +63,18 @@ class Settings(BaseSettings):
     # this on Redis is redelivered to a second worker (its result is still stored once).
     visibility_timeout_seconds: int = 0
     worker_concurrency: int = 2
+    # Leases: a worker renews the lease of each task it runs every heartbeat (0 → a third of
+    # the lease); the reaper re-enqueues Running tasks whose lease expired (their worker died)
+    # every reaper interval. A dead worker's jobs restart within lease + reaper interval.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 0.0
+    reaper_interval_seconds: float = 5.0
+    # How long a worker waits (retrying with backoff) for the database, broker or object store
+    # before giving the job back to the queue. Outages never fail a task.
+    outage_wait_seconds: float = 300.0
+    # A pooled database connection idle longer than this is pinged before use, so connections
+    # broken by a database restart are replaced instead of failing a request (0 = always).
+    db_ping_idle_seconds: float = 2.0
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
@@ -134,6 +146,10 @@ class Settings(BaseSettings):
 
     def time_limit(self, task_type: str) -> int:
         return int(self.time_limits.get(task_type, DEFAULT_TIME_LIMITS.get(task_type, 3600)))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds if self.heartbeat_seconds > 0 else self.lease_seconds / 3
 
     @property
     def visibility_timeout(self) -> int:

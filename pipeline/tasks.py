@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
@@ -242,15 +242,28 @@ class Claim:
     start_time: datetime
 
 
-def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
-    """Count one more attempt for a delivery; ``None`` when the task is already terminal
-    (finished by an earlier delivery, or cancelled) so the redelivered message is dropped."""
+def claim(session: Session, task_id_: str, worker: str, lease_seconds: float) -> Claim | None:
+    """Count one more attempt for a delivery and take the task's lease for ``worker``;
+    ``None`` when the task is already terminal (finished by an earlier delivery, or cancelled)
+    so the redelivered message is dropped.
+
+    Taking the lease moves ``worker`` to this delivery: an earlier holder still running (its
+    task was reaped, or redelivered after a crash) can no longer renew the lease or report
+    progress, so it stops at its next report; the terminal write is a compare-and-set, so at
+    most one of them ends the task.
+    """
+    now = utcnow()
     row = (
         session.connection()
         .execute(
             TASKS.update()
             .where(TASKS.c.id == task_id_, TASKS.c.status == RUNNING)
-            .values(attempts=TASKS.c.attempts + 1, worker=worker, heartbeat_at=utcnow())
+            .values(
+                attempts=TASKS.c.attempts + 1,
+                worker=worker,
+                heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+            )
             .returning(
                 TASKS.c.id, TASKS.c.task_type, TASKS.c.request, TASKS.c.attempts, TASKS.c.start_time
             )
@@ -258,6 +271,27 @@ def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
         .one_or_none()
     )
     return None if row is None else Claim(*row)
+
+
+def renew_leases(
+    session: Session, worker: str, task_ids: Collection[str], lease_seconds: float
+) -> set[str]:
+    """Extend the leases ``worker`` holds on ``task_ids`` (one statement for all of them);
+    returns the ids still held. A missing id was reaped, re-claimed or ended meanwhile."""
+    if not task_ids:
+        return set()
+    now = utcnow()
+    rows = session.connection().execute(
+        TASKS.update()
+        .where(
+            TASKS.c.id.in_(sorted(task_ids)),
+            TASKS.c.status == RUNNING,
+            TASKS.c.worker == worker,
+        )
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .returning(TASKS.c.id)
+    )
+    return {row[0] for row in rows}
 
 
 def hold_running(session: Session, task_id_: str) -> bool:
@@ -274,12 +308,14 @@ def hold_running(session: Session, task_id_: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def set_progress(session: Session, task_id_: str, progress: int) -> bool:
-    """Store progress; returns False when the task is no longer Running (e.g. cancelled)."""
+def set_progress(session: Session, task_id_: str, progress: int, worker: str = "") -> bool:
+    """Store progress; returns False when the task is no longer Running (e.g. cancelled) or,
+    with ``worker``, no longer held by that worker (its lease was reaped and re-claimed)."""
+    query = update(Task).where(Task.id == task_id_, Task.status == RUNNING)
+    if worker:
+        query = query.where(Task.worker == worker)
     result = session.execute(
-        update(Task)
-        .where(Task.id == task_id_, Task.status == RUNNING)
-        .values(progress=max(0, min(100, progress)), heartbeat_at=utcnow())
+        query.values(progress=max(0, min(100, progress)), heartbeat_at=utcnow())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -306,6 +342,7 @@ def finalize(
         "message": message,
         "end_time": now,
         "heartbeat_at": now,
+        "lease_expires_at": None,
     }
     values["duration_ms"] = int((now - started_at).total_seconds() * 1000)
     if status == SUCCEEDED:

@@ -180,6 +180,7 @@ class PostgresServer:
     port: int
     datadir: Path
     sockdir: Path
+    options: str = ""  # the postgres -o options it was started with (port included)
 
     @property
     def logfile(self) -> Path:
@@ -193,6 +194,18 @@ class PostgresServer:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
+    def pause(self) -> None:
+        """``pg_ctl stop -m fast``: clients are disconnected, data stays (see ``resume``)."""
+        _as_postgres(
+            [_pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30", "stop"],
+            "pg_ctl stop",
+            self.logfile,
+        )
+
+    def resume(self) -> None:
+        """Start the paused cluster again on the same port and data dir."""
+        _pg_start(self)
+
     def stop(self) -> None:
         """Stop the cluster (immediate: its data is thrown away) and remove its temp dir."""
         _pg_stop_dir(self.datadir)
@@ -200,8 +213,28 @@ class PostgresServer:
         atexit.unregister(self.stop)
 
 
+def _pg_start(server: PostgresServer) -> None:
+    _as_postgres(
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(server.datadir),
+            "-o",
+            server.options,
+            "-l",
+            str(server.logfile),
+            "-w",
+            "-t",
+            str(int(STARTUP_TIMEOUT)),
+            "start",
+        ],
+        "pg_ctl start",
+        server.logfile,
+    )
+
+
 def start_postgres() -> PostgresServer:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    initdb = _pg_bin("initdb")
     _reap_orphans(PG_PREFIX, lambda root: _pg_stop_dir(root / "data"))
     root = Path(tempfile.mkdtemp(prefix=PG_PREFIX))
     _claim(root)
@@ -216,29 +249,13 @@ def start_postgres() -> PostgresServer:
         )
         for attempt in range(PORT_ATTEMPTS):
             server.port = _free_port()
-            options = (
+            server.options = (
                 f"-c listen_addresses=127.0.0.1 -c port={server.port} "
                 f"-c unix_socket_directories={server.sockdir} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
             try:
-                _as_postgres(
-                    [
-                        pg_ctl,
-                        "-D",
-                        str(server.datadir),
-                        "-o",
-                        options,
-                        "-l",
-                        str(server.logfile),
-                        "-w",
-                        "-t",
-                        str(int(STARTUP_TIMEOUT)),
-                        "start",
-                    ],
-                    "pg_ctl start",
-                    server.logfile,
-                )
+                _pg_start(server)
                 break
             except RuntimeError as exc:
                 port_taken = "Address already in use" in str(exc)

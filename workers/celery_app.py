@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
 from pipeline.queue import RUN_TASK, make_celery
@@ -21,7 +22,12 @@ def build_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def run_task(self: Any, task_id: str) -> str:
-        return runtime.run(task_id, settings)
+        try:
+            return runtime.run(task_id, settings)
+        except runtime.StillUnavailable as exc:
+            # The database/broker/object store stayed away longer than outage_wait_seconds:
+            # give the message back instead of acknowledging it into loss.
+            raise Reject(str(exc), requeue=True) from exc
 
     def _init(**_: Any) -> None:
         # After fork: DB pool, store client, device and models belong to this child only.

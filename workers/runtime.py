@@ -2,6 +2,11 @@
 
 State that is expensive (DB pool, object store client, device, models) lives in one
 ``WorkerState`` per worker process, built by ``init_process`` after fork.
+
+Infrastructure errors (``pipeline.outages``) are never task failures: the claim, the processor
+and the terminal write are retried with backoff while the dependency is away; after
+``outage_wait_seconds`` :class:`StillUnavailable` reaches the Celery layer, which gives the
+message back to the queue. Only the task's own errors end it Failed.
 """
 
 from __future__ import annotations
@@ -10,22 +15,27 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline import tasks
 from pipeline.db import Database
 from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmError
+from pipeline.outages import OutageLog, StillUnavailable, dependency_of, retrying
 from pipeline.settings import Settings
 from pipeline.storage import MediaIO, ObjectStore, open_store
 from workers import registry
 from workers.context import Cancelled, JobContext, Transactional
 from workers.device import pick_device
+from workers.heartbeat import Heartbeat
 
 log = logging.getLogger("openimm.worker")
+T = TypeVar("T")
+__all__ = ["StillUnavailable", "WorkerState", "init_process", "run"]
 
 
 @dataclass
@@ -36,6 +46,8 @@ class WorkerState:
     media: MediaIO
     device: str
     name: str
+    outages: OutageLog
+    heartbeat: Heartbeat
 
 
 _state: WorkerState | None = None
@@ -45,13 +57,24 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
     """Build this process's state (called from ``worker_process_init``)."""
     global _state
     store = open_store(settings)
+    db = Database(settings.db_url, pool_size=2, ping_idle_seconds=settings.db_ping_idle_seconds)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    outages = OutageLog(log)
     _state = WorkerState(
         settings=settings,
-        db=Database(settings.db_url, pool_size=2),
+        db=db,
         store=store,
         media=MediaIO(settings, store),
         device=pick_device(settings.device, process_index),
-        name=f"{socket.gethostname()}:{os.getpid()}",
+        name=name,
+        outages=outages,
+        heartbeat=Heartbeat(
+            db,
+            name,
+            outages,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.heartbeat_interval,
+        ),
     )
     return _state
 
@@ -65,23 +88,36 @@ def state(settings: Settings) -> WorkerState:
 def run(task_id: str, settings: Settings) -> str:
     """Execute one delivery; returns the outcome (for logs and tests)."""
     st = state(settings)
-    with st.db.session() as session:
-        job = tasks.claim(session, task_id, st.name)
+    job = _wait(st, lambda: _claim(st, task_id))
     if job is None:
         return "skipped"  # already terminal: a redelivery after success, or cancelled
-    if job.attempts > settings.max_attempts:
-        # Every earlier delivery killed its worker process: a poison job. Stop the loop.
-        message = (
-            f"The task was attempted {job.attempts - 1} times and each attempt lost its "
-            f"worker process (crash or out of memory); giving up after "
-            f"{settings.max_attempts}."
-        )
-        return _finish(st, job, tasks.FAILED, code=TASK_MAX_ATTEMPTS, message=message)
-    return _process(st, job)
+    st.heartbeat.hold(job.task_id)
+    try:
+        if job.attempts > settings.max_attempts:
+            # Every earlier delivery killed its worker process: a poison job. Stop the loop.
+            message = (
+                f"The task was attempted {job.attempts - 1} times and each attempt lost its "
+                f"worker process (crash or out of memory); giving up after "
+                f"{settings.max_attempts}."
+            )
+            return _finish(st, job, tasks.FAILED, code=TASK_MAX_ATTEMPTS, message=message)
+        return _process(st, job)
+    finally:
+        st.heartbeat.release(job.task_id)
 
 
-def _process(st: WorkerState, job: tasks.Claim) -> str:
-    ctx = JobContext(
+def _wait(st: WorkerState, call: Callable[[], T]) -> T:
+    """``call``, retried with backoff while a dependency is unavailable (see module doc)."""
+    return retrying(call, st.outages, give_up_after=st.settings.outage_wait_seconds)
+
+
+def _claim(st: WorkerState, task_id: str) -> tasks.Claim | None:
+    with st.db.session() as session:
+        return tasks.claim(session, task_id, st.name, st.settings.lease_seconds)
+
+
+def _context(st: WorkerState, job: tasks.Claim) -> JobContext:
+    return JobContext(
         task_id=job.task_id,
         task_type=job.task_type,
         request=job.request,
@@ -92,10 +128,24 @@ def _process(st: WorkerState, job: tasks.Claim) -> str:
         device=st.device,
         report=lambda pct: _report(st, job.task_id, pct),
     )
+
+
+def _compute(st: WorkerState, job: tasks.Claim) -> Any:
+    """One run of the processor in a fresh context (a retry after an outage starts clean)."""
+    ctx = _context(st, job)
     try:
-        result = registry.load(job.task_type)(ctx)
+        return registry.load(job.task_type)(ctx)
+    finally:
+        ctx.cleanup()
+
+
+def _process(st: WorkerState, job: tasks.Claim) -> str:
+    try:
+        result = _wait(st, lambda: _compute(st, job))
     except Cancelled:
         return "cancelled"
+    except StillUnavailable:
+        raise
     except SoftTimeLimitExceeded:
         limit = st.settings.time_limit(job.task_type)
         return _finish(
@@ -107,16 +157,16 @@ def _process(st: WorkerState, job: tasks.Claim) -> str:
         )
     except Exception as exc:
         return _fail(st, job, exc)
-    finally:
-        ctx.cleanup()
     if isinstance(result, Transactional):
         return _commit(st, job, result)
     return _finish(st, job, tasks.SUCCEEDED, result=result)
 
 
 def _commit(st: WorkerState, job: tasks.Claim, work: Transactional) -> str:
-    """Apply a processor's database changes and end the task in one transaction."""
-    try:
+    """Apply a processor's database changes and end the task in one transaction (retried as
+    a whole after an outage: a failed transaction applied nothing)."""
+
+    def apply() -> str:
         with st.db.session() as session:
             if not tasks.hold_running(session, job.task_id):
                 return "superseded"  # cancelled meanwhile: apply nothing
@@ -124,9 +174,14 @@ def _commit(st: WorkerState, job: tasks.Claim, work: Transactional) -> str:
             tasks.finalize(
                 session, job.task_id, tasks.SUCCEEDED, result=result, started_at=job.start_time
             )
+        return tasks.SUCCEEDED
+
+    try:
+        return _wait(st, apply)
+    except StillUnavailable:
+        raise
     except Exception as exc:
         return _fail(st, job, exc)
-    return tasks.SUCCEEDED
 
 
 def _fail(st: WorkerState, job: tasks.Claim, exc: Exception) -> str:
@@ -140,8 +195,19 @@ def _fail(st: WorkerState, job: tasks.Claim, exc: Exception) -> str:
 
 
 def _report(st: WorkerState, task_id: str, percent: int) -> bool:
-    with st.db.session() as session:
-        return tasks.set_progress(session, task_id, percent)
+    """Store progress; False stops the job (cancelled, or taken over by another delivery).
+    An outage does not stop it: progress is advisory, the lease outlives short outages."""
+    if st.heartbeat.lost(task_id):
+        return False
+    try:
+        with st.db.session() as session:
+            return tasks.set_progress(session, task_id, percent, worker=st.name)
+    except Exception as exc:
+        dependency = dependency_of(exc)
+        if dependency is None:
+            raise
+        st.outages.down(dependency, exc)
+        return True
 
 
 def _finish(
@@ -153,14 +219,19 @@ def _finish(
     message: str = "",
     result: dict[str, Any] | None = None,
 ) -> str:
-    with st.db.session() as session:
-        changed = tasks.finalize(
-            session,
-            job.task_id,
-            status,
-            code=code,
-            message=message,
-            result=result,
-            started_at=job.start_time,
-        )
-    return status if changed else "superseded"
+    """The terminal write, retried while the database is away: it is a compare-and-set, so
+    a retry after a commit whose answer was lost changes nothing ("superseded")."""
+
+    def write() -> bool:
+        with st.db.session() as session:
+            return tasks.finalize(
+                session,
+                job.task_id,
+                status,
+                code=code,
+                message=message,
+                result=result,
+                started_at=job.start_time,
+            )
+
+    return status if _wait(st, write) else "superseded"

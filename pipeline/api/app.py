@@ -1,4 +1,10 @@
-"""The FastAPI application: lifespan wiring, the one error handler, ops endpoints."""
+"""The FastAPI application: lifespan wiring, the error handlers, ops endpoints.
+
+Errors never escape the app: an ``ImmError`` becomes its protocol's error shape, an
+infrastructure error (``pipeline.outages``) a 503 ``ServiceUnavailable`` with ``Retry-After``,
+anything else a 500 — all answered inside the app, so uvicorn keeps the keep-alive connection
+(an exception re-raised past the app makes it close the connection on the client).
+"""
 
 from __future__ import annotations
 
@@ -28,10 +34,11 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
 )
 from pipeline.api.services import Services
 from pipeline.db import Database
-from pipeline.errors import ImmError
+from pipeline.errors import ImmError, ServiceUnavailable
 from pipeline.ids import request_id
 from pipeline.metrics import OpenimmCollector
 from pipeline.notify.store import open_message_store
+from pipeline.outages import OutageLog, dependency_of
 from pipeline.settings import Settings
 from pipeline.storage import open_store
 
@@ -64,9 +71,10 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         services.db.dispose()
 
     app = FastAPI(title="openimm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.outages = OutageLog(log)
+    app.add_middleware(CatchAllMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(ImmError, _imm_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)
     app.include_router(rpc.router)
     app.include_router(objects.router)
     app.include_router(mns.router)
@@ -110,16 +118,62 @@ def error_body(request: Request, code: str, message: str) -> dict[str, str]:
 
 
 async def _imm_error(request: Request, exc: ImmError) -> Response:
+    response: Response
     if mns.is_mns_path(request.url.path):
-        return mns.error_response(request, exc)
-    return JSONResponse(error_body(request, exc.code, exc.message), status_code=exc.http_status)
+        response = mns.error_response(request, exc)
+    else:
+        response = JSONResponse(
+            error_body(request, exc.code, exc.message), status_code=exc.http_status
+        )
+    if isinstance(exc, ServiceUnavailable):
+        outages: OutageLog = request.app.state.outages
+        outages.down(dependency_of(exc) or "service", exc.__cause__ or exc)
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+class CatchAllMiddleware:
+    """Answer every exception that no handler took, inside the app (see module doc):
+    infrastructure errors as 503, the rest as 500 (logged with the traceback). Also notes a
+    dependency coming back (one log line) on the first good answer after an outage."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if status:  # the response has started: nothing can be answered any more
+                raise
+            request = Request(scope)
+            response = await _exception_response(request, exc)
+            await response(scope, receive, send)
+            return
+        outages: OutageLog = scope["app"].state.outages
+        if outages.any_down and status < 500:
+            outages.up()
+
+
+async def _exception_response(request: Request, exc: Exception) -> Response:
+    dependency = dependency_of(exc)
+    if dependency is not None:
+        unavailable = ServiceUnavailable(f"The {dependency} is unavailable; retry later.")
+        unavailable.__cause__ = exc
+        return await _imm_error(request, unavailable)
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(
-        error_body(request, "InternalError", "An internal error occurred."), status_code=500
-    )
+    return await _imm_error(request, ImmError("An internal error occurred."))
 
 
 async def _healthz(request: Request) -> JSONResponse:

@@ -10,9 +10,10 @@ from pipeline import projects, queue, tasks
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.errors import ImmError, InvalidArgument, InvalidParameter
+from pipeline.errors import ImmError, InvalidArgument, InvalidParameter, ServiceUnavailable
 from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
+from pipeline.outages import dependency_of
 from pipeline.params import Params
 from pipeline.storage import check_public_host, parse_oss_prefix, parse_oss_uri, resolve_file_uri
 
@@ -23,11 +24,8 @@ MAX_SOURCES = 100
 COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
 
 
-class QueueUnavailable(ImmError):
+class QueueUnavailable(ServiceUnavailable):
     """The task queue is unavailable; the task was not created. Retry later."""
-
-    code = "ServiceUnavailable"
-    http_status = 503
 
 
 def _notification(p: Params) -> dict[str, Any]:
@@ -87,7 +85,8 @@ def submit(
         try:
             queue.enqueue(svc.celery, task_id, task_type, spec.queue, svc.settings)
         except Exception as exc:
-            log.exception("enqueue of %s failed", task_id)
+            if dependency_of(exc) is None:  # an outage is logged once, by the error handler
+                log.exception("enqueue of %s failed", task_id)
             with svc.db.session() as s:
                 s.delete(s.get(tasks.Task, task_id))
             raise QueueUnavailable() from exc

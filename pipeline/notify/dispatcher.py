@@ -29,10 +29,12 @@ from sqlalchemy.orm import Session
 from pipeline.db import Database
 from pipeline.errors import ImmError
 from pipeline.ids import utcnow
+from pipeline.leases import Reaper
 from pipeline.models import Delivery, DeliveryAttempt, Event, Subscription, Topic
 from pipeline.notify import messages, queues, topics, webhooks
 from pipeline.notify.policy import RetryPolicy
 from pipeline.notify.store import open_message_store
+from pipeline.outages import Backoff, OutageLog, dependency_of
 from pipeline.settings import Settings
 from pipeline.storage import check_public_host
 
@@ -40,6 +42,7 @@ log = logging.getLogger("openimm.dispatcher")
 LEASE = timedelta(seconds=60)  # a claimed delivery is retried if its dispatcher vanishes
 BATCH = 200
 QUEUE_CACHE_SECONDS = 1.0
+OUTAGE_BACKOFF_CAP = 5.0  # seconds between passes while the database or broker is away
 
 
 @dataclass(frozen=True)
@@ -302,12 +305,24 @@ class Dispatcher:
         return published + len(due)
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Dispatch (and reap expired task leases) until ``stop``. A database or broker
+        outage is logged once when it starts and once when it ends, and retried with backoff;
+        an unexpected error logs its traceback and backs off the same way."""
+        reaper = Reaper(self.settings, self.db)
+        outages, backoff = OutageLog(log), Backoff(first=0.1, cap=OUTAGE_BACKOFF_CAP)
         while not stop.is_set():
             try:
-                busy = self.run_once()
-            except Exception:  # keep dispatching after a DB hiccup; the outbox keeps state
-                log.exception("dispatcher pass failed")
-                busy = 0
+                busy = self.run_once() + reaper.maybe_run(time.monotonic())
+            except Exception as exc:
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.exception("dispatcher pass failed")
+                else:
+                    outages.down(dependency, exc)
+                stop.wait(backoff.next())
+                continue
+            backoff.reset()
+            outages.up()
             if not busy:
                 stop.wait(self.settings.dispatch_interval_seconds)
 

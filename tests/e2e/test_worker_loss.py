@@ -1,9 +1,12 @@
-"""A whole worker (main process and pool) killed with SIGKILL mid-task: Redis redelivers the
-unacknowledged message after the visibility timeout and another worker finishes it once."""
+"""A whole worker (main process and pool) killed with SIGKILL mid-task, with the default
+settings: its lease stops being renewed, the reaper (in the dispatcher) re-enqueues the job
+within lease + reaper interval — not the broker's visibility timeout — and another worker
+finishes it once."""
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from sqlalchemy import create_engine, func, select
 
 from pipeline.client import ImmClient
 from pipeline.models import Event, Task
+from pipeline.settings import Settings
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
@@ -19,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 @pytest.fixture
-def short_visibility_stack(
+def default_stack(
     postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Stack]:
     stack = launch(
@@ -27,14 +31,19 @@ def short_visibility_stack(
         database_url=postgres_server.create_database("worker_loss"),
         broker_url=redis_server.url(14),
         worker=False,
-        visibility_timeout_seconds="4",
+        dispatcher=True,  # runs the lease reaper
     )
     yield stack
     stack.stop_all()
 
 
-def test_killed_worker_host_job_is_redelivered_and_ends_once(short_visibility_stack: Stack) -> None:
-    stack = short_visibility_stack
+def test_killed_worker_host_job_restarts_within_the_lease_and_ends_once(
+    default_stack: Stack,
+) -> None:
+    stack = default_stack
+    defaults = Settings()
+    restart_bound = defaults.lease_seconds + defaults.reaper_interval_seconds
+    assert defaults.visibility_timeout > 30 * restart_bound  # not what brings the job back
     stack.start_worker("worker-a")
     client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
     client.call("CreateProject", ProjectName="p")
@@ -46,16 +55,20 @@ def test_killed_worker_host_job_is_redelivered_and_ends_once(short_visibility_st
         task = client.call("GetTask", ProjectName="p", TaskType="Diagnostic", TaskId=task_id)
         return int(task["Progress"])
 
-    wait_until(lambda: progress() > 0, 30, what="job running on worker-a")
+    wait_until(lambda: progress() > 0, 90, what="job running on worker-a")
     stack.stop("worker-a", sig=signal.SIGKILL)  # the whole worker group dies, no ack sent
+    killed_at = time.monotonic()
     stack.start_worker("worker-b")
 
     def done() -> dict[str, object] | None:
         task = client.call("GetTask", ProjectName="p", TaskType="Diagnostic", TaskId=task_id)
         return task if task["Status"] != "Running" else None
 
-    task = wait_until(done, 60, what="redelivered job finished")
+    # Generous for a loaded machine: the bound is the lease, the slack covers the 2 s job.
+    task = wait_until(done, restart_bound + 30, what="redelivered job finished")
     assert task["Status"] == "Succeeded"
+    assert time.monotonic() - killed_at < restart_bound + 30
+    assert "re-enqueued 1 task(s)" in stack.log("dispatcher")
     engine = create_engine(
         stack.env["OPENIMM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
     )

@@ -3,6 +3,8 @@ broker depth, and the embedded restart recovery."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +56,36 @@ def test_filesystem_broker_depth_and_recovery(tmp_path: Path) -> None:
     assert recover_embedded(settings, db) == 1
     assert queue.queue_depths(app, settings)["default"] == 2
     assert recover_embedded(settings, db) == 0  # idempotent
+
+
+def test_unclaimed_redis_delivery_of_a_dead_worker_goes_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server = fakeredis.FakeServer()
+
+    def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
+        return fakeredis.FakeRedis(server=server)
+
+    monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
+    settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
+    app = queue.make_celery(settings)
+    for task_id in ("Diagnostic-old", "Diagnostic-new"):
+        queue.enqueue(app, task_id, "Diagnostic", "default", settings)
+    raw = fakeredis.FakeRedis(server=server)
+    # A worker took both messages (unacknowledged); it died before claiming the old one.
+    for tag, age in (("tag-old", 120), ("tag-new", 1)):
+        message = raw.rpop("default")
+        assert message is not None
+        raw.hset("unacked", tag, json.dumps([json.loads(message), "", "default"]))
+        raw.zadd("unacked_index", {tag: time.time() - age})
+    assert queue.queued_task_ids(app, settings) == {"Diagnostic-old", "Diagnostic-new"}
+
+    asked: list[set[str]] = []
+
+    def unclaimed(ids: set[str]) -> set[str]:
+        asked.append(ids)
+        return ids
+
+    assert queue.restore_unclaimed(app, settings, unclaimed, older_than=30) == 1
+    assert asked == [{"Diagnostic-old"}]  # the fresh delivery is left to its live worker
+    assert raw.llen("default") == 1 and raw.hkeys("unacked") == [b"tag-new"]

@@ -1,0 +1,173 @@
+"""Task leases: the reaper that restarts a dead worker's jobs, and the invariant it keeps.
+
+A claim gives its worker a lease on the task (``tasks.claim``), the worker's heartbeat renews
+it (``workers.heartbeat``), the terminal write clears it. A Running task is therefore either
+*queued* (no lease: its message waits in the broker) or *leased* (a live worker runs it). The
+reaper turns a leased task whose lease expired (its worker died, or lost the database for
+longer than a lease) back into a queued one: it enqueues a new message, then clears the lease,
+in one transaction. The broker's visibility timeout stays as the last backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline import queue
+from pipeline.db import Database
+from pipeline.ids import utcnow
+from pipeline.settings import Settings
+from pipeline.tasks import RUNNING, TASKS
+
+log = logging.getLogger("openimm.reaper")
+REAP_BATCH = 500
+# Queued tasks younger than this are not judged by ``check``: the API writes the task row a
+# moment before it enqueues, and the embedded broker drops a file just before the claim.
+QUEUED_GRACE = timedelta(seconds=10)
+
+
+def expired(session: Session, now: datetime, *, lock: bool) -> list[Any]:
+    """Running tasks whose lease has expired (oldest first), locked when ``lock``."""
+    query = (
+        select(TASKS.c.id, TASKS.c.task_type, TASKS.c.queue)
+        .where(TASKS.c.status == RUNNING, TASKS.c.lease_expires_at < now)
+        .order_by(TASKS.c.lease_expires_at)
+        .limit(REAP_BATCH)
+    )
+    if lock:  # two reapers (dispatcher replicas) never re-enqueue the same task twice
+        query = query.with_for_update(skip_locked=True)
+    return list(session.execute(query).all())
+
+
+def release(session: Session, task_ids: Iterable[str], now: datetime) -> None:
+    """Queued again: no lease, no holder (a late original can no longer renew or report)."""
+    session.execute(
+        TASKS.update()
+        .where(
+            TASKS.c.id.in_(list(task_ids)),
+            TASKS.c.status == RUNNING,
+            TASKS.c.lease_expires_at < now,
+        )
+        .values(lease_expires_at=None, worker="")
+    )
+
+
+class Reaper:
+    """Re-enqueues expired leases; ``maybe_run`` is cheap to call from a busy loop."""
+
+    def __init__(self, settings: Settings, db: Database, celery: Celery | None = None) -> None:
+        self.settings, self.db = settings, db
+        self.celery = celery or queue.make_celery(settings)
+        self._next_run = 0.0
+
+    def maybe_run(self, monotonic_now: float) -> int:
+        if monotonic_now < self._next_run:
+            return 0
+        self._next_run = monotonic_now + self.settings.reaper_interval_seconds
+        return self.run_once()
+
+    def run_once(self) -> int:
+        """One pass; returns how many tasks were re-enqueued. The message is sent before the
+        lease is cleared, so a broker error leaves the task to the next pass, never lost."""
+        now = utcnow()
+        with self.db.session() as s:
+            rows = expired(s, now, lock=not self.db.is_sqlite)
+            for row in rows:
+                queue.enqueue(self.celery, row.id, row.task_type, row.queue, self.settings)
+            if rows:
+                release(s, [row.id for row in rows], now)
+        if rows:
+            log.warning(
+                "re-enqueued %d task(s) whose worker stopped renewing its lease: %s",
+                len(rows),
+                ", ".join(row.id for row in rows[:5]) + (" …" if len(rows) > 5 else ""),
+            )
+        # A live worker claims right after delivery, so one unclaimed for a whole lease is
+        # a dead worker's. (A live one that waited out a longer outage then claims too: the
+        # later claim takes the lease over and only one of them ends the task.)
+        restored = queue.restore_unclaimed(
+            self.celery, self.settings, self._unclaimed, self.settings.lease_seconds
+        )
+        if restored:
+            log.warning("gave back %d message(s) a dead worker took but never claimed", restored)
+        return len(rows) + restored
+
+    def _unclaimed(self, task_ids: set[str]) -> set[str]:
+        with self.db.session() as s:
+            return set(
+                s.scalars(
+                    select(TASKS.c.id).where(
+                        TASKS.c.id.in_(sorted(task_ids)),
+                        TASKS.c.status == RUNNING,
+                        TASKS.c.lease_expires_at.is_(None),
+                    )
+                )
+            )
+
+
+@dataclass
+class Report:
+    """What ``check`` found: Running tasks by state, and the ones breaking the invariant."""
+
+    leased: int = 0
+    queued: int = 0
+    lost: list[str] = field(default_factory=list)  # no live lease and no queued message
+    overdue: list[str] = field(default_factory=list)  # lease expired and not yet reaped
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.overdue
+
+
+def judge(
+    running: Iterable[Any], queued_ids: set[str], now: datetime, settings: Settings
+) -> Report:
+    """Every Running task has a live lease or a queued message. A lease expired for longer
+    than a reaper pass (plus slack) means no reaper is running: ``overdue``."""
+    report = Report()
+    slack = timedelta(seconds=settings.reaper_interval_seconds * 2 + 5)
+    for row in running:
+        if row.lease_expires_at is not None:
+            report.leased += 1
+            if row.lease_expires_at < now - slack and row.id not in queued_ids:
+                report.overdue.append(row.id)
+        elif row.id in queued_ids:
+            report.queued += 1
+        elif (row.heartbeat_at or row.start_time) > now - QUEUED_GRACE:
+            report.queued += 1  # just created / just released: its message is on the way
+        else:
+            report.lost.append(row.id)
+    return report
+
+
+def check(settings: Settings, db: Database, celery: Celery | None = None) -> Report:
+    """Check the lease invariant against the database and the broker (``openimm doctor``)."""
+    app = celery or queue.make_celery(settings)
+    with db.session() as s:
+        running = s.execute(
+            select(
+                TASKS.c.id, TASKS.c.lease_expires_at, TASKS.c.heartbeat_at, TASKS.c.start_time
+            ).where(TASKS.c.status == RUNNING)
+        ).all()
+    queued = queue.queued_task_ids(app, settings)
+    report = judge(running, queued, utcnow(), settings)
+    if report.lost:
+        # A task can leave its queue for a claim between the two reads: ask the database
+        # again about the suspects; only those still unleased and Running are lost.
+        with db.session() as s:
+            still = s.scalars(
+                select(TASKS.c.id).where(
+                    TASKS.c.id.in_(report.lost),
+                    TASKS.c.status == RUNNING,
+                    TASKS.c.lease_expires_at.is_(None),
+                )
+            ).all()
+        report.lost = sorted(set(still) - queue.queued_task_ids(app, settings))
+    return report
