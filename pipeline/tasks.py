@@ -240,6 +240,7 @@ class Claim:
     request: dict[str, Any]
     attempts: int
     start_time: datetime
+    owner: str  # whose buckets the job may read and write
 
 
 def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
@@ -252,7 +253,12 @@ def claim(session: Session, task_id_: str, worker: str) -> Claim | None:
             .where(TASKS.c.id == task_id_, TASKS.c.status == RUNNING)
             .values(attempts=TASKS.c.attempts + 1, worker=worker, heartbeat_at=utcnow())
             .returning(
-                TASKS.c.id, TASKS.c.task_type, TASKS.c.request, TASKS.c.attempts, TASKS.c.start_time
+                TASKS.c.id,
+                TASKS.c.task_type,
+                TASKS.c.request,
+                TASKS.c.attempts,
+                TASKS.c.start_time,
+                TASKS.c.owner,
             )
         )
         .one_or_none()

@@ -17,10 +17,11 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline import tasks
+from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmError
 from pipeline.settings import Settings
-from pipeline.storage import MediaIO, ObjectStore, open_store
+from pipeline.storage import MediaIO, ObjectStore, ScopedStore, open_store
 from workers import registry
 from workers.context import Cancelled, JobContext, Transactional
 from workers.device import pick_device
@@ -32,8 +33,8 @@ log = logging.getLogger("openimm.worker")
 class WorkerState:
     settings: Settings
     db: Database
-    store: ObjectStore
-    media: MediaIO
+    store: ObjectStore  # raw: jobs get it scoped to their owner (``_process``)
+    buckets: BucketPolicy
     device: str
     name: str
 
@@ -45,11 +46,12 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
     """Build this process's state (called from ``worker_process_init``)."""
     global _state
     store = open_store(settings)
+    db = Database(settings.db_url, pool_size=2)
     _state = WorkerState(
         settings=settings,
-        db=Database(settings.db_url, pool_size=2),
+        db=db,
         store=store,
-        media=MediaIO(settings, store),
+        buckets=BucketPolicy(db, store, settings),
         device=pick_device(settings.device, process_index),
         name=f"{socket.gethostname()}:{os.getpid()}",
     )
@@ -81,13 +83,14 @@ def run(task_id: str, settings: Settings) -> str:
 
 
 def _process(st: WorkerState, job: tasks.Claim) -> str:
+    store = ScopedStore(st.store, st.buckets, job.owner)  # only the task owner's buckets
     ctx = JobContext(
         task_id=job.task_id,
         task_type=job.task_type,
         request=job.request,
         settings=st.settings,
-        store=st.store,
-        media=st.media,
+        store=store,
+        media=MediaIO(st.settings, store),
         workroot=Path(tempfile.gettempdir()),
         device=st.device,
         report=lambda pct: _report(st, job.task_id, pct),
