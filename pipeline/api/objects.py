@@ -49,8 +49,9 @@ def _spool_dir(services: Services) -> Path:
 async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
     services, store = _caller_store(request, streamed=True)
     parse_oss_uri(f"oss://{bucket}/{key}")
-    # Before reading the body: a refused upload costs no disk, and claims happen up front.
-    await run_in_threadpool(store.require_write, bucket)
+    # Refused before the body is read (no disk spent); the claim itself comes with the put,
+    # so an upload that fails claims nothing.
+    await run_in_threadpool(store.check_write, bucket)
     limit = services.settings.upload_max_bytes
     declared = request.headers.get("x-acs-content-sha256", auth.UNSIGNED_PAYLOAD)
     digest = hashlib.sha256()
