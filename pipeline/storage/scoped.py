@@ -51,7 +51,8 @@ class ScopedStore:
     def check_write(self, bucket: str) -> None:
         """Refuse now a write that would be refused later, claiming nothing (task creation:
         the bucket is claimed when the worker writes the output)."""
-        self.gate.require(self.owner, bucket, WRITE, claim=False)
+        if self.gate.require(self.owner, bucket, WRITE, claim=False):
+            self._granted.add((bucket, WRITE))  # owned or shared: the put needs no second look
 
     def require_read(self, bucket: str) -> None:
         """Check a bucket the caller is about to read (a missing bucket passes: reads of it
