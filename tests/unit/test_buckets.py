@@ -341,3 +341,29 @@ def test_cli_creates_shares_and_lists_buckets(
     assert "loose" in out and "AK1 (unclaimed)" in out
     assert cli_main(["buckets", "unshare", "team", "--with", "AK1"]) == 0
     assert cli_main(["buckets", "unshare", "team", "--with", "AK1"]) == 1
+
+
+def test_s3_buckets_follow_the_same_table(settings: Settings) -> None:
+    from botocore.stub import Stubber
+
+    from pipeline import migrate
+    from pipeline.storage import S3Store
+
+    settings.resolved_data_dir.mkdir(parents=True)
+    migrate.upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    store = S3Store("http://127.0.0.1:9", "ak", "sk", "eu-west-1")
+    policy = buckets.BucketPolicy(db, store, settings)
+    with Stubber(store.client) as stub:
+        # A bucket made outside openimm (no row) belongs to the first key, even if AK2 is first
+        stub.add_response("head_bucket", {}, {"Bucket": "legacy"})
+        with pytest.raises(BucketAccessDenied):
+            policy.require("AK2", "legacy", buckets.READ)
+        assert policy.require("AK1", "legacy", buckets.READ)
+        # A bucket S3 does not have is claimed by its first writer
+        stub.add_client_error("head_bucket", service_error_code="404", http_status_code=404)
+        assert policy.require("AK2", "fresh", buckets.WRITE)
+        with pytest.raises(BucketAccessDenied):
+            policy.require("AK1", "fresh", buckets.WRITE)
+        stub.assert_no_pending_responses()
+    db.dispose()
