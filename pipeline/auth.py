@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ ALGORITHM = "ACS3-HMAC-SHA256"
 # Large object uploads are streamed, so (as in S3) their body hash may be left unsigned.
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 DEV_OWNER = "dev"
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class SignedRequest:
     query: Mapping[str, str]
     headers: Mapping[str, str]  # lower-case names
     body: bytes
+    # A body streamed after verification (object uploads) is not in ``body``: its declared
+    # x-acs-content-sha256 is signed as is, and the receiver hashes the bytes as they arrive.
+    streamed: bool = False
 
 
 def canonical_query(query: Mapping[str, str]) -> str:
@@ -82,8 +87,9 @@ def sign(request: SignedRequest, key_id: str, secret: str, signed_headers: list[
 
 
 def _payload_hash(request: SignedRequest) -> str:
-    if request.headers.get("x-acs-content-sha256") == UNSIGNED_PAYLOAD:
-        return UNSIGNED_PAYLOAD
+    declared = request.headers.get("x-acs-content-sha256", "")
+    if declared == UNSIGNED_PAYLOAD or (request.streamed and SHA256_HEX.match(declared)):
+        return declared
     return hashlib.sha256(request.body).hexdigest()
 
 
@@ -121,7 +127,7 @@ def verify(
     declared = request.headers.get("x-acs-content-sha256")
     if declared == UNSIGNED_PAYLOAD and not allow_unsigned_payload:
         raise SignatureDoesNotMatch("UNSIGNED-PAYLOAD is only accepted for object uploads.")
-    if declared != UNSIGNED_PAYLOAD and declared != hashlib.sha256(request.body).hexdigest():
+    if declared != UNSIGNED_PAYLOAD and declared != _payload_hash(request):
         raise SignatureDoesNotMatch("x-acs-content-sha256 does not match the request body.")
     _check_date(request.headers, now, max_skew)
     expected = sign(request, key_id, secret, signed_headers).rsplit("Signature=", 1)[1]

@@ -8,8 +8,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from pipeline.buckets import BucketPolicy
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
 
@@ -161,6 +165,58 @@ def cmd_cp(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     for obj in _client(args).list_objects(args.uri):
         print(f"{obj['Size']:>12}  {obj['URI']}")
+    return EXIT_OK
+
+
+def cmd_buckets(args: argparse.Namespace) -> int:
+    """Operator commands on bucket ownership, straight on the database (like ``migrate``)."""
+    from pipeline import buckets, migrate
+    from pipeline.db import Database
+    from pipeline.errors import ImmError
+    from pipeline.storage import open_store
+
+    settings = _settings(args)
+    needs = {"create": args.owner, "share": args.grantee, "unshare": args.grantee}
+    if args.action != "list" and not (args.name and needs[args.action]):
+        print(BUCKETS_USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    db = Database.from_settings(settings)
+    migrate.upgrade(settings.db_url)
+    policy = buckets.BucketPolicy(db, open_store(settings), settings)
+    try:
+        return _bucket_action(args, policy)
+    except ImmError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        db.dispose()
+
+
+BUCKETS_USAGE = (
+    "usage: openimm buckets list | create NAME --owner AK | "
+    "share NAME --with AK [--read-only] | unshare NAME --with AK"
+)
+
+
+def _bucket_action(args: argparse.Namespace, policy: BucketPolicy) -> int:
+    from pipeline import buckets
+
+    if args.action == "create":
+        made = buckets.create(policy.db, args.name, args.owner)
+        print(f"{args.name} {'now belongs' if made else 'already belonged'} to {args.owner}")
+    elif args.action == "share":
+        access = buckets.READ if args.read_only else buckets.WRITE
+        buckets.share(policy, args.name, args.grantee, access)
+        print(f"{args.name} shared with {args.grantee} ({access})")
+    elif args.action == "unshare":
+        buckets.unshare(policy.db, args.name, args.grantee)
+        print(f"{args.name} no longer shared with {args.grantee}")
+    else:
+        print(f"{'BUCKET':<40} {'OWNER':<24} SHARED WITH")
+        for view in buckets.listing(policy):
+            owner = view.owner if view.claimed else f"{view.owner} (unclaimed)"
+            shared = ", ".join(f"{k}:{v}" for k, v in sorted(view.grants.items())) or "-"
+            print(f"{view.name:<40} {owner:<24} {shared}")
     return EXIT_OK
 
 
@@ -400,6 +456,13 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list objects: openimm ls oss://bucket/prefix")
     ls.add_argument("uri")
     ls.set_defaults(func=cmd_ls)
+    bkt = sub.add_parser("buckets", help="bucket owners and shares (operator, on the database)")
+    bkt.add_argument("action", choices=["list", "create", "share", "unshare"])
+    bkt.add_argument("name", nargs="?")
+    bkt.add_argument("--owner", help="create: the AccessKeyId that owns the bucket")
+    bkt.add_argument("--with", dest="grantee", help="share/unshare: the AccessKeyId")
+    bkt.add_argument("--read-only", action="store_true", help="share: read, not write")
+    bkt.set_defaults(func=cmd_buckets)
     index = sub.add_parser("index", help="index a folder of photos and cluster the people")
     index.add_argument("folder")
     index.add_argument("--dataset", required=True)

@@ -146,6 +146,13 @@ class ObjectNotFound(StorageError):
     http_status = 404
 
 
+class BucketAccessDenied(ImmError):
+    """Access denied: the bucket belongs to another owner and is not shared with you."""
+
+    code = "AccessDenied"
+    http_status = 403
+
+
 class ForbiddenURI(InvalidArgument):
     """The URI is not allowed (path traversal, private address or unconfigured root)."""
 
@@ -164,6 +171,12 @@ class ServiceUnavailable(ImmError):
     code = "ServiceUnavailable"
     http_status = 503
     retry_after_seconds = 1  # the Retry-After header: outages openimm rides out are short
+
+
+class ContentDigestMismatch(InvalidArgument):
+    """The body's SHA-256 differs from the signed x-acs-content-sha256; nothing was stored."""
+
+    code = "InvalidDigest"
 
 
 class ModelNotInstalled(ImmError):

@@ -373,3 +373,29 @@ class FileField(Base):
     sval: Mapped[str] = mapped_column(IndexString)
     lval: Mapped[str] = mapped_column(String(1024))  # casefolded sval, for match-phrase
     nval: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Bucket(Base):
+    """An object-store bucket and the owner it belongs to (as OSS buckets belong to an
+    account). The primary key makes "first write claims the bucket" atomic."""
+
+    __tablename__ = "buckets"
+    __table_args__ = (Index(None, "owner"),)
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BucketGrant(Base):
+    """An operator's explicit share of a bucket with another owner: ``read`` or ``write``
+    (write includes read)."""
+
+    __tablename__ = "bucket_grants"
+
+    bucket: Mapped[str] = mapped_column(
+        ForeignKey("buckets.name", ondelete="CASCADE"), primary_key=True
+    )
+    grantee: Mapped[str] = mapped_column(String(128), primary_key=True)
+    access: Mapped[str] = mapped_column(String(8))
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime)

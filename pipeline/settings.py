@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
-    eas_output_bucket: str = "eas-outputs"  # where Model Hub services write their results
+    # Stem of each owner's Model Hub output bucket, <stem>-<hash of owner> (pipeline.buckets).
+    eas_output_bucket: str = "eas-outputs"
     # Speech: a CTranslate2 Whisper model directory (larger models); empty → the whisper-base
     # installed by `openimm models install whisper-base` in the data dir, else PocketSphinx.
     whisper_model_dir: str = ""

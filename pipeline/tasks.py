@@ -240,6 +240,7 @@ class Claim:
     request: dict[str, Any]
     attempts: int
     start_time: datetime
+    owner: str  # whose buckets the job may read and write
 
 
 def claim(session: Session, task_id_: str, worker: str, lease_seconds: float) -> Claim | None:
@@ -265,7 +266,12 @@ def claim(session: Session, task_id_: str, worker: str, lease_seconds: float) ->
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
             .returning(
-                TASKS.c.id, TASKS.c.task_type, TASKS.c.request, TASKS.c.attempts, TASKS.c.start_time
+                TASKS.c.id,
+                TASKS.c.task_type,
+                TASKS.c.request,
+                TASKS.c.attempts,
+                TASKS.c.start_time,
+                TASKS.c.owner,
             )
         )
         .one_or_none()

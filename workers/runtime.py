@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline import tasks
+from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmError
 from pipeline.outages import OutageLog, StillUnavailable, dependency_of, retrying
 from pipeline.settings import Settings
-from pipeline.storage import MediaIO, ObjectStore, open_store
+from pipeline.storage import MediaIO, ObjectStore, ScopedStore, open_store
 from workers import registry
 from workers.context import Cancelled, JobContext, Transactional
 from workers.device import pick_device
@@ -42,8 +43,8 @@ __all__ = ["StillUnavailable", "WorkerState", "init_process", "run"]
 class WorkerState:
     settings: Settings
     db: Database
-    store: ObjectStore
-    media: MediaIO
+    store: ObjectStore  # raw: jobs get it scoped to their owner (``_process``)
+    buckets: BucketPolicy
     device: str
     name: str
     outages: OutageLog
@@ -64,7 +65,7 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
         settings=settings,
         db=db,
         store=store,
-        media=MediaIO(settings, store),
+        buckets=BucketPolicy(db, store, settings),
         device=pick_device(settings.device, process_index),
         name=name,
         outages=outages,
@@ -117,13 +118,14 @@ def _claim(st: WorkerState, task_id: str) -> tasks.Claim | None:
 
 
 def _context(st: WorkerState, job: tasks.Claim) -> JobContext:
+    store = ScopedStore(st.store, st.buckets, job.owner)  # only the task owner's buckets
     return JobContext(
         task_id=job.task_id,
         task_type=job.task_type,
         request=job.request,
         settings=st.settings,
-        store=st.store,
-        media=st.media,
+        store=store,
+        media=MediaIO(st.settings, store),
         workroot=Path(tempfile.gettempdir()),
         device=st.device,
         report=lambda pct: _report(st, job.task_id, pct),

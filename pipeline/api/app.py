@@ -33,6 +33,7 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
     task_actions,
 )
 from pipeline.api.services import Services
+from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.errors import ImmError, ServiceUnavailable
 from pipeline.ids import request_id
@@ -47,12 +48,14 @@ log = logging.getLogger("openimm.api")
 
 def build_services(settings: Settings) -> Services:
     db = Database.from_settings(settings)
+    store = open_store(settings)
     return Services(
         messages=open_message_store(settings, db),
         settings=settings,
         db=db,
         celery=queue.make_celery(settings),
-        store=open_store(settings),
+        raw_store=store,
+        buckets=BucketPolicy(db, store, settings),
         keys=credentials.load_keys(settings),
     )
 

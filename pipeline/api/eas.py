@@ -33,7 +33,8 @@ MAX_BODY_BYTES = 8 << 20
 @dataclass(frozen=True)
 class Service:
     task_type: str
-    build: Callable[[dict[str, Any], Services], dict[str, Any]]  # Model Hub input → request
+    # Model Hub input → request (the caller: inputs are checked and outputs written as it)
+    build: Callable[[dict[str, Any], Services, Caller], dict[str, Any]]
     output: Callable[[Task], dict[str, Any]]  # finished task → Model Hub output
 
 
@@ -44,7 +45,7 @@ def register(name: str, service: Service) -> None:
     SERVICES[name] = service
 
 
-def _diagnostic_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
+def _diagnostic_request(body: dict[str, Any], svc: Services, _caller: Caller) -> dict[str, Any]:
     if not svc.settings.diagnostics:
         raise ResourceNotFound("service", "diagnostic")
     data = body.get("input") or {}
@@ -117,7 +118,7 @@ def _ensure_project(svc: Services, owner: str) -> str:
 
 
 def _run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) -> dict[str, Any]:
-    request = spec.build(payload, svc)
+    request = spec.build(payload, svc, caller)
     project = _ensure_project(svc, caller.owner)
     common = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
     created = submit(svc, caller, project, spec.task_type, request, common)

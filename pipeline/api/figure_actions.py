@@ -135,7 +135,7 @@ def create_faces_searching_task(svc: Services, caller: Caller, p: Params) -> dic
     for src in sources:
         if not isinstance(src, dict) or not isinstance(src.get("URI"), str):
             raise InvalidParameter("Sources", "Every source needs a URI string.")
-        check_uri(svc, src["URI"], "Sources")
+        check_uri(svc, caller, src["URI"], "Sources")
     max_result = p.int("MaxResult", default=5, minimum=0, maximum=100) or 5
     extra = {"Sources": [{"URI": s["URI"]} for s in sources], "MaxResult": max_result}
     return _dataset_task(svc, caller, p, "FacesSearching", extra)
@@ -145,7 +145,7 @@ def create_faces_searching_task(svc: Services, caller: Caller, p: Params) -> dic
 def search_image_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     """Synchronous in IMM: queued here (the API never loads dlib) and awaited."""
     source = p.str("SourceURI", required=True)
-    check_uri(svc, source, "SourceURI")
+    check_uri(svc, caller, source, "SourceURI")
     p.json("CredentialConfig", dict)
     created = _dataset_task(svc, caller, p, "ImageFigureClusterSearch", {"SourceURI": source})
     task = wait_for_task(svc, caller, created["TaskId"], svc.settings.predict_timeout_seconds)

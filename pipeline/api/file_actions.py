@@ -35,7 +35,7 @@ def _index(svc: Services, caller: Caller, p: Params, entries: list[Any], kind: s
     param = "File" if kind == "FileMetaIndex" else "Files"
     checked = [files.input_file(e, param) for e in entries]
     for entry in checked:
-        check_uri(svc, entry["URI"], param)
+        check_uri(svc, caller, entry["URI"], param)
     with svc.db.session() as s:
         project, dataset = _dataset(s, caller, p)
         template = dataset.template_id or project.template_id

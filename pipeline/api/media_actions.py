@@ -11,11 +11,11 @@ from typing import Any
 from pipeline.api import eas
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_uri, submit
+from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_target, check_uri, submit
+from pipeline.buckets import eas_bucket
 from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
 from pipeline.params import Params
-from pipeline.storage import parse_oss_uri
 
 MAX_HIGHLIGHT_SOURCES = 10
 HIGHLIGHT_CONTAINERS = ("mp4", "mov", "mkv", "ts", "flv")
@@ -37,7 +37,7 @@ def play_duration_seconds(value: Any) -> float | None:
     return micros / 1_000_000
 
 
-def _highlight_output(p: Params) -> dict[str, Any]:
+def _highlight_output(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     output = p.json("Output", dict, required=True)
     known = {"URI", "Container", "MaxDuration", "TargetDuration", "Video", "Audio", "Segment"}
     unknown = set(output) - known - {"Speed"}
@@ -46,7 +46,7 @@ def _highlight_output(p: Params) -> dict[str, Any]:
     uri = output.get("URI")
     if not isinstance(uri, str) or not uri:
         raise InvalidParameter("Output", "Output.URI is required.")
-    parse_oss_uri(uri)
+    check_target(svc, caller, uri)
     container = output.get("Container") or "mp4"
     if container not in HIGHLIGHT_CONTAINERS:
         raise InvalidParameter(
@@ -59,14 +59,14 @@ def _highlight_output(p: Params) -> dict[str, Any]:
     return {"URI": uri, "Container": container, "MaxDuration": duration}
 
 
-def _sources(svc: Services, p: Params) -> list[dict[str, str]]:
+def _sources(svc: Services, caller: Caller, p: Params) -> list[dict[str, str]]:
     sources = p.json("Sources", list, required=True)
     if not sources or len(sources) > MAX_HIGHLIGHT_SOURCES:
         raise InvalidParameter("Sources", f"Expected 1 to {MAX_HIGHLIGHT_SOURCES} videos.")
     for src in sources:
         if not isinstance(src, dict) or not isinstance(src.get("URI"), str):
             raise InvalidParameter("Sources", "Every source needs a URI string.")
-        check_uri(svc, src["URI"], "Sources")
+        check_uri(svc, caller, src["URI"], "Sources")
     return [{"URI": s["URI"]} for s in sources]
 
 
@@ -89,8 +89,8 @@ def create_highlight_task(svc: Services, caller: Caller, p: Params) -> dict[str,
     request = {
         "Type": kind,
         "Mode": mode,
-        "Sources": _sources(svc, p),
-        "Output": _highlight_output(p),
+        "Sources": _sources(svc, caller, p),
+        "Output": _highlight_output(svc, caller, p),
         "Highlight": {"Content": str(topic)[:100]},
     }
     return submit(svc, caller, project_name, "Highlight", request, _common(p))
@@ -99,28 +99,30 @@ def create_highlight_task(svc: Services, caller: Caller, p: Params) -> dict[str,
 # ---- Model Hub services ---------------------------------------------------------------------
 
 
-def _input_url(body: dict[str, Any], svc: Services) -> tuple[str, float | None]:
+def _input_url(body: dict[str, Any], svc: Services, caller: Caller) -> tuple[str, float | None]:
     data = body.get("input")
     if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not data["url"]:
         raise InvalidArgument('Expected {"input": {"url": "oss://…|file://…|http(s)://…"}}.')
     unknown = set(data) - {"url", "play_duration"}
     if unknown:
         raise InvalidArgument(f"Unknown input field(s): {', '.join(sorted(unknown))}.")
-    check_uri(svc, data["url"], "url")
+    check_uri(svc, caller, data["url"], "url")
     return data["url"], play_duration_seconds(data.get("play_duration"))
 
 
-def _output_uri(svc: Services, service: str, suffix: str) -> str:
-    return f"oss://{svc.settings.eas_output_bucket}/{service}/{uuid.uuid4().hex}{suffix}"
+def _output_uri(svc: Services, caller: Caller, service: str, suffix: str) -> str:
+    """A fresh object in the caller's own output bucket (one per owner, see ``eas_bucket``)."""
+    bucket = eas_bucket(svc.settings.eas_output_bucket, caller.owner)
+    return f"oss://{bucket}/{service}/{uuid.uuid4().hex}{suffix}"
 
 
-def _highlight_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
-    url, seconds = _input_url(body, svc)
+def _highlight_request(body: dict[str, Any], svc: Services, caller: Caller) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc, caller)
     return {
         "Type": "Retrieval",
         "Mode": "Average",
         "Sources": [{"URI": url}],
-        "Output": {"URI": _output_uri(svc, "video_highlight", ".mp4"), "Container": "mp4"},
+        "Output": {"URI": _output_uri(svc, caller, "video_highlight", ".mp4"), "Container": "mp4"},
         "MaxSeconds": seconds,
     }
 
@@ -141,16 +143,18 @@ TRANSCRIPT_SUFFIXES = (".json", ".srt", ".vtt")
 LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
-def _project_and_source(svc: Services, p: Params) -> tuple[str, str]:
+def _project_and_source(svc: Services, caller: Caller, p: Params) -> tuple[str, str]:
     source = p.str("SourceURI", required=True)
-    check_uri(svc, source, "SourceURI")
+    check_uri(svc, caller, source, "SourceURI")
     return p.name("ProjectName"), source
 
 
-def _target(p: Params, suffixes: tuple[str, ...], *, required: bool) -> str:
+def _target(
+    svc: Services, caller: Caller, p: Params, suffixes: tuple[str, ...], *, required: bool
+) -> str:
     target = p.str("TargetURI", required=required)
     if target:
-        _, key = parse_oss_uri(target)
+        _, key = check_target(svc, caller, target)
         if not key.lower().endswith(suffixes):
             raise InvalidParameter("TargetURI", f"It must end in one of {', '.join(suffixes)}.")
     return target
@@ -158,13 +162,13 @@ def _target(p: Params, suffixes: tuple[str, ...], *, required: bool) -> str:
 
 @action("CreateVideoSuperResolutionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Scale")
 def create_video_super_resolution_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    project_name, source = _project_and_source(svc, p)
+    project_name, source = _project_and_source(svc, caller, p)
     scale = p.int("Scale", default=2)
     if scale not in (2, 3, 4):
         raise InvalidParameter("Scale", "It must be 2, 3 or 4.")
     request = {
         "SourceURI": source,
-        "TargetURI": _target(p, SR_SUFFIXES, required=True),
+        "TargetURI": _target(svc, caller, p, SR_SUFFIXES, required=True),
         "Scale": scale,
     }
     return submit(svc, caller, project_name, "VideoSuperResolution", request, _common(p))
@@ -179,10 +183,10 @@ def _language(p: Params) -> str:
 
 @action("CreateSpeechRecognitionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Language Engine")
 def create_speech_recognition_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    project_name, source = _project_and_source(svc, p)
+    project_name, source = _project_and_source(svc, caller, p)
     request = {
         "SourceURI": source,
-        "TargetURI": _target(p, TRANSCRIPT_SUFFIXES, required=False),
+        "TargetURI": _target(svc, caller, p, TRANSCRIPT_SUFFIXES, required=False),
         "Language": _language(p),
         "Engine": p.choice("Engine", ("whisper", "sphinx")),
     }
@@ -193,19 +197,19 @@ def _micros(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1_000_000)
 
 
-def _sr_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
-    url, seconds = _input_url(body, svc)
+def _sr_request(body: dict[str, Any], svc: Services, caller: Caller) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc, caller)
     return {
         "SourceURI": url,
-        "TargetURI": _output_uri(svc, "video_super_resolution", ""),
+        "TargetURI": _output_uri(svc, caller, "video_super_resolution", ""),
         "AutoSuffix": True,
         "Scale": 2,
         "MaxMicroseconds": _micros(seconds),
     }
 
 
-def _asr_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
-    url, seconds = _input_url(body, svc)
+def _asr_request(body: dict[str, Any], svc: Services, caller: Caller) -> dict[str, Any]:
+    url, seconds = _input_url(body, svc, caller)
     return {"SourceURI": url, "Language": "en", "MaxMicroseconds": _micros(seconds)}
 
 

@@ -1,12 +1,16 @@
 """A simple way to put files in: ``PUT /oss/<bucket>/<key>`` (signed like RPC calls, body
 hash may be ``UNSIGNED-PAYLOAD``), ``GET`` to read back, ``GET /oss/<bucket>?prefix=`` to list.
 
-Uploads are spooled to a temp file under the data dir with a size limit, then stored with one
-atomic put, so an interrupted or oversize upload leaves no object behind.
+Every route works on the caller's view of the store (``Services.store_for``): buckets of other
+owners are refused with ``AccessDenied`` unless shared, and an upload to a bucket nobody owns
+claims it for the caller. Uploads are spooled to a temp file under the data dir with a size
+limit, their SHA-256 checked against the signed ``x-acs-content-sha256``, then stored with one
+atomic put, so an interrupted, oversize or corrupted upload leaves no object behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,19 +21,22 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from pipeline import auth
 from pipeline.api.rpc import authenticate
 from pipeline.api.services import Services
-from pipeline.errors import FileTooLarge
-from pipeline.storage import parse_oss_prefix, parse_oss_uri
+from pipeline.errors import ContentDigestMismatch, FileTooLarge
+from pipeline.storage import ScopedStore, parse_oss_prefix, parse_oss_uri
 
 router = APIRouter()
 
 
-def _services(request: Request) -> Services:
+def _caller_store(request: Request, *, streamed: bool = False) -> tuple[Services, ScopedStore]:
     services: Services = request.app.state.services
     query = dict(parse_qsl(request.url.query, keep_blank_values=True))
-    authenticate(services, request, query, b"", allow_unsigned_payload=True)
-    return services
+    owner = authenticate(
+        services, request, query, b"", allow_unsigned_payload=True, streamed=streamed
+    )
+    return services, services.store_for(owner)
 
 
 def _spool_dir(services: Services) -> Path:
@@ -40,18 +47,26 @@ def _spool_dir(services: Services) -> Path:
 
 @router.put("/oss/{bucket}/{key:path}")
 async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
-    services = _services(request)
+    services, store = _caller_store(request, streamed=True)
     parse_oss_uri(f"oss://{bucket}/{key}")
+    # Refused before the body is read (no disk spent); the claim itself comes with the put,
+    # so an upload that fails claims nothing.
+    await run_in_threadpool(store.check_write, bucket)
     limit = services.settings.upload_max_bytes
+    declared = request.headers.get("x-acs-content-sha256", auth.UNSIGNED_PAYLOAD)
+    digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=_spool_dir(services), prefix="upload-") as spool:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise FileTooLarge(f"The upload exceeds OPENIMM_UPLOAD_MAX_BYTES ({limit}).")
+            digest.update(chunk)
             spool.write(chunk)
+        if declared != auth.UNSIGNED_PAYLOAD and digest.hexdigest() != declared:
+            raise ContentDigestMismatch()
         spool.flush()
-        await run_in_threadpool(services.store.put_file, bucket, key, Path(spool.name))
+        await run_in_threadpool(store.put_file, bucket, key, Path(spool.name))
     return JSONResponse(
         {"RequestId": request.state.request_id, "URI": f"oss://{bucket}/{key}", "Size": size}
     )
@@ -59,13 +74,13 @@ async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
 
 @router.get("/oss/{bucket}/{key:path}")
 async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
-    services = _services(request)
+    services, store = _caller_store(request)
     parse_oss_uri(f"oss://{bucket}/{key}")
     fd, name = tempfile.mkstemp(dir=_spool_dir(services), prefix="download-")
     os.close(fd)
     path = Path(name)
     try:
-        await run_in_threadpool(services.store.get_to_file, bucket, key, path)
+        await run_in_threadpool(store.get_to_file, bucket, key, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -76,9 +91,9 @@ async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
 
 @router.get("/oss/{bucket}")
 async def list_objects(bucket: str, request: Request, prefix: str = "") -> JSONResponse:
-    services = _services(request)
+    _, store = _caller_store(request)
     parse_oss_prefix(f"oss://{bucket}/{prefix}")
-    objects = await run_in_threadpool(lambda: list(services.store.list(bucket, prefix)))
+    objects = await run_in_threadpool(lambda: list(store.list(bucket, prefix)))
     return JSONResponse(
         {
             "RequestId": request.state.request_id,

@@ -76,8 +76,10 @@ def authenticate(
     body: bytes,
     *,
     allow_unsigned_payload: bool = False,
+    streamed: bool = False,
 ) -> str:
-    """The caller's owner id (AccessKeyId), or raise an ``AuthError``."""
+    """The caller's owner id (AccessKeyId), or raise an ``AuthError``. ``streamed``: the body
+    is read after this check, which the caller hashes against x-acs-content-sha256."""
     if not services.keys:
         return auth.DEV_OWNER  # explicit OPENIMM_DEV_MODE without keys
     signed = auth.SignedRequest(
@@ -86,6 +88,7 @@ def authenticate(
         query=query,
         headers={k.lower(): v for k, v in request.headers.items()},
         body=body,
+        streamed=streamed,
     )
     return auth.verify(
         signed,

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
 from pipeline.settings import Settings
-from pipeline.storage import ObjectStore
+from pipeline.storage import ObjectStore, ScopedStore
 
 
 @dataclass
@@ -17,9 +18,14 @@ class Services:
     settings: Settings
     db: Database
     celery: Celery
-    store: ObjectStore
+    raw_store: ObjectStore  # never handed to request code: use ``store_for``
+    buckets: BucketPolicy
     keys: dict[str, str]
     messages: MessageStore
+
+    def store_for(self, owner: str) -> ScopedStore:
+        """The object store limited to what ``owner`` owns or was granted."""
+        return ScopedStore(self.raw_store, self.buckets, owner)
 
 
 @dataclass(frozen=True)

@@ -221,13 +221,13 @@ def cancel_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     return result
 
 
-def check_uri(svc: Services, uri: str, param: str, *, prefix: bool = False) -> None:
-    """Refuse input URIs the workers could never read, before anything is queued.
+def check_uri(svc: Services, caller: Caller, uri: str, param: str, *, prefix: bool = False) -> None:
+    """Refuse input URIs the workers could never read, before anything is queued: malformed,
+    outside the roots, private, or in a bucket the caller may not read.
     ``prefix``: an ``oss://`` URI may name a folder (``oss://bucket/dir/``)."""
-    if uri.startswith("oss://") and prefix:
-        parse_oss_prefix(uri)
-    elif uri.startswith("oss://"):
-        parse_oss_uri(uri)
+    if uri.startswith("oss://"):
+        bucket, _ = parse_oss_prefix(uri) if prefix else parse_oss_uri(uri)
+        svc.store_for(caller.owner).require_read(bucket)
     elif uri.startswith("file://"):
         resolve_file_uri(uri, svc.settings.allowed_file_roots)
     elif uri.startswith(("http://", "https://")):
@@ -238,7 +238,16 @@ def check_uri(svc: Services, uri: str, param: str, *, prefix: bool = False) -> N
         raise InvalidParameter(param, f"Unsupported URI {uri!r}: use oss://bucket/key.")
 
 
-def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
+def check_target(svc: Services, caller: Caller, uri: str) -> tuple[str, str]:
+    """``(bucket, key)`` of an output ``oss://`` URI, refused now unless the caller may write
+    the bucket (it is claimed when the worker writes, not here: a refused create claims
+    nothing)."""
+    bucket, key = parse_oss_uri(uri)
+    svc.store_for(caller.owner).check_write(bucket)
+    return bucket, key
+
+
+def _compression_sources(p: Params, svc: Services, caller: Caller) -> list[dict[str, Any]]:
     sources = p.json("Sources", list) or []
     if len(sources) > MAX_SOURCES:
         raise InvalidParameter("Sources", f"At most {MAX_SOURCES} rules; use SourceManifestURI.")
@@ -253,7 +262,7 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
         alias = str(src.get("Alias") or "")
         if alias and (not alias.startswith("/") or ".." in alias.split("/")):
             raise InvalidParameter("Sources", "Alias must start with '/' and not contain '..'.")
-        check_uri(svc, src["URI"], "Sources", prefix=True)
+        check_uri(svc, caller, src["URI"], "Sources", prefix=True)
     return sources
 
 
@@ -264,15 +273,16 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
 def create_file_compression_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     project_name = p.name("ProjectName")
     target = p.str("TargetURI", required=True)
-    parse_oss_uri(target)
+    check_target(svc, caller, target)
     if p.str("CompressedFormat", default="zip") != "zip":
         raise InvalidParameter("CompressedFormat", "Only zip is supported.")
-    sources = _compression_sources(p, svc)
+    sources = _compression_sources(p, svc, caller)
     manifest = p.str("SourceManifestURI")
     if bool(sources) == bool(manifest):
         raise InvalidArgument("Specify exactly one of Sources and SourceManifestURI.")
     if manifest:
-        parse_oss_uri(manifest)
+        parse_oss_uri(manifest)  # an object, not a folder or another scheme
+        check_uri(svc, caller, manifest, "SourceManifestURI")
     request = {
         "Sources": sources,
         "SourceManifestURI": manifest,

@@ -15,6 +15,7 @@ from pipeline.storage.atomic import TMP_PREFIX
 from pipeline.storage.base import ObjectInfo, ObjectStore
 from pipeline.storage.local import LocalStore
 from pipeline.storage.s3 import S3Store
+from pipeline.storage.scoped import ScopedStore
 from pipeline.storage.uri import (
     check_public_host,
     fetch_http,
@@ -29,6 +30,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "S3Store",
+    "ScopedStore",
     "check_public_host",
     "fetch_http",
     "open_store",

@@ -60,3 +60,11 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None:
         """Remove the object; a missing object is not an error."""
         ...
+
+    def has_bucket(self, bucket: str) -> bool:
+        """Whether the bucket exists in the store (with or without objects)."""
+        ...
+
+    def bucket_names(self) -> tuple[str, ...]:
+        """The buckets present in the store, sorted."""
+        ...

@@ -148,3 +148,14 @@ class LocalStore:
         if path.is_dir():
             return  # a "directory" is not an object; S3 would have nothing to delete either
         path.unlink(missing_ok=True)
+
+    def has_bucket(self, bucket: str) -> bool:
+        """Whether ``<root>/<bucket>`` is a directory (made by openimm or dropped in)."""
+        return self._bucket_dir(bucket).is_dir()
+
+    def bucket_names(self) -> tuple[str, ...]:
+        """Directories under the root whose names are valid bucket names."""
+        if not self.root.is_dir():
+            return ()
+        found = (p.name for p in self.root.iterdir() if BUCKET_RE.match(p.name) and p.is_dir())
+        return tuple(sorted(found))

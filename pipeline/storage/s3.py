@@ -183,6 +183,19 @@ class S3Store:
         except ObjectNotFound:
             return
 
+    def has_bucket(self, bucket: str) -> bool:
+        """Whether the bucket exists (HeadBucket)."""
+        try:
+            self._call(bucket, "", lambda: self.client.head_bucket(Bucket=bucket))
+        except ObjectNotFound:
+            return False
+        return True
+
+    def bucket_names(self) -> tuple[str, ...]:
+        """The buckets these credentials can list, sorted."""
+        answer = self._call("", "", lambda: self.client.list_buckets())
+        return tuple(sorted(str(b["Name"]) for b in answer.get("Buckets", [])))
+
 
 def _page_objects(page: dict[str, Any]) -> Iterator[ObjectInfo]:
     for obj in page.get("Contents", []):

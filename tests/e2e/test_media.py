@@ -19,7 +19,8 @@ from Tea.exceptions import TeaException
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction import PredictClient, StringRequest
 
-from tests.e2e.stack import KEY_SECRET, Stack, imm_sdk, wait_until
+from pipeline.buckets import eas_bucket
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, wait_until
 from tests.mediagen import ffmpeg, planted_video, speech_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -122,7 +123,8 @@ def test_video_highlight_service(stack: Stack, video: str) -> None:
     out = eas(stack, "video_highlight", {"input": {"url": video, "play_duration": "12000000"}})
     assert out["success"] is True and out["result"] == ""
     path = str(out["oss_path"])
-    assert path.startswith("oss://eas-outputs/video_highlight/") and path.endswith(".mp4")
+    bucket = eas_bucket("eas-outputs", KEY_ID)  # each owner has its own output bucket
+    assert path.startswith(f"oss://{bucket}/video_highlight/") and path.endswith(".mp4")
     local = stack.data_dir / "oss" / path.removeprefix("oss://")
     assert abs(duration(local) - 5) < 0.2
     bad = eas(stack, "video_highlight", {"input": {"url": "oss://media-in/nope.mp4"}})
