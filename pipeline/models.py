@@ -369,3 +369,16 @@ class FileField(Base):
     sval: Mapped[str] = mapped_column(IndexString)
     lval: Mapped[str] = mapped_column(String(1024))  # casefolded sval, for match-phrase
     nval: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# ---- request replay cache (issue 9) -------------------------------------------------------
+
+
+class ReplayKey(Base):
+    """A signed request already accepted (its signature), kept until its window closes."""
+
+    __tablename__ = "replay_keys"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.api import wire
 from pipeline.api.rpc import authenticate
 from pipeline.api.services import Services
 from pipeline.errors import FileTooLarge
@@ -25,10 +25,9 @@ from pipeline.storage import parse_oss_prefix, parse_oss_uri
 router = APIRouter()
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
     services: Services = request.app.state.services
-    query = dict(parse_qsl(request.url.query, keep_blank_values=True))
-    authenticate(services, request, query, b"", allow_unsigned_payload=True)
+    await authenticate(services, wire.view(request), b"", allow_unsigned_payload=True)
     return services
 
 
@@ -40,7 +39,7 @@ def _spool_dir(services: Services) -> Path:
 
 @router.put("/oss/{bucket}/{key:path}")
 async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
-    services = _services(request)
+    services = await _services(request)
     parse_oss_uri(f"oss://{bucket}/{key}")
     limit = services.settings.upload_max_bytes
     with tempfile.NamedTemporaryFile(dir=_spool_dir(services), prefix="upload-") as spool:
@@ -59,7 +58,7 @@ async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
 
 @router.get("/oss/{bucket}/{key:path}")
 async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
-    services = _services(request)
+    services = await _services(request)
     parse_oss_uri(f"oss://{bucket}/{key}")
     fd, name = tempfile.mkstemp(dir=_spool_dir(services), prefix="download-")
     os.close(fd)
@@ -76,7 +75,7 @@ async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
 
 @router.get("/oss/{bucket}")
 async def list_objects(bucket: str, request: Request, prefix: str = "") -> JSONResponse:
-    services = _services(request)
+    services = await _services(request)
     parse_oss_prefix(f"oss://{bucket}/{prefix}")
     objects = await run_in_threadpool(lambda: list(services.store.list(bucket, prefix)))
     return JSONResponse(

@@ -8,6 +8,7 @@ from celery import Celery
 
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
+from pipeline.replay import ReplayCache
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore
 
@@ -20,6 +21,7 @@ class Services:
     store: ObjectStore
     keys: dict[str, str]
     messages: MessageStore
+    replay: ReplayCache
 
 
 @dataclass(frozen=True)
