@@ -7,10 +7,11 @@ three backends, chosen like the MNS message store:
 
 - Redis (``OPENIMM_REDIS_URL`` set): ``SET openimm:replay:<key> 1 NX PX <ttl>``, shared by
   every API process of a distributed deployment;
-- the database (otherwise): table ``replay_keys`` (key primary key, expiry), shared by every
-  API process on the same database, purged of expired rows at most once a minute per process;
-- memory: for tests and ``OPENIMM_REPLAY_CACHE=memory`` (one API process only, forgets on
-  restart).
+- the database (PostgreSQL without Redis, or ``OPENIMM_REPLAY_CACHE=db``): table
+  ``replay_keys`` (key primary key, expiry), shared by every API process on the database,
+  purged of expired rows at most once a minute per process;
+- memory (the embedded SQLite default, or ``OPENIMM_REPLAY_CACHE=memory``): one API process
+  only, forgotten on restart; a SQLite write per request would cost more than the request.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ class RedisReplayCache:
 
 
 def open_replay_cache(settings: Settings, db: Database) -> ReplayCache:
-    """The backend for ``settings``: memory or the database if asked for, else Redis when
-    configured, else the database."""
+    """The backend for ``settings``: as asked (``db``/``memory``), else Redis when configured,
+    else the database when it is a server (PostgreSQL: maybe several API processes), else
+    memory (embedded SQLite: one API process, and no write transaction on every GET)."""
     if settings.replay_cache == "memory":
         return MemoryReplayCache()
-    if settings.redis_url and settings.replay_cache != "db":
+    if settings.replay_cache == "db":
+        return DbReplayCache(db)
+    if settings.redis_url:
         return RedisReplayCache.from_url(settings.redis_url)
-    return DbReplayCache(db)
+    return MemoryReplayCache() if db.is_sqlite else DbReplayCache(db)

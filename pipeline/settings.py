@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     dev_mode: bool = False
     signature_max_skew_seconds: int = 900
     # Where accepted signatures are remembered (replay protection): "" → Redis when
-    # redis_url is set, else the database; "db"; "memory" (a single API process only).
+    # redis_url is set, else PostgreSQL, else memory (embedded SQLite, one API process);
+    # or force "db" / "memory".
     replay_cache: str = ""
     # The eas-prediction client writes its *local* time with a "GMT" suffix: UTC offsets
     # ("+08:00,-05:00") of client hosts not running in UTC whose Date is accepted shifted.

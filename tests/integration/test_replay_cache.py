@@ -63,10 +63,14 @@ def test_a_key_is_accepted_again_after_its_ttl(caches: list[ReplayCache]) -> Non
     wait_until(lambda: caches[1].first_use("eas:short", 0.3), 10, what="ttl to pass")
 
 
-def test_the_backend_follows_the_settings(tmp_path: Path, redis_url: str) -> None:
+def test_the_backend_follows_the_settings(
+    tmp_path: Path, redis_url: str, fresh_database: str
+) -> None:
     db = Database.from_settings(Settings(data_dir=tmp_path))
+    postgres = Database.from_settings(Settings(database_url=fresh_database))
     assert isinstance(open_replay_cache(Settings(redis_url=redis_url), db), RedisReplayCache)
-    assert isinstance(open_replay_cache(Settings(), db), DbReplayCache)
+    assert isinstance(open_replay_cache(Settings(), postgres), DbReplayCache)
+    assert isinstance(open_replay_cache(Settings(), db), MemoryReplayCache)  # embedded
     memory = Settings(redis_url=redis_url, replay_cache="memory")
     assert isinstance(open_replay_cache(memory, db), MemoryReplayCache)
     assert isinstance(
