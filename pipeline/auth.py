@@ -4,6 +4,15 @@ The SDK signs: ``METHOD\\n/path\\ncanonical-query\\ncanonical-headers\\nsigned-h
 hex(sha256(body))``; the string to sign is ``ACS3-HMAC-SHA256\\nhex(sha256(canonical))`` and the
 signature is ``hex(hmac_sha256(secret, string_to_sign))``. We rebuild the canonical request from
 what arrived and compare in constant time. The caller's AccessKeyId is its owner identity.
+
+Beyond the arithmetic, a signature only protects what it covers, so ``host``, ``x-acs-date``,
+``x-acs-content-sha256`` and ``x-acs-signature-nonce`` must always be signed, and every other
+header the server acts on must be signed when present: ``x-acs-action`` and ``x-acs-version``
+(an ``Action`` query parameter is covered by the canonical query, a form-body one by the body
+hash) and ``content-type`` when there is a body (it decides whether the body is read as
+parameters). A header that arrived more than once is never accepted as signed. The official
+SDK signs every header it sends, so it satisfies all of this. The nonce makes each signature
+unique: the API's replay cache accepts a signature once within its validity window.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from pipeline.errors import (
+    AuthNotConfigured,
     InvalidAccessKeyId,
     InvalidTimestamp,
     MissingAuthorization,
@@ -28,6 +38,8 @@ ALGORITHM = "ACS3-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 DEV_OWNER = "dev"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+ALWAYS_SIGNED = ("host", "x-acs-date", "x-acs-content-sha256", "x-acs-signature-nonce")
+SIGNED_WHEN_PRESENT = ("x-acs-action", "x-acs-version")
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,17 @@ class SignedRequest:
     # A body streamed after verification (object uploads) is not in ``body``: its declared
     # x-acs-content-sha256 is signed as is, and the receiver hashes the bytes as they arrive.
     streamed: bool = False
+    repeated: frozenset[str] = frozenset()  # header names that arrived more than once
+
+
+def anonymous_owner(keys: Mapping[str, str], dev_mode: bool) -> str | None:
+    """The owner of unsigned requests: ``DEV_OWNER`` only in explicit dev mode without keys.
+    None when requests must be signed. No keys without dev mode is never open: refused."""
+    if keys:
+        return None
+    if dev_mode:
+        return DEV_OWNER
+    raise AuthNotConfigured()
 
 
 def canonical_query(query: Mapping[str, str]) -> str:
@@ -105,6 +128,26 @@ def _check_date(headers: Mapping[str, str], now: datetime, max_skew: int) -> Non
         )
 
 
+def precheck(
+    headers: Mapping[str, str], keys: Mapping[str, str], *, now: datetime, max_skew: int
+) -> tuple[str, list[str], str]:
+    """The checks that need no body (run before reading it): an Authorization header naming a
+    known key, the mandatory headers signed, a fresh date. Returns (key id, signed headers,
+    signature)."""
+    header = headers.get("authorization", "")
+    if not header:
+        raise MissingAuthorization()
+    key_id, signed_headers, signature = _parse_authorization(header)
+    if key_id not in keys:
+        raise InvalidAccessKeyId(f"The specified AccessKeyId {key_id} is not found.")
+    missing = [name for name in ALWAYS_SIGNED if name not in signed_headers]
+    missing += [n for n in SIGNED_WHEN_PRESENT if n in headers and n not in signed_headers]
+    if missing:
+        raise SignatureDoesNotMatch(f"These headers must be signed: {', '.join(missing)}.")
+    _check_date(headers, now, max_skew)
+    return key_id, signed_headers, signature
+
+
 def verify(
     request: SignedRequest,
     keys: Mapping[str, str],
@@ -114,25 +157,26 @@ def verify(
     allow_unsigned_payload: bool = False,
 ) -> str:
     """Return the caller's AccessKeyId, or raise an ``AuthError``."""
-    header = request.headers.get("authorization", "")
-    if not header:
-        raise MissingAuthorization()
-    key_id, signed_headers, signature = _parse_authorization(header)
-    secret = keys.get(key_id)
-    if secret is None:
-        raise InvalidAccessKeyId(f"The specified AccessKeyId {key_id} is not found.")
-    required = {"host", "x-acs-date", "x-acs-content-sha256"}
-    if not required.issubset(signed_headers):
-        raise SignatureDoesNotMatch("host, x-acs-date and x-acs-content-sha256 must be signed.")
+    key_id, signed_headers, signature = precheck(request.headers, keys, now=now, max_skew=max_skew)
+    if request.body and "content-type" in request.headers and "content-type" not in signed_headers:
+        raise SignatureDoesNotMatch("content-type must be signed when there is a body.")
+    twice = request.repeated.intersection(signed_headers)
+    if twice:
+        raise SignatureDoesNotMatch(f"Signed headers sent more than once: {', '.join(twice)}.")
     declared = request.headers.get("x-acs-content-sha256")
     if declared == UNSIGNED_PAYLOAD and not allow_unsigned_payload:
         raise SignatureDoesNotMatch("UNSIGNED-PAYLOAD is only accepted for object uploads.")
     if declared != UNSIGNED_PAYLOAD and declared != _payload_hash(request):
         raise SignatureDoesNotMatch("x-acs-content-sha256 does not match the request body.")
-    _check_date(request.headers, now, max_skew)
-    expected = sign(request, key_id, secret, signed_headers).rsplit("Signature=", 1)[1]
+    expected = sign(request, key_id, keys[key_id], signed_headers).rsplit("Signature=", 1)[1]
     if not hmac.compare_digest(expected, signature):
         raise SignatureDoesNotMatch(
             "The request signature does not conform to Aliyun standards (ACS3-HMAC-SHA256)."
         )
     return key_id
+
+
+def replay_key(headers: Mapping[str, str]) -> str:
+    """What identifies one signed request for the replay cache: its signature (it covers the
+    signed nonce and date)."""
+    return "acs3:" + _parse_authorization(headers.get("authorization", ""))[2]

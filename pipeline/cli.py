@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pipeline.buckets import BucketPolicy
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration is unusable (e.g. an empty key file)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -482,8 +483,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.errors import ConfigurationError
+
     args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as exc:
+        print(f"openimm: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
     return code
 
 

@@ -4,6 +4,10 @@ Order: ``OPENIMM_ACCESS_KEYS`` if set; else, unless ``OPENIMM_DEV_MODE`` is set 
 key pair generated on first start into ``$OPENIMM_DATA_DIR/access_keys`` (mode 0600). So the
 embedded default is authenticated out of the box, and the CLI on the same machine signs its
 requests with that file, like a local admin credential.
+
+Open mode (unsigned requests accepted as owner ``dev``) is only ever the explicit
+``OPENIMM_DEV_MODE``: an existing key file that is empty, unreadable or malformed is a
+``ConfigurationError`` (the server refuses to start), never "no authentication".
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
+from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
 KEYS_FILE = "access_keys"
@@ -22,8 +27,13 @@ def keys_path(settings: Settings) -> Path:
 
 
 def load_keys(settings: Settings, *, create: bool = True) -> dict[str, str]:
-    """The AccessKey pairs the server accepts (empty in dev mode without keys)."""
-    configured = settings.parsed_access_keys()
+    """The AccessKey pairs the server accepts (empty only in dev mode without keys, or when
+    ``create`` is False and no key file exists yet). Raises ``ConfigurationError`` for a
+    malformed ``OPENIMM_ACCESS_KEYS`` or an empty/malformed key file."""
+    try:
+        configured = settings.parsed_access_keys()
+    except ValueError as exc:
+        raise ConfigurationError(f"OPENIMM_ACCESS_KEYS is malformed: {exc}") from None
     if configured or settings.dev_mode:
         return configured
     path = keys_path(settings)
@@ -31,7 +41,18 @@ def load_keys(settings: Settings, *, create: bool = True) -> dict[str, str]:
         _generate(path)
     if not path.exists():
         return {}
-    return Settings(access_keys=path.read_text().strip()).parsed_access_keys()
+    return _read(path)
+
+
+def _read(path: Path) -> dict[str, str]:
+    hint = "fix it, delete it (a new pair is generated) or set OPENIMM_ACCESS_KEYS"
+    try:
+        keys = Settings(access_keys=path.read_text().strip()).parsed_access_keys()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigurationError(f"The key file {path} is unusable ({exc}): {hint}.") from None
+    if not keys:
+        raise ConfigurationError(f"The key file {path} holds no AccessKey pair: {hint}.")
+    return keys
 
 
 def _generate(path: Path) -> None:

@@ -132,6 +132,38 @@ class InvalidTimestamp(AuthError):
     http_status = 400
 
 
+class SignatureNonceUsed(AuthError):
+    """The request was already received once (a replay): sign every request afresh."""
+
+    code = "SignatureNonceUsed"
+
+
+class AuthNotConfigured(AuthError):
+    """The server has no AccessKeys and is not in dev mode: requests cannot be authenticated."""
+
+    code = "Forbidden.NoAccessKeys"
+    http_status = 503
+
+
+class AmbiguousRequest(InvalidArgument):
+    """A header or parameter that decides what the request does is given more than once."""
+
+    code = "InvalidArgument.Duplicated"
+
+
+class RequestTooLarge(InvalidArgument):
+    """The request body exceeds the size limit of this endpoint."""
+
+    code = "RequestEntityTooLarge"
+    http_status = 413
+
+
+class ConfigurationError(ImmError):
+    """The server's configuration is unusable; it refuses to start."""
+
+    code = "ServerMisconfigured"
+
+
 class StorageError(ImmError):
     """The object store could not complete the operation."""
 

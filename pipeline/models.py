@@ -399,3 +399,16 @@ class BucketGrant(Base):
     grantee: Mapped[str] = mapped_column(String(128), primary_key=True)
     access: Mapped[str] = mapped_column(String(8))
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# ---- request replay cache (issue 9) -------------------------------------------------------
+
+
+class ReplayKey(Base):
+    """A signed request already accepted (its signature), kept until its window closes."""
+
+    __tablename__ = "replay_keys"
+    __table_args__ = (Index(None, "expires_at"),)
+
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

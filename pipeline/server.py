@@ -9,19 +9,18 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import uvicorn
 from sqlalchemy import select, update
 
 from pipeline import credentials, migrate, queue
 from pipeline.db import Database
+from pipeline.errors import ConfigurationError
 from pipeline.models import Task
 from pipeline.settings import Settings
 
 log = logging.getLogger("openimm.server")
-# Long IMM query strings (BatchIndexFileMeta with 100 files) exceed h11's 16 KiB default;
-# httptools (the C parser, used when installed) has no such limit.
-MAX_REQUEST_HEAD_BYTES = 4 << 20
 WORKER_RESTART_DELAY = 2.0
 WORKER_STOP_GRACE = 30.0
 
@@ -30,17 +29,40 @@ def run_api(settings: Settings) -> None:
     from pipeline.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = uvicorn.Config(
-        create_app(settings),
+    _check_keys(settings)
+    uvicorn.Server(api_config(settings, create_app(settings))).run()
+
+
+def api_config(settings: Settings, app: Any, *, http: str | None = None) -> uvicorn.Config:
+    """uvicorn's configuration for the API. The request head (line + headers) is bounded by
+    ``OPENIMM_MAX_REQUEST_HEAD_BYTES`` with either parser: long IMM query strings (a
+    BatchIndexFileMeta with 100 files is about 30 KB) fit in the 64 KiB default."""
+    parser = http or ("httptools" if importlib.util.find_spec("httptools") else "h11")
+    protocol: Any = parser
+    if parser == "httptools":
+        from pipeline.headlimit import bounded_httptools
+
+        protocol = bounded_httptools(settings.max_request_head_bytes)
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=protocol,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        h11_max_incomplete_event_size=settings.max_request_head_bytes,
         log_level="warning",
         access_log=False,
     )
-    uvicorn.Server(config).run()
+
+
+def _check_keys(settings: Settings) -> None:
+    """Refuse to start (``ConfigurationError``, logged) without usable keys unless the open
+    mode is explicit (OPENIMM_DEV_MODE)."""
+    try:
+        credentials.load_keys(settings)
+    except ConfigurationError as exc:
+        log.error("refusing to start: %s", exc.message)
+        raise
 
 
 def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: str | None) -> int:
@@ -196,6 +218,7 @@ def serve(settings: Settings) -> int:
     dispatcher, run the API until stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    _check_keys(settings)
     migrate.upgrade(settings.db_url)
     keys = credentials.load_keys(settings)
     db = Database.from_settings(settings)

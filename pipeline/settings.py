@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     access_keys: str = ""
     dev_mode: bool = False
     signature_max_skew_seconds: int = 900
+    # Where accepted signatures are remembered (replay protection): "" → Redis when
+    # redis_url is set, else PostgreSQL, else memory (embedded SQLite, one API process);
+    # or force "db" / "memory".
+    replay_cache: str = ""
+    # The eas-prediction client writes its *local* time with a "GMT" suffix: UTC offsets
+    # ("+08:00,-05:00") of client hosts not running in UTC whose Date is accepted shifted.
+    eas_client_utc_offsets: str = ""
+    # Request limits: the request line plus headers (bytes); bodies have per-protocol limits.
+    max_request_head_bytes: int = 64 << 10
+    # Operator endpoints: /metrics needs "Authorization: Bearer <token>" (unset → refused,
+    # except in dev mode); /docs and /openapi.json are served in dev mode or with api_docs.
+    metrics_token: str = ""
+    api_docs: bool = False
     region: str = "local"
 
     # Object store. s3_endpoint_url set → S3-compatible (MinIO, AWS); else local directory.
@@ -108,6 +121,21 @@ class Settings(BaseSettings):
     def _json_or_dict(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("replay_cache")
+    @classmethod
+    def _replay_backend(cls, value: str) -> str:
+        if value not in ("", "db", "memory"):
+            raise ValueError("OPENIMM_REPLAY_CACHE must be empty, 'db' or 'memory'")
+        return value
+
+    @field_validator("eas_client_utc_offsets")
+    @classmethod
+    def _utc_offsets(cls, value: str) -> str:
+        from pipeline.eas_auth import client_offsets
+
+        client_offsets(value)  # raises ValueError on a malformed offset
         return value
 
     @cached_property

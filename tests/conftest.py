@@ -20,6 +20,7 @@ from tests.realservices import (  # noqa: F401 (fixtures)
 
 KEY = ("AK1", "secret-1")
 OTHER_KEY = ("AK2", "secret-2")
+METRICS_TOKEN = "metrics-token"
 
 
 @pytest.fixture
@@ -30,6 +31,7 @@ def settings(tmp_path: Path) -> Settings:
         broker_url="memory://",
         access_keys=f"{KEY[0]}:{KEY[1]},{OTHER_KEY[0]}:{OTHER_KEY[1]}",
         diagnostics=True,
+        metrics_token=METRICS_TOKEN,
     )
 
 

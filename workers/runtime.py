@@ -29,7 +29,7 @@ from pipeline.errors import TASK_MAX_ATTEMPTS, TASK_TIME_LIMIT_EXCEEDED, ImmErro
 from pipeline.outages import OutageLog, StillUnavailable, dependency_of, retrying
 from pipeline.settings import Settings
 from pipeline.storage import MediaIO, ObjectStore, ScopedStore, open_store
-from workers import registry
+from workers import registry, scrub
 from workers.context import Cancelled, JobContext, Transactional
 from workers.device import pick_device
 from workers.heartbeat import Heartbeat
@@ -189,10 +189,12 @@ def _commit(st: WorkerState, job: tasks.Claim, work: Transactional) -> str:
 def _fail(st: WorkerState, job: tasks.Claim, exc: Exception) -> str:
     """End the task Failed: an ImmError keeps its Code; anything else is an InternalError
     (logged with its traceback, since the user only sees its one-line message)."""
+    roots = scrub.private_roots(st.settings)  # no worker temp paths in what users see
     if isinstance(exc, ImmError):
-        return _finish(st, job, tasks.FAILED, code=exc.code, message=exc.message)
+        message = scrub.scrub_paths(exc.message, roots)
+        return _finish(st, job, tasks.FAILED, code=exc.code, message=message)
     log.exception("task %s failed", job.task_id, exc_info=exc)
-    message = f"{type(exc).__name__}: {exc}"
+    message = scrub.scrub_paths(f"{type(exc).__name__}: {exc}", roots)
     return _finish(st, job, tasks.FAILED, code="InternalError", message=message)
 
 

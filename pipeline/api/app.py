@@ -8,6 +8,7 @@ anything else a 500 — all answered inside the app, so uvicorn keeps the keep-a
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,14 +33,16 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
     rpc,
     task_actions,
 )
+from pipeline.api.limits import BodyLimitMiddleware
 from pipeline.api.services import Services
 from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
-from pipeline.errors import ImmError, ServiceUnavailable
+from pipeline.errors import AuthError, ImmError, ServiceUnavailable
 from pipeline.ids import request_id
 from pipeline.metrics import OpenimmCollector
 from pipeline.notify.store import open_message_store
 from pipeline.outages import OutageLog, dependency_of
+from pipeline.replay import open_replay_cache
 from pipeline.settings import Settings
 from pipeline.storage import open_store
 
@@ -51,6 +54,7 @@ def build_services(settings: Settings) -> Services:
     store = open_store(settings)
     return Services(
         messages=open_message_store(settings, db),
+        replay=open_replay_cache(settings, db),
         settings=settings,
         db=db,
         celery=queue.make_celery(settings),
@@ -73,9 +77,17 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         yield
         services.db.dispose()
 
-    app = FastAPI(title="openimm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    docs = settings.api_docs or settings.dev_mode  # the API's shape is not advertised
+    app = FastAPI(
+        title="openimm",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        redoc_url=None,
+    )
     app.state.outages = OutageLog(log)
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(ImmError, _imm_error)  # type: ignore[arg-type]
     app.include_router(rpc.router)
@@ -85,6 +97,17 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     return app
+
+
+def body_limit(path: str) -> int | None:
+    """Each protocol's body limit; object uploads stream to disk under their own limit."""
+    if path.startswith("/oss/"):
+        return None
+    if mns.is_mns_path(path):
+        return mns.MAX_XML_BYTES
+    if eas.is_eas_path(path):
+        return eas.MAX_BODY_BYTES
+    return rpc.MAX_BODY_BYTES
 
 
 class RequestIdMiddleware:
@@ -124,6 +147,8 @@ async def _imm_error(request: Request, exc: ImmError) -> Response:
     response: Response
     if mns.is_mns_path(request.url.path):
         response = mns.error_response(request, exc)
+    elif eas.is_eas_path(request.url.path):
+        response = eas.error_response(request, exc)
     else:
         response = JSONResponse(
             error_body(request, exc.code, exc.message), status_code=exc.http_status
@@ -191,5 +216,15 @@ async def _healthz(request: Request) -> JSONResponse:
 
 
 async def _metrics(request: Request) -> Response:
+    """Prometheus metrics (every owner's task counts: operators only). With
+    ``OPENIMM_METRICS_TOKEN`` set: ``Authorization: Bearer <token>``; unset: dev mode only."""
+    settings: Settings = request.app.state.services.settings
+    token = settings.metrics_token
+    if token:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise AuthError("/metrics needs 'Authorization: Bearer <OPENIMM_METRICS_TOKEN>'.")
+    elif not settings.dev_mode:
+        raise AuthError("/metrics is off: set OPENIMM_METRICS_TOKEN to scrape it.")
     data = await run_in_threadpool(generate_latest, request.app.state.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import eas_auth, projects
+from pipeline import auth, eas_auth, projects
+from pipeline.api import rpc, wire
 from pipeline.api.services import Caller, Services
 from pipeline.api.task_actions import SyncTimeout, TaskFailed, submit, wait_for_task
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
@@ -67,11 +68,13 @@ router = APIRouter()
 
 @router.post("/api/predict/{service}")
 async def predict(service: str, request: Request) -> JSONResponse:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidArgument("The request body is too large.")
     services: Services = request.app.state.services
-    owner = _authenticate(services, request, body, service)
+    headers = wire.view(request).headers
+    anonymous = auth.anonymous_owner(services.keys, services.settings.dev_mode)
+    if anonymous is None:  # checks that need no body first: unsigned floods cost no memory
+        eas_auth.precheck(headers, **_window(services))
+    body = await request.body()  # at most MAX_BODY_BYTES (limits.BodyLimitMiddleware)
+    owner = anonymous or await _authenticate(services, headers, body, service)
     spec = SERVICES.get(service)
     if spec is None:
         raise ResourceNotFound("service", service)
@@ -86,19 +89,33 @@ async def predict(service: str, request: Request) -> JSONResponse:
     return JSONResponse(result)
 
 
-def _authenticate(services: Services, request: Request, body: bytes, service: str) -> str:
-    if not services.keys:
-        from pipeline import auth
+def _window(services: Services) -> dict[str, Any]:
+    return {
+        "now": utcnow(),
+        "max_skew": services.settings.signature_max_skew_seconds,
+        "offsets": eas_auth.client_offsets(services.settings.eas_client_utc_offsets),
+    }
 
-        return auth.DEV_OWNER
-    return eas_auth.verify(
-        {k.lower(): v for k, v in request.headers.items()},
-        body,
-        service,
-        services.keys,
-        now=utcnow(),
-        max_skew=services.settings.signature_max_skew_seconds,
-    )
+
+async def _authenticate(
+    services: Services, headers: dict[str, str], body: bytes, service: str
+) -> str:
+    window = _window(services)
+    owner = eas_auth.verify(headers, body, service, services.keys, **window)
+    ttl = eas_auth.window_seconds(window["offsets"], window["max_skew"])
+    await rpc.first_use(services, eas_auth.replay_key(headers), ttl)
+    return owner
+
+
+def error_response(request: Request, exc: ImmError) -> JSONResponse:
+    """Model Hub's error shape (``success: false``) with the IMM error fields beside it."""
+    rid = getattr(request.state, "request_id", "")
+    body = {"success": False, "result": f"[{exc.code}] {exc.message}", "Code": exc.code}
+    return JSONResponse({**body, "Message": exc.message, "RequestId": rid}, exc.http_status)
+
+
+def is_eas_path(path: str) -> bool:
+    return path.startswith("/api/predict/")
 
 
 def _ensure_project(svc: Services, owner: str) -> str:

@@ -19,7 +19,8 @@ from xml.sax.saxutils import escape
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import mns_auth
+from pipeline import auth, mns_auth
+from pipeline.api import rpc, wire
 from pipeline.api.services import Services
 from pipeline.errors import ImmError, InvalidArgument, MessageNotExist
 from pipeline.ids import utcnow
@@ -107,26 +108,43 @@ def _reply(
 async def _call(request: Request, func: Callable[..., T], *args: Any) -> tuple[Services, str, T]:
     """Authenticate (MNS signature) and run ``func(services, owner, *args)`` in a thread."""
     services: Services = request.app.state.services
-    owner = _owner(services, request)
+    owner = await _owner(services, request)
     result = await run_in_threadpool(func, services, owner, *args)
     return services, owner, result
 
 
-def _owner(services: Services, request: Request) -> str:
-    if not services.keys:
-        return "dev"
-    raw_path = request.scope.get("raw_path", request.url.path.encode()).decode()
-    query = request.scope.get("query_string", b"").decode()
-    resource = raw_path + (f"?{query}" if query else "")
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return mns_auth.verify(
-        request.method,
-        headers,
-        resource,
+async def _body(request: Request) -> bytes:
+    """The request body, read only after the checks that need none (Authorization with a
+    known key, fresh Date); its size is bounded by ``limits.BodyLimitMiddleware``."""
+    services: Services = request.app.state.services
+    if auth.anonymous_owner(services.keys, services.settings.dev_mode) is None:
+        mns_auth.precheck(
+            wire.view(request).headers,
+            services.keys,
+            now=utcnow(),
+            max_skew=services.settings.signature_max_skew_seconds,
+        )
+    return await request.body()
+
+
+async def _owner(services: Services, request: Request) -> str:
+    anonymous = auth.anonymous_owner(services.keys, services.settings.dev_mode)
+    if anonymous is not None:
+        return anonymous
+    head = wire.view(request)
+    skew = services.settings.signature_max_skew_seconds
+    owner = mns_auth.verify(
+        head.method,
+        head.headers,
+        head.resource,
+        await request.body(),  # read once: Starlette keeps it for the handler
         services.keys,
         now=utcnow(),
-        max_skew=services.settings.signature_max_skew_seconds,
+        max_skew=skew,
     )
+    if head.method == "POST":  # send/publish are not idempotent: each signature counts once
+        await rpc.first_use(services, mns_auth.replay_key(head.headers), 2 * skew + 1)
+    return owner
 
 
 def _queue(svc: Services, owner: str, name: str) -> queues.MnsQueue:
@@ -145,7 +163,7 @@ def _url(request: Request, path: str) -> str:
 async def create_queue(name: str, request: Request) -> Response:
     if request.query_params.get("metaoverride") == "true":
         raise InvalidArgument("SetQueueAttributes is not supported.", code="NotSupported")
-    attrs = parse_xml(await request.body(), "Queue")
+    attrs = parse_xml(await _body(request), "Queue")
 
     def run(svc: Services, owner: str) -> bool:
         with svc.db.session() as s:
@@ -211,7 +229,7 @@ async def get_queue_attributes(name: str, request: Request) -> Response:
 
 @router.post("/queues/{name}/messages")
 async def send_message(name: str, request: Request) -> Response:
-    fields = parse_xml(await request.body(), "Message")
+    fields = parse_xml(await _body(request), "Message")
     if "MessageBody" not in fields:
         raise InvalidArgument("MessageBody is mandatory.", code="MissingMessageBody")
 
@@ -302,7 +320,7 @@ async def change_visibility(name: str, request: Request) -> Response:
 
 @router.put("/topics/{name}")
 async def create_topic(name: str, request: Request) -> Response:
-    parse_xml(await request.body(), "Topic")
+    parse_xml(await _body(request), "Topic")
 
     def run(svc: Services, owner: str) -> None:
         with svc.db.session() as s:
@@ -338,7 +356,7 @@ async def list_topics(request: Request) -> Response:
 
 @router.post("/topics/{name}/messages")
 async def publish_message(name: str, request: Request) -> Response:
-    fields = parse_xml(await request.body(), "Message")
+    fields = parse_xml(await _body(request), "Message")
     body = fields.get("MessageBody", "")
 
     def run(svc: Services, owner: str) -> str:
@@ -365,7 +383,7 @@ async def publish_message(name: str, request: Request) -> Response:
 
 @router.put("/topics/{name}/subscriptions/{sub}")
 async def subscribe(name: str, sub: str, request: Request) -> Response:
-    fields = parse_xml(await request.body(), "Subscription")
+    fields = parse_xml(await _body(request), "Subscription")
 
     def run(svc: Services, owner: str) -> None:
         with svc.db.session() as s:

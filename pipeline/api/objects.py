@@ -14,7 +14,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -22,6 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from pipeline import auth
+from pipeline.api import wire
 from pipeline.api.rpc import authenticate
 from pipeline.api.services import Services
 from pipeline.errors import ContentDigestMismatch, FileTooLarge
@@ -30,11 +30,12 @@ from pipeline.storage import ScopedStore, parse_oss_prefix, parse_oss_uri
 router = APIRouter()
 
 
-def _caller_store(request: Request, *, streamed: bool = False) -> tuple[Services, ScopedStore]:
+async def _caller_store(
+    request: Request, *, streamed: bool = False
+) -> tuple[Services, ScopedStore]:
     services: Services = request.app.state.services
-    query = dict(parse_qsl(request.url.query, keep_blank_values=True))
-    owner = authenticate(
-        services, request, query, b"", allow_unsigned_payload=True, streamed=streamed
+    owner = await authenticate(
+        services, wire.view(request), b"", allow_unsigned_payload=True, streamed=streamed
     )
     return services, services.store_for(owner)
 
@@ -47,7 +48,7 @@ def _spool_dir(services: Services) -> Path:
 
 @router.put("/oss/{bucket}/{key:path}")
 async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
-    services, store = _caller_store(request, streamed=True)
+    services, store = await _caller_store(request, streamed=True)
     parse_oss_uri(f"oss://{bucket}/{key}")
     # Refused before the body is read (no disk spent); the claim itself comes with the put,
     # so an upload that fails claims nothing.
@@ -74,7 +75,7 @@ async def put_object(bucket: str, key: str, request: Request) -> JSONResponse:
 
 @router.get("/oss/{bucket}/{key:path}")
 async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
-    services, store = _caller_store(request)
+    services, store = await _caller_store(request)
     parse_oss_uri(f"oss://{bucket}/{key}")
     fd, name = tempfile.mkstemp(dir=_spool_dir(services), prefix="download-")
     os.close(fd)
@@ -91,7 +92,7 @@ async def get_object(bucket: str, key: str, request: Request) -> FileResponse:
 
 @router.get("/oss/{bucket}")
 async def list_objects(bucket: str, request: Request, prefix: str = "") -> JSONResponse:
-    _, store = _caller_store(request)
+    _, store = await _caller_store(request)
     parse_oss_prefix(f"oss://{bucket}/{prefix}")
     objects = await run_in_threadpool(lambda: list(store.list(bucket, prefix)))
     return JSONResponse(

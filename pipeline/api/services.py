@@ -9,6 +9,7 @@ from celery import Celery
 from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
+from pipeline.replay import ReplayCache
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore, ScopedStore
 
@@ -22,6 +23,7 @@ class Services:
     buckets: BucketPolicy
     keys: dict[str, str]
     messages: MessageStore
+    replay: ReplayCache
 
     def store_for(self, owner: str) -> ScopedStore:
         """The object store limited to what ``owner`` owns or was granted."""

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from pipeline.client import ClientError, ImmClient
 from pipeline.models import Task
+from tests.conftest import METRICS_TOKEN
 from tests.unit.test_api_projects import error_of
 
 SOURCES = [{"URI": "oss://bucket/in/"}]
@@ -177,6 +178,6 @@ def test_long_query_string_is_accepted(imm: ImmClient, project: str) -> None:
 def test_healthz_and_metrics(imm: ImmClient, project: str) -> None:
     compress(imm)
     assert imm.http.get("/healthz").json() == {"status": "ok"}
-    text = imm.http.get("/metrics").text
+    text = imm.http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'openimm_tasks{status="Running",task_type="FileCompression"} 1.0' in text
     assert "openimm_queue_depth" in text

@@ -10,6 +10,7 @@ from alibabacloud_tea_openapi.utils import Utils as SdkUtils
 
 from pipeline import auth
 from pipeline.errors import (
+    AuthNotConfigured,
     InvalidAccessKeyId,
     InvalidTimestamp,
     MissingAuthorization,
@@ -101,9 +102,52 @@ def test_unsigned_payload_only_where_allowed() -> None:
         "host": "h",
         "x-acs-date": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "x-acs-content-sha256": auth.UNSIGNED_PAYLOAD,
+        "x-acs-signature-nonce": "n2",
     }
     request = auth.SignedRequest("PUT", "/oss/b/k", {}, headers, b"")
     headers["authorization"] = auth.sign(request, "AK1", "secret-1", sorted(headers))
     with pytest.raises(SignatureDoesNotMatch):
         verify(request)
     assert auth.verify(request, KEYS, now=NOW, max_skew=900, allow_unsigned_payload=True) == "AK1"
+
+
+def _signed_without(name: str) -> auth.SignedRequest:
+    """An SDK-style request whose signature leaves out ``name`` (sent but unsigned)."""
+    request = sdk_signed({"ProjectName": "p"})
+    headers = dict(request.headers)
+    names = sorted(n for n in headers if n not in ("authorization", name))
+    bare = auth.SignedRequest("POST", "/", request.query, headers, b"")
+    headers["authorization"] = auth.sign(bare, "AK1", "secret-1", names)
+    return auth.SignedRequest("POST", "/", request.query, headers, b"")
+
+
+@pytest.mark.parametrize(
+    "name", ["x-acs-action", "x-acs-version", "x-acs-signature-nonce", "x-acs-date", "host"]
+)
+def test_headers_the_server_acts_on_must_be_signed(name: str) -> None:
+    # Attack (issue 9.2): an unsigned x-acs-action can be swapped on a captured request.
+    with pytest.raises(SignatureDoesNotMatch, match=name):
+        verify(_signed_without(name))
+
+
+def test_a_repeated_signed_header_is_refused() -> None:
+    request = sdk_signed({"ProjectName": "p"})
+    twice = auth.SignedRequest(
+        "POST", "/", request.query, request.headers, b"", repeated=frozenset({"user-agent"})
+    )
+    with pytest.raises(SignatureDoesNotMatch, match="more than once"):
+        verify(twice)
+
+
+def test_content_type_must_be_signed_with_a_body() -> None:
+    request = sdk_signed({}, body=b"ProjectName=p")
+    headers = {**request.headers, "content-type": "application/x-www-form-urlencoded"}
+    with pytest.raises(SignatureDoesNotMatch, match="content-type"):
+        verify(auth.SignedRequest("POST", "/", {}, headers, request.body))
+
+
+def test_no_keys_is_open_only_in_explicit_dev_mode() -> None:
+    assert auth.anonymous_owner({}, dev_mode=True) == auth.DEV_OWNER
+    assert auth.anonymous_owner(KEYS, dev_mode=True) is None
+    with pytest.raises(AuthNotConfigured):
+        auth.anonymous_owner({}, dev_mode=False)

@@ -55,3 +55,12 @@ def test_k8s_pools_and_keda_cover_every_queue() -> None:
         t["metadata"]["listName"] for s in _docs(k8s / "keda.yaml") for t in s["spec"]["triggers"]
     }
     assert scaled == set(QUEUES) - {"notify"}  # notify jobs are tiny: no scaler of their own
+
+
+def test_prometheus_sends_the_metrics_token_compose_sets() -> None:
+    env = _docs(ROOT / "docker-compose.yml")[0]["x-openimm-env"]
+    scrape = _docs(ROOT / "deploy" / "prometheus.yml")[0]["scrape_configs"]
+    api = next(job for job in scrape if job["job_name"] == "openimm-api")
+    assert api["authorization"]["credentials"] == env["OPENIMM_METRICS_TOKEN"]
+    secret = _docs(ROOT / "deploy" / "k8s" / "secret.example.yaml")[0]["stringData"]
+    assert "OPENIMM_METRICS_TOKEN" in secret

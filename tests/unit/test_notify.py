@@ -24,6 +24,7 @@ from pipeline.notify import policy, topics, webhooks
 from pipeline.notify.dispatcher import Dispatcher
 from pipeline.settings import Settings
 from schemas.events import ImmMessage, MnsEnvelope, TaskContent
+from tests.conftest import METRICS_TOKEN
 
 FAST = {
     "base": 0.01,
@@ -359,7 +360,7 @@ def test_delivery_log_and_replay_over_the_api(imm: ImmClient, settings: Settings
 
 
 def test_notification_metrics(imm: ImmClient) -> None:
-    text = imm.http.get("/metrics").text
+    text = imm.http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert "openimm_delivery_latency_seconds_count 0.0" in text
     assert 'openimm_delivery_attempts{outcome="ok"} 0.0' in text
 
