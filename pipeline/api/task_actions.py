@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline import projects, queue, tasks
+from pipeline import projects, queue, tasks, zipnames
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -252,8 +252,13 @@ def _compression_sources(p: Params, svc: Services) -> list[dict[str, Any]]:
         if src.get("Mode", "prefix") not in ("prefix", "fullname"):
             raise InvalidParameter("Sources", "Mode must be prefix or fullname.")
         alias = str(src.get("Alias") or "")
-        if alias and (not alias.startswith("/") or ".." in alias.split("/")):
-            raise InvalidParameter("Sources", "Alias must start with '/' and not contain '..'.")
+        if alias and not alias.startswith("/"):
+            raise InvalidParameter("Sources", "Alias must start with '/'.")
+        if alias:
+            try:
+                zipnames.member_name(alias, "Alias")
+            except InvalidArgument as exc:
+                raise InvalidParameter("Sources", exc.message) from None
         check_uri(svc, src["URI"], "Sources", prefix=True)
     return sources
 
