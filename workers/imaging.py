@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,16 @@ PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
 FFMPEG_TIMEOUT_S = 600  # a stuck decode must not hold a worker forever
 PROBE_TIMEOUT_S = 60
 MIN_STEP_S = 0.04  # one frame at 25 fps: a finer step would only return duplicates
+# OPENIMM_IMAGE_MAX_PIXELS' default: 100 MP (a 12240x8160 frame, more than any phone or
+# full-frame camera but the 200 MP modes) decodes to 300 MB of RGB.
+DEFAULT_MAX_PIXELS = 100_000_000
+UNDECODABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -35,19 +48,54 @@ class ImageInfo:
     orientation: int
 
 
-def load_image(path: str | Path) -> tuple[numpy.ndarray, ImageInfo]:
-    """Decode a photo to an upright RGB uint8 array (H, W, 3) and its ``ImageInfo``.
-
-    Raises ``InvalidArgument`` when the file is not a decodable image.
+@contextmanager
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """The one way workers open an image: Pillow reads the header only, and an image of
+    more than ``max_pixels`` (``OPENIMM_IMAGE_MAX_PIXELS``) is refused before a single pixel
+    is decoded, so a small file claiming 12000x12000 costs nothing. Every decoder error
+    raised inside the block, Pillow's own decompression-bomb guard included, becomes
+    ``InvalidArgument``.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            orientation = _orientation(img)
-            upright = ImageOps.exif_transpose(img)
-            rgb = to_rgb(numpy.asarray(_flatten(upright)))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidArgument(f"The file is not a decodable image: {exc}") from exc
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP on; our own, configurable limit is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_pixels(img, max_pixels)
+            yield img
+    except UNDECODABLE as exc:
+        raise InvalidArgument(f"The file is not a decodable image: {_reason(exc)}") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise InvalidArgument(
+            f"The image is {width}x{height} pixels; at most {max_pixels} pixels are decoded "
+            "(OPENIMM_IMAGE_MAX_PIXELS)."
+        )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return "it is a decompression bomb (too many pixels)"
+    return str(exc) or type(exc).__name__
+
+
+def load_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[numpy.ndarray, ImageInfo]:
+    """Decode a photo to an upright RGB uint8 array (H, W, 3) and its ``ImageInfo``.
+
+    Raises ``InvalidArgument`` when the file is not a decodable image or has more than
+    ``max_pixels`` pixels (checked from its header, before decoding).
+    """
+    with open_image(path, max_pixels) as img:
+        img.load()
+        orientation = _orientation(img)
+        upright = ImageOps.exif_transpose(img)
+        rgb = to_rgb(numpy.asarray(_flatten(upright)))
     height, width = rgb.shape[:2]
     return rgb, ImageInfo(width=width, height=height, orientation=orientation)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidArgument
+from workers import imaging
 
 FFPROBE_TIMEOUT = 60
 # (offset, magic, content type); checked in order. Enough for the formats users index; the
@@ -224,19 +225,17 @@ EXIF_KEEP = (
 )
 
 
-def image_fields(path: Path) -> dict[str, Any]:
+def image_fields(path: Path, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """ImageWidth/Height (as displayed, EXIF rotation applied), Orientation, EXIF,
-    ProduceTime (DateTimeOriginal) and LatLong (GPS); InvalidArgument if undecodable."""
-    from PIL import ExifTags, Image, UnidentifiedImageError
+    ProduceTime (DateTimeOriginal) and LatLong (GPS); InvalidArgument if undecodable or
+    larger than ``max_pixels``."""
+    from PIL import ExifTags
 
-    try:
-        with Image.open(path) as img:
-            img.verify()  # a truncated or corrupt file fails here, not later in the worker
-        with Image.open(path) as img:
-            width, height = img.size
-            exif = img.getexif()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidArgument(f"The file is not a decodable image: {exc}") from None
+    with imaging.open_image(path, max_pixels) as img:
+        img.verify()  # a truncated or corrupt file fails here, not later in the worker
+    with imaging.open_image(path, max_pixels) as img:
+        width, height = img.size
+        exif = img.getexif()
     orientation = int(exif.get(0x0112, 1) or 1)
     if orientation in (5, 6, 7, 8):
         width, height = height, width

@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.errors import ImmError, InvalidArgument
 from workers import sr_model
-from workers.imaging import load_image
+from workers.imaging import DEFAULT_MAX_PIXELS, load_image
 
 PROBE_TIMEOUT_S = 60
 FINISH_TIMEOUT_S = 600  # the encoder flushing its lookahead after the last frame
@@ -80,12 +80,14 @@ def upscale_video(
     return {"width": width, "height": height, "frames": frames, "fps": info.fps}
 
 
-def upscale_image_file(src: Path, dst: Path, scale: int, device: str = "cpu") -> dict[str, int]:
+def upscale_image_file(
+    src: Path, dst: Path, scale: int, device: str = "cpu", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, int]:
     """Upscale a photo (EXIF-upright) into ``dst`` (.png/.jpg/.webp); returns its size."""
     fmt = IMAGE_FORMATS.get(dst.suffix.lower())
     if fmt is None:
         raise InvalidArgument(f"Upscaled images are written as {sorted(IMAGE_FORMATS)}.")
-    rgb, info = load_image(src)
+    rgb, info = load_image(src, max_pixels)
     _check_size(info.width * scale, info.height * scale)
     out = sr_model.upscale_image(rgb, scale, device)
     with _atomic_output(dst) as tmp:
