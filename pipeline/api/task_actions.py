@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline import projects, queue, tasks, zipnames
+from pipeline import netpolicy, projects, queue, tasks, zipnames
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -14,7 +14,7 @@ from pipeline.errors import ImmError, InvalidArgument, InvalidParameter
 from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
 from pipeline.params import Params
-from pipeline.storage import check_public_host, parse_oss_prefix, parse_oss_uri, resolve_file_uri
+from pipeline.storage import parse_oss_prefix, parse_oss_uri, resolve_file_uri
 
 log = logging.getLogger("openimm.api")
 USER_DATA_MAX_BYTES = 2048
@@ -232,9 +232,7 @@ def check_uri(svc: Services, uri: str, param: str, *, prefix: bool = False) -> N
     elif uri.startswith("file://"):
         resolve_file_uri(uri, svc.settings.allowed_file_roots)
     elif uri.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
-        check_public_host(urlsplit(uri).hostname or "", svc.settings.http_allow_private)
+        netpolicy.check_url(uri, svc.settings.http_allow_private)  # as the worker will fetch
     else:
         raise InvalidParameter(param, f"Unsupported URI {uri!r}: use oss://bucket/key.")
 
