@@ -10,22 +10,22 @@ the container's rotation itself.
 from __future__ import annotations
 
 import re
-import subprocess
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import ImmError, InvalidArgument
+from pipeline.errors import InvalidArgument
+from workers import ffmpeg_io
 
 EXIF_ORIENTATION = 0x0112
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
 FFMPEG_TIMEOUT_S = 600  # a stuck decode must not hold a worker forever
-PROBE_TIMEOUT_S = 60
 MIN_STEP_S = 0.04  # one frame at 25 fps: a finer step would only return duplicates
 # OPENIMM_IMAGE_MAX_PIXELS' default: 100 MP (a 12240x8160 frame, more than any phone or
 # full-frame camera but the 200 MP modes) decodes to 300 MB of RGB.
@@ -145,59 +145,38 @@ def sample_video_frames(
     """
     if every_seconds <= 0 or max_frames < 1 or max_side < 2:
         raise ValueError("every_seconds, max_frames and max_side must be positive")
-    duration = _duration_s(Path(path))
+    duration = ffmpeg_io.duration_s(path)
     step = max(every_seconds, MIN_STEP_S)
     if duration is not None and duration / step > max_frames:
         step = duration / max_frames
-    raw = _run_ffmpeg(_ffmpeg_args(Path(path), step, max_frames, max_side))
+    raw = ffmpeg_io.run(
+        _frames_stream(Path(path), step, max_frames, max_side),
+        "The file is not a decodable video",
+        timeout=FFMPEG_TIMEOUT_S,
+    )
     frames = _parse_ppm_stream(raw)
     if not frames:
         raise InvalidArgument(f"The file is not a decodable video: {Path(path).name}")
     return [(round(i * step * 1000), frame) for i, frame in enumerate(frames)]
 
 
-def _ffmpeg_args(path: Path, step: float, max_frames: int, max_side: int) -> list[str]:
+def _frames_stream(path: Path, step: float, max_frames: int, max_side: int) -> Any:
     # fps=1/step keeps the frame nearest to each multiple of step, the first at t=0.
     # Downscale only, keeping the aspect ratio; even sides are not needed for PPM.
     scale = (
         f"scale=w='if(gte(iw,ih),min(iw,{max_side}),-1)'"
         f":h='if(gte(iw,ih),-1,min(ih,{max_side}))':flags=area"
     )
-    return [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path),
-        "-an", "-sn", "-dn", "-vf", f"fps=1/{step!r},{scale}",
-        "-frames:v", str(max_frames), "-f", "image2pipe", "-c:v", "ppm",
-        "-pix_fmt", "rgb24", "pipe:1",
-    ]  # fmt: skip
-
-
-def _run_ffmpeg(args: list[str]) -> bytes:
-    try:
-        done = subprocess.run(args, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-    except FileNotFoundError as exc:
-        raise ImmError("ffmpeg is not installed on this worker.") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise InvalidArgument("The video took too long to decode.") from exc
-    if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise InvalidArgument(f"The file is not a decodable video: {detail[0]}")
-    return done.stdout
-
-
-def _duration_s(path: Path) -> float | None:
-    """Container duration in seconds, or None when the container does not say (streams)."""
-    args = [
-        "ffprobe", "-v", "error", "-show_entries", "format=duration",
-        "-of", "default=noprint_wrappers=1:nokey=1", str(path),
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(args, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None  # ffmpeg itself reports what is wrong
-    try:
-        return float(done.stdout.decode().strip())
-    except ValueError:
-        return None
+    return ffmpeg_io.media_input(path).output(
+        "pipe:1",
+        an=None,
+        sn=None,
+        dn=None,
+        vf=f"fps=1/{step!r},{scale}",
+        f="image2pipe",
+        pix_fmt="rgb24",
+        **{"frames:v": str(max_frames), "c:v": "ppm"},
+    )
 
 
 def _parse_ppm_stream(raw: bytes) -> list[numpy.ndarray]:

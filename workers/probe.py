@@ -7,15 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidArgument
-from workers import imaging
+from workers import ffmpeg_io, imaging
 
-FFPROBE_TIMEOUT = 60
 # (offset, magic, content type); checked in order. Enough for the formats users index; the
 # rest falls back to ffprobe (media) or application/octet-stream.
 MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -115,21 +113,9 @@ def basics(path: Path, uri: str) -> dict[str, Any]:
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
-    """Format and stream fields of a video/audio file; InvalidArgument if undecodable."""
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
-    try:
-        out = subprocess.run(
-            [*cmd, str(path)], capture_output=True, timeout=FFPROBE_TIMEOUT, check=False
-        )
-    except FileNotFoundError:
-        raise InvalidArgument("ffprobe is not installed; install ffmpeg.") from None
-    except subprocess.TimeoutExpired:
-        raise InvalidArgument("The media file could not be probed in time.") from None
-    data = json.loads(out.stdout or b"{}")
-    if out.returncode != 0 or not data.get("streams"):
-        detail = out.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no streams"]
-        raise InvalidArgument(f"The file is not a decodable media file: {detail[0]}")
-    return _media_fields(data)
+    """Format and stream fields of a video/audio file; InvalidArgument if undecodable or not
+    a single-file container (playlists are refused: see ``workers.ffmpeg_io``)."""
+    return _media_fields(ffmpeg_io.probe(path))
 
 
 def _num(value: Any, kind: type = float) -> Any:

@@ -16,6 +16,7 @@ from pipeline.errors import InvalidArgument
 from workers import imaging, probe
 
 BOMB_SIDE = 12000
+TONE = "sine=frequency=440:sample_rate=16000"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -88,3 +89,65 @@ def test_decompression_bomb_is_an_invalid_argument(tmp_path: Path) -> None:
     for load in (lambda: probe.image_fields(bomb), lambda: imaging.load_image(bomb)):
         with pytest.raises(InvalidArgument, match="decompression bomb"):
             load()
+
+
+# ---- playlists: ffmpeg must not open other files ----------------------------------------------
+
+
+@pytest.fixture
+def playlist(tmp_path: Path) -> Path:
+    """An uploaded HLS playlist whose one segment is a video outside every root. The
+    comment line with a non-UTF-8 byte makes it sniff as octet-stream, so indexing probes it."""
+    outside = tmp_path / "outside" / "secret.mp4"
+    outside.parent.mkdir()
+    sources = ("-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-f", "lavfi", "-i", TONE)
+    encode = ("-t", "2", "-pix_fmt", "yuv420p", "-shortest", str(outside))
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", *sources, *encode],
+        check=True,
+        timeout=120,
+    )
+    staged = tmp_path / "staged" / "list.m3u8"
+    staged.parent.mkdir()
+    staged.write_bytes(
+        b"#EXTM3U\n#\xff\xfe\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n"
+        + f"file://{outside}\n#EXT-X-ENDLIST\n".encode()
+    )
+    return staged
+
+
+def test_playlists_are_refused_by_every_probe_and_decoder(playlist: Path) -> None:
+    """Attack (item 7): an uploaded .m3u8 naming file:///… outside the roots was indexed with
+    that file's metadata. Every ffmpeg/ffprobe entry point must refuse to follow it."""
+    from workers import asr, highlights, sr_video
+
+    attempts = {
+        "probe": lambda: probe.ffprobe(playlist),
+        "limits": lambda: probe.check_media_limits(
+            playlist, max_bytes=1 << 30, max_seconds=3600, processed_seconds=None
+        ),
+        "frames": lambda: imaging.sample_video_frames(playlist),
+        "sr": lambda: sr_video.probe_video(playlist),
+        "asr": lambda: asr.load_audio(playlist),
+        "highlights": lambda: list(highlights.decoded_frames(playlist, None)),
+        "audio": lambda: highlights.audio_track(playlist, None).size or None,
+    }
+    leaked = {}
+    for name, attempt in attempts.items():
+        try:
+            leaked[name] = attempt()
+        except InvalidArgument:
+            continue
+    assert leaked in ({}, {"audio": None}), f"read through the playlist: {sorted(leaked)}"
+
+
+def test_indexing_a_playlist_reads_no_metadata(playlist: Path) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.settings import Settings
+    from workers import indexing
+
+    ctx = SimpleNamespace(settings=Settings())
+    indexed = indexing.analyse(ctx, playlist, "oss://b/list.m3u8", False)  # type: ignore[arg-type]
+    assert indexed.media_type == "other"
+    assert "Duration" not in indexed.doc and "VideoStreams" not in indexed.doc
