@@ -25,6 +25,7 @@ MAX_KEY_BYTES = 1023
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 CHUNK = 1 << 16
+MAX_CAUSES = 8  # how deep an exception chain is searched for the reason of a failure
 
 
 def _split_oss(uri: str) -> tuple[str, str]:
@@ -139,6 +140,7 @@ def fetch_http(uri: str, dest: Path, *, max_bytes: int, timeout: float, allow_pr
             try:
                 if response.status in REDIRECTS and response.headers.get("location"):
                     url = urljoin(target.url, response.headers["location"])
+                    response.close()  # its body is never read: the connection is not reused
                     continue
                 _check_status(response.status, uri)
                 return _save(response, dest, uri, max_bytes, deadline, timeout)
@@ -176,12 +178,16 @@ def _http_error(
     exc: urllib3.exceptions.HTTPError, target: netpolicy.HttpTarget, uri: str, timeout: float
 ) -> ImmError:
     cause: BaseException | None = exc
-    while cause is not None:
+    for _ in range(MAX_CAUSES):
+        if cause is None:
+            break
         if isinstance(cause, netpolicy.ForbiddenPeer):
             return ForbiddenURI(
                 f"{target.url} connected to a private address; {netpolicy.ALLOW_PRIVATE_HINT}."
             )
-        if isinstance(cause, urllib3.exceptions.TimeoutError):
+        # NewConnectionError derives from TimeoutError, but "refused" is no timeout.
+        timed_out = isinstance(cause, urllib3.exceptions.TimeoutError)
+        if timed_out and not isinstance(cause, urllib3.exceptions.NewConnectionError):
             return InvalidArgument(f"Fetching {uri} timed out after {timeout:g} s.")
         cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
     return InvalidArgument(f"Fetching {uri} failed: {exc}")
