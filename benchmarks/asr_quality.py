@@ -135,10 +135,10 @@ class Clip:
         return self.samples.size / asr.SAMPLE_RATE
 
 
-def _input_args(row: dict[str, str]) -> list[str]:
+def _raw_format(row: dict[str, str]) -> dict[str, str] | None:
     if not row["file"].endswith(".raw"):
-        return []
-    return ["-f", row.get("sample_fmt") or "s16le", "-ar", row.get("sample_rate") or "16000"]
+        return None
+    return {"f": row.get("sample_fmt") or "s16le", "ar": row.get("sample_rate") or "16000"}
 
 
 def load_clips(folder: Path) -> list[Clip]:
@@ -149,7 +149,7 @@ def load_clips(folder: Path) -> list[Clip]:
             row["file"],
             row.get("language") or "en",
             row["text"],
-            asr.load_audio(folder / row["file"], input_args=_input_args(row)),
+            asr.load_audio(folder / row["file"], raw=_raw_format(row)),
         )
         for row in rows
     ]

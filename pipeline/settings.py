@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     # Media models: inputs larger or longer (in what is processed) are refused up front.
     media_max_bytes: int = 4 << 30
     media_max_seconds: float = 4 * 3600
+    # Images with more pixels are refused from their header, before decoding (100 MP).
+    image_max_pixels: int = Field(default=100_000_000, ge=1)
     # Notifications: the outbox dispatcher and webhook delivery.
     dispatch_interval_seconds: float = 0.02
     delivery_concurrency: int = 16

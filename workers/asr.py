@@ -38,7 +38,6 @@ import math
 import os
 import queue
 import re
-import subprocess
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from typing import Any, Literal, Protocol
 import numpy
 
 from pipeline.errors import InvalidArgument
+from workers import ffmpeg_io
 
 SAMPLE_RATE = 16_000
 US_PER_S = 1_000_000
@@ -107,21 +107,22 @@ class Engine(Protocol):
 
 
 def load_audio(
-    path: str | Path, max_us: int | None = None, input_args: Sequence[str] = ()
+    path: str | Path, max_us: int | None = None, raw: dict[str, str] | None = None
 ) -> numpy.ndarray:
     """The first audio track of a media file as 16 kHz mono float32 in [-1, 1].
 
-    ``max_us`` keeps only the first microseconds; ``input_args`` describe headerless input
-    (e.g. ``["-f", "s16le", "-ar", "16000", "-ac", "1"]``).
+    ``max_us`` keeps only the first microseconds; ``raw`` describes headerless PCM input as
+    ffmpeg input options (e.g. ``{"f": "s16le", "ar": "16000", "ac": "1"}``).
     """
-    command = ["ffmpeg", "-nostdin", "-v", "error", *input_args, "-i", str(path), "-vn"]
-    command += ["-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le"]
-    if max_us is not None:
-        command += ["-t", f"{max_us / US_PER_S:.6f}"]
-    result = subprocess.run([*command, "-"], capture_output=True, timeout=FFMPEG_TIMEOUT_S)
-    if result.returncode != 0:
-        raise _decode_error(result.stderr.decode("utf-8", "replace"))
-    samples = numpy.frombuffer(result.stdout, numpy.int16).astype(numpy.float32) / 32768.0
+    limit = {"t": f"{max_us / US_PER_S:.6f}"} if max_us is not None else {}
+    stream = ffmpeg_io.media_input(path, **(raw or {}))["a:0"].output(
+        "pipe:1", **limit, vn=None, ac=1, ar=SAMPLE_RATE, f="s16le"
+    )
+    try:
+        pcm = ffmpeg_io.run(stream, "decode", timeout=FFMPEG_TIMEOUT_S)
+    except ffmpeg_io.DecodeFailed as exc:
+        raise _decode_error(exc.stderr) from None
+    samples = numpy.frombuffer(pcm, numpy.int16).astype(numpy.float32) / 32768.0
     return samples if max_us is None else samples[: max_us * SAMPLE_RATE // US_PER_S]
 
 

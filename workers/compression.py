@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import zipnames
 from pipeline.errors import InvalidArgument, LimitExceeded, ResourceNotFound
 from pipeline.storage import parse_oss_prefix, parse_oss_uri
 from workers.context import JobContext
@@ -117,8 +118,8 @@ def _resolve(ctx: JobContext, source: dict[str, Any]) -> list[Entry]:
 
 
 def _arcname(prefix: str, key: str, alias: str, count: int) -> str:
-    if ".." in alias.split("/"):
-        raise InvalidArgument(f"Alias {alias!r} must not contain '..'.")
+    if alias:  # '/..\\x', '/C:/x': normalised (or refused) before it shapes any name
+        alias = "/" + zipnames.member_name(alias, "Alias")
     if not alias:
         name = key
     elif alias.endswith("/") or count > 1:
@@ -127,7 +128,7 @@ def _arcname(prefix: str, key: str, alias: str, count: int) -> str:
         name = posixpath.join(alias.rstrip("/") + "/", relative)
     else:
         name = alias
-    name = posixpath.normpath("/" + name).lstrip("/")
+    name = zipnames.member_name(name).rstrip("/")
     if not name:
         raise InvalidArgument(f"Alias {alias!r} produces an empty path in the archive.")
     return name

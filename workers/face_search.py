@@ -27,7 +27,7 @@ def _source_faces(ctx: JobContext, uri: str, n: int) -> list[Any]:
     from workers import faces
 
     local = ctx.media.fetch(uri, ctx.workdir / f"src{n}")
-    rgb, _info = faces.load_image(local)
+    rgb, _info = faces.load_image(local, ctx.settings.image_max_pixels)
     analyzer = faces.get_analyzer(ctx.settings.face_detector, ctx.settings.face_max_side)
     return list(analyzer.analyze(rgb))
 

@@ -23,17 +23,18 @@ lists the window and the per-second segment scores so a user can see why.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import ffmpeg
 import numpy as np
 
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
+from workers import ffmpeg_io
 from workers.context import JobContext, limits
 
 DEFAULT_SECONDS = 5.0  # highlight length when Output.MaxDuration is not set
@@ -73,39 +74,23 @@ class Window:
     cuts: int
 
 
-def _ffmpeg(args: list[str], what: str) -> bytes:
-    try:
-        out = subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", *args],
-            capture_output=True,
-            timeout=FFMPEG_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise InvalidArgument("ffmpeg is not installed.") from None
-    if out.returncode != 0:
-        detail = out.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise InvalidArgument(f"Could not {what}: {detail[0]}")
-    return out.stdout
-
-
-def _limit(max_seconds: float | None) -> list[str]:
-    return ["-t", f"{max_seconds:.3f}"] if max_seconds else []
+def _limit(max_seconds: float | None) -> dict[str, str]:
+    return {"t": f"{max_seconds:.3f}"} if max_seconds else {}
 
 
 def decoded_frames(path: Path, max_seconds: float | None) -> Iterator[np.ndarray]:
     """RGB frames at FRAME_RATE fps, at most DECODE_WIDTH px wide, streamed from ONE ffmpeg
     decode (PPM frames carry their own size, so no probe is needed). Memory stays one frame
     whatever the video's length."""
-    args = [
-        *("ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *_limit(max_seconds), "-an"),
-        *("-vf", f"fps={FRAME_RATE},scale='min({DECODE_WIDTH},iw)':-2"),
-        *("-f", "image2pipe", "-vcodec", "ppm", "-"),
-    ]
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise InvalidArgument("ffmpeg is not installed.") from None
+    stream = ffmpeg_io.media_input(path).output(
+        "pipe:1",
+        **_limit(max_seconds),
+        an=None,
+        vf=f"fps={FRAME_RATE},scale='min({DECODE_WIDTH},iw)':-2",
+        f="image2pipe",
+        vcodec="ppm",
+    )
+    proc = ffmpeg_io.popen(stream, stdout=True)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while (frame := _read_ppm(proc.stdout)) is not None:
@@ -138,23 +123,12 @@ def _read_ppm(stream: IO[bytes]) -> np.ndarray | None:
 
 def audio_track(path: Path, max_seconds: float | None) -> np.ndarray:
     """16 kHz mono float32; empty when the file has no audio stream."""
-    probe = subprocess.run(
-        [
-            *("ffprobe", "-v", "error", "-select_streams", "a"),
-            *("-show_entries", "stream=index", "-of", "csv=p=0", str(path)),
-        ],
-        capture_output=True,
-        check=False,
-    )
-    if not probe.stdout.strip():
+    if not ffmpeg_io.has_audio(path):
         return np.zeros(0, np.float32)
-    raw = _ffmpeg(
-        [
-            *("-i", str(path), *_limit(max_seconds), "-vn"),
-            *("-ac", "1", "-ar", str(AUDIO_RATE), "-f", "f32le", "-"),
-        ],
-        "decode the audio",
+    stream = ffmpeg_io.media_input(path).output(
+        "pipe:1", **_limit(max_seconds), vn=None, ac=1, ar=AUDIO_RATE, f="f32le"
     )
+    raw = ffmpeg_io.run(stream, "Could not decode the audio", timeout=FFMPEG_TIMEOUT)
     return np.frombuffer(raw, np.float32)
 
 
@@ -307,26 +281,26 @@ def cut(src: Path, dst: Path, window: Window, container: str, *, whole: bool = F
     container can hold them: nothing to cut, nothing to lose."""
     fmt = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "ts": "mpegts", "flv": "flv"}[container]
     if whole:
+        source = ffmpeg_io.media_input(src)
+        copy = ffmpeg.output(source["v:0"], source["a:0?"], str(dst), c="copy", f=fmt)
         try:
-            _ffmpeg(
-                [
-                    *("-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?"),
-                    *("-c", "copy", "-f", fmt, str(dst)),
-                ],
-                "copy the video",
-            )
+            ffmpeg_io.run(copy, "Could not copy the video", timeout=FFMPEG_TIMEOUT, overwrite=True)
             return
         except InvalidArgument:
             pass  # e.g. VP8 cannot go into MP4: encode below
-    _ffmpeg(
-        [
-            *("-y", "-ss", f"{window.start:.3f}", "-i", str(src), "-t", f"{window.duration:.3f}"),
-            *("-map", "0:v:0", "-map", "0:a:0?", "-c:v", "libx264", "-preset", "veryfast"),
-            *("-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k"),
-            *("-f", fmt, str(dst)),
-        ],
-        "cut the highlight",
+    source = ffmpeg_io.media_input(src, ss=f"{window.start:.3f}")
+    encode = ffmpeg.output(
+        source["v:0"],
+        source["a:0?"],
+        str(dst),
+        t=f"{window.duration:.3f}",
+        preset="veryfast",
+        crf="20",
+        pix_fmt="yuv420p",
+        f=fmt,
+        **{"c:v": "libx264", "c:a": "aac", "b:a": "128k"},
     )
+    ffmpeg_io.run(encode, "Could not cut the highlight", timeout=FFMPEG_TIMEOUT, overwrite=True)
 
 
 def covers(window: Window, timeline: Timeline) -> bool:

@@ -10,20 +10,33 @@ the container's rotation itself.
 from __future__ import annotations
 
 import re
-import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import ImmError, InvalidArgument
+from pipeline.errors import InvalidArgument
+from workers import ffmpeg_io
 
 EXIF_ORIENTATION = 0x0112
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
 FFMPEG_TIMEOUT_S = 600  # a stuck decode must not hold a worker forever
-PROBE_TIMEOUT_S = 60
 MIN_STEP_S = 0.04  # one frame at 25 fps: a finer step would only return duplicates
+# OPENIMM_IMAGE_MAX_PIXELS' default: 100 MP (a 12240x8160 frame, more than any phone or
+# full-frame camera but the 200 MP modes) decodes to 300 MB of RGB.
+DEFAULT_MAX_PIXELS = 100_000_000
+UNDECODABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -35,19 +48,54 @@ class ImageInfo:
     orientation: int
 
 
-def load_image(path: str | Path) -> tuple[numpy.ndarray, ImageInfo]:
-    """Decode a photo to an upright RGB uint8 array (H, W, 3) and its ``ImageInfo``.
-
-    Raises ``InvalidArgument`` when the file is not a decodable image.
+@contextmanager
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """The one way workers open an image: Pillow reads the header only, and an image of
+    more than ``max_pixels`` (``OPENIMM_IMAGE_MAX_PIXELS``) is refused before a single pixel
+    is decoded, so a small file claiming 12000x12000 costs nothing. Every decoder error
+    raised inside the block, Pillow's own decompression-bomb guard included, becomes
+    ``InvalidArgument``.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            orientation = _orientation(img)
-            upright = ImageOps.exif_transpose(img)
-            rgb = to_rgb(numpy.asarray(_flatten(upright)))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidArgument(f"The file is not a decodable image: {exc}") from exc
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP on; our own, configurable limit is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_pixels(img, max_pixels)
+            yield img
+    except UNDECODABLE as exc:
+        raise InvalidArgument(f"The file is not a decodable image: {_reason(exc)}") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise InvalidArgument(
+            f"The image is {width}x{height} pixels; at most {max_pixels} pixels are decoded "
+            "(OPENIMM_IMAGE_MAX_PIXELS)."
+        )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return "it is a decompression bomb (too many pixels)"
+    return str(exc) or type(exc).__name__
+
+
+def load_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[numpy.ndarray, ImageInfo]:
+    """Decode a photo to an upright RGB uint8 array (H, W, 3) and its ``ImageInfo``.
+
+    Raises ``InvalidArgument`` when the file is not a decodable image or has more than
+    ``max_pixels`` pixels (checked from its header, before decoding).
+    """
+    with open_image(path, max_pixels) as img:
+        img.load()
+        orientation = _orientation(img)
+        upright = ImageOps.exif_transpose(img)
+        rgb = to_rgb(numpy.asarray(_flatten(upright)))
     height, width = rgb.shape[:2]
     return rgb, ImageInfo(width=width, height=height, orientation=orientation)
 
@@ -97,59 +145,38 @@ def sample_video_frames(
     """
     if every_seconds <= 0 or max_frames < 1 or max_side < 2:
         raise ValueError("every_seconds, max_frames and max_side must be positive")
-    duration = _duration_s(Path(path))
+    duration = ffmpeg_io.duration_s(path)
     step = max(every_seconds, MIN_STEP_S)
     if duration is not None and duration / step > max_frames:
         step = duration / max_frames
-    raw = _run_ffmpeg(_ffmpeg_args(Path(path), step, max_frames, max_side))
+    raw = ffmpeg_io.run(
+        _frames_stream(Path(path), step, max_frames, max_side),
+        "The file is not a decodable video",
+        timeout=FFMPEG_TIMEOUT_S,
+    )
     frames = _parse_ppm_stream(raw)
     if not frames:
         raise InvalidArgument(f"The file is not a decodable video: {Path(path).name}")
     return [(round(i * step * 1000), frame) for i, frame in enumerate(frames)]
 
 
-def _ffmpeg_args(path: Path, step: float, max_frames: int, max_side: int) -> list[str]:
+def _frames_stream(path: Path, step: float, max_frames: int, max_side: int) -> Any:
     # fps=1/step keeps the frame nearest to each multiple of step, the first at t=0.
     # Downscale only, keeping the aspect ratio; even sides are not needed for PPM.
     scale = (
         f"scale=w='if(gte(iw,ih),min(iw,{max_side}),-1)'"
         f":h='if(gte(iw,ih),-1,min(ih,{max_side}))':flags=area"
     )
-    return [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path),
-        "-an", "-sn", "-dn", "-vf", f"fps=1/{step!r},{scale}",
-        "-frames:v", str(max_frames), "-f", "image2pipe", "-c:v", "ppm",
-        "-pix_fmt", "rgb24", "pipe:1",
-    ]  # fmt: skip
-
-
-def _run_ffmpeg(args: list[str]) -> bytes:
-    try:
-        done = subprocess.run(args, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-    except FileNotFoundError as exc:
-        raise ImmError("ffmpeg is not installed on this worker.") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise InvalidArgument("The video took too long to decode.") from exc
-    if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise InvalidArgument(f"The file is not a decodable video: {detail[0]}")
-    return done.stdout
-
-
-def _duration_s(path: Path) -> float | None:
-    """Container duration in seconds, or None when the container does not say (streams)."""
-    args = [
-        "ffprobe", "-v", "error", "-show_entries", "format=duration",
-        "-of", "default=noprint_wrappers=1:nokey=1", str(path),
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(args, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None  # ffmpeg itself reports what is wrong
-    try:
-        return float(done.stdout.decode().strip())
-    except ValueError:
-        return None
+    return ffmpeg_io.media_input(path).output(
+        "pipe:1",
+        an=None,
+        sn=None,
+        dn=None,
+        vf=f"fps=1/{step!r},{scale}",
+        f="image2pipe",
+        pix_fmt="rgb24",
+        **{"frames:v": str(max_frames), "c:v": "ppm"},
+    )
 
 
 def _parse_ppm_stream(raw: bytes) -> list[numpy.ndarray]:

@@ -84,7 +84,7 @@ def analyse(ctx: JobContext, path: Path, uri: str, with_faces: bool) -> files.In
     doc = probe.basics(path, uri)
     kind = doc["MediaType"]
     if kind == "image":
-        doc.update(probe.image_fields(path))
+        doc.update(probe.image_fields(path, ctx.settings.image_max_pixels))
     elif kind in ("video", "audio") or doc["ContentType"] == "application/octet-stream":
         if kind == "other":
             kind = _maybe_media(path, doc)
@@ -123,7 +123,7 @@ def _analyzer(ctx: JobContext) -> Any:
 def _image_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
     from workers import faces
 
-    rgb, _info = faces.load_image(path)
+    rgb, _info = faces.load_image(path, ctx.settings.image_max_pixels)
     return [_new_face(face) for face in _analyzer(ctx).analyze(rgb)]
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidArgument
+from workers import ffmpeg_io, imaging
 
-FFPROBE_TIMEOUT = 60
 # (offset, magic, content type); checked in order. Enough for the formats users index; the
 # rest falls back to ffprobe (media) or application/octet-stream.
 MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -114,21 +113,9 @@ def basics(path: Path, uri: str) -> dict[str, Any]:
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
-    """Format and stream fields of a video/audio file; InvalidArgument if undecodable."""
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
-    try:
-        out = subprocess.run(
-            [*cmd, str(path)], capture_output=True, timeout=FFPROBE_TIMEOUT, check=False
-        )
-    except FileNotFoundError:
-        raise InvalidArgument("ffprobe is not installed; install ffmpeg.") from None
-    except subprocess.TimeoutExpired:
-        raise InvalidArgument("The media file could not be probed in time.") from None
-    data = json.loads(out.stdout or b"{}")
-    if out.returncode != 0 or not data.get("streams"):
-        detail = out.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no streams"]
-        raise InvalidArgument(f"The file is not a decodable media file: {detail[0]}")
-    return _media_fields(data)
+    """Format and stream fields of a video/audio file; InvalidArgument if undecodable or not
+    a single-file container (playlists are refused: see ``workers.ffmpeg_io``)."""
+    return _media_fields(ffmpeg_io.probe(path))
 
 
 def _num(value: Any, kind: type = float) -> Any:
@@ -224,19 +211,17 @@ EXIF_KEEP = (
 )
 
 
-def image_fields(path: Path) -> dict[str, Any]:
+def image_fields(path: Path, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """ImageWidth/Height (as displayed, EXIF rotation applied), Orientation, EXIF,
-    ProduceTime (DateTimeOriginal) and LatLong (GPS); InvalidArgument if undecodable."""
-    from PIL import ExifTags, Image, UnidentifiedImageError
+    ProduceTime (DateTimeOriginal) and LatLong (GPS); InvalidArgument if undecodable or
+    larger than ``max_pixels``."""
+    from PIL import ExifTags
 
-    try:
-        with Image.open(path) as img:
-            img.verify()  # a truncated or corrupt file fails here, not later in the worker
-        with Image.open(path) as img:
-            width, height = img.size
-            exif = img.getexif()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidArgument(f"The file is not a decodable image: {exc}") from None
+    with imaging.open_image(path, max_pixels) as img:
+        img.verify()  # a truncated or corrupt file fails here, not later in the worker
+    with imaging.open_image(path, max_pixels) as img:
+        width, height = img.size
+        exif = img.getexif()
     orientation = int(exif.get(0x0112, 1) or 1)
     if orientation in (5, 6, 7, 8):
         width, height = height, width

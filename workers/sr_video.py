@@ -10,7 +10,6 @@ never sees half a file and a failure leaves none.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -20,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import ffmpeg
 import numpy
 from PIL import Image
 
-from pipeline.errors import ImmError, InvalidArgument
-from workers import sr_model
-from workers.imaging import load_image
+from pipeline.errors import InvalidArgument
+from workers import ffmpeg_io, sr_model
+from workers.imaging import DEFAULT_MAX_PIXELS, load_image
 
-PROBE_TIMEOUT_S = 60
 FINISH_TIMEOUT_S = 600  # the encoder flushing its lookahead after the last frame
-X264 = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p")
+X264 = {"c:v": "libx264", "preset": "veryfast", "crf": "18", "pix_fmt": "yuv420p"}
 # Audio codecs each container takes as a stream copy; anything else is re-encoded to AAC.
 COPYABLE_AUDIO = {
     ".mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
@@ -80,12 +79,14 @@ def upscale_video(
     return {"width": width, "height": height, "frames": frames, "fps": info.fps}
 
 
-def upscale_image_file(src: Path, dst: Path, scale: int, device: str = "cpu") -> dict[str, int]:
+def upscale_image_file(
+    src: Path, dst: Path, scale: int, device: str = "cpu", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, int]:
     """Upscale a photo (EXIF-upright) into ``dst`` (.png/.jpg/.webp); returns its size."""
     fmt = IMAGE_FORMATS.get(dst.suffix.lower())
     if fmt is None:
         raise InvalidArgument(f"Upscaled images are written as {sorted(IMAGE_FORMATS)}.")
-    rgb, info = load_image(src)
+    rgb, info = load_image(src, max_pixels)
     _check_size(info.width * scale, info.height * scale)
     out = sr_model.upscale_image(rgb, scale, device)
     with _atomic_output(dst) as tmp:
@@ -117,19 +118,7 @@ def probe_video(src: Path) -> VideoInfo:
 
 
 def _ffprobe_streams(src: Path) -> list[dict[str, Any]]:
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format"]
-    try:
-        done = subprocess.run(
-            [*cmd, str(src)], capture_output=True, timeout=PROBE_TIMEOUT_S, check=False
-        )
-    except FileNotFoundError as exc:
-        raise ImmError("ffmpeg is not installed on this worker.") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise InvalidArgument("The video could not be probed in time.") from exc
-    data = json.loads(done.stdout or b"{}")
-    if done.returncode != 0 or not data.get("streams"):
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise InvalidArgument(f"The file is not a decodable video: {detail[0]}".rstrip(": "))
+    data = ffmpeg_io.probe(src, what="The file is not a decodable video")
     streams: list[dict[str, Any]] = data["streams"]
     container_duration = (data.get("format") or {}).get("duration")
     for stream in streams:
@@ -198,8 +187,10 @@ def _transcode(
 ) -> int:
     """Decode -> upscale -> encode; returns the number of frames written."""
     with tempfile.TemporaryFile() as dec_log, tempfile.TemporaryFile() as enc_log:
-        decoder = _popen(_decode_args(src, info, seconds), dec_log, stdout=subprocess.PIPE)
-        encoder = _popen(_encode_args(src, tmp, info, scale, seconds), enc_log, stdin=True)
+        decoder = ffmpeg_io.popen(_decoder(src, info, seconds), stdout=True, stderr=dec_log)
+        encoder = ffmpeg_io.popen(
+            _encoder(src, tmp, info, scale, seconds), stdin=True, stderr=enc_log
+        )
         try:
             frames = _pump(decoder, encoder, info, scale, device, expected, progress)
         except BrokenPipeError:
@@ -215,46 +206,34 @@ def _transcode(
     return frames
 
 
-def _popen(
-    args: list[str], log: IO[bytes], *, stdout: int | None = None, stdin: bool = False
-) -> subprocess.Popen[bytes]:
-    try:
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.DEVNULL,
-            stderr=log,  # a file, not a pipe: a chatty ffmpeg must never block on it
-        )
-    except FileNotFoundError as exc:
-        raise ImmError("ffmpeg is not installed on this worker.") from exc
+def _decoder(src: Path, info: VideoInfo, seconds: float | None) -> Any:
+    limit = {"t": f"{seconds:.6f}"} if seconds is not None else {}
+    return ffmpeg_io.media_input(src)["v:0"].output(
+        "pipe:1",
+        **limit,
+        an=None,
+        sn=None,
+        dn=None,
+        fps_mode="cfr",  # constant rate, as the encoder is told
+        r=info.rate,
+        f="rawvideo",
+        pix_fmt="rgb24",
+    )
 
 
-def _decode_args(src: Path, info: VideoInfo, seconds: float | None) -> list[str]:
-    limit = ["-t", f"{seconds:.6f}"] if seconds is not None else []
-    return [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(src), *limit,
-        "-map", "0:v:0", "-an", "-sn", "-dn",
-        "-fps_mode", "cfr", "-r", info.rate,  # constant rate, as the encoder is told
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-    ]  # fmt: skip
-
-
-def _encode_args(
-    src: Path, tmp: Path, info: VideoInfo, scale: int, seconds: float | None
-) -> list[str]:
+def _encoder(src: Path, tmp: Path, info: VideoInfo, scale: int, seconds: float | None) -> Any:
     size = f"{info.width * scale}x{info.height * scale}"
-    args = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
-    args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size, "-framerate", info.rate]
-    args += ["-i", "pipe:0"]
-    if info.audio_codec is not None:
-        limit = ["-t", f"{seconds:.6f}"] if seconds is not None else []
-        args += [*limit, "-i", str(src), "-map", "0:v:0", "-map", "1:a:0"]
-        args += ["-c:a", _audio_codec(info.audio_codec, tmp.suffix.lower())]
+    frames = ffmpeg_io.pipe_input(f="rawvideo", pix_fmt="rgb24", s=size, framerate=info.rate)
+    streams = [frames["v:0"]]
     # Crop (at most one pixel) to even sides, which yuv420p needs.
-    args += ["-vf", "crop=trunc(iw/2)*2:trunc(ih/2)*2", *X264]
+    options: dict[str, str] = {"vf": "crop=trunc(iw/2)*2:trunc(ih/2)*2", **X264}
+    if info.audio_codec is not None:
+        limit = {"t": f"{seconds:.6f}"} if seconds is not None else {}
+        streams.append(ffmpeg_io.media_input(src, **limit)["a:0"])
+        options["c:a"] = _audio_codec(info.audio_codec, tmp.suffix.lower())
     if tmp.suffix.lower() in (".mp4", ".m4v", ".mov"):
-        args += ["-movflags", "+faststart"]
-    return [*args, str(tmp)]
+        options["movflags"] = "+faststart"
+    return ffmpeg.output(*streams, str(tmp), **options)
 
 
 def _audio_codec(codec: str, suffix: str) -> str:

@@ -33,7 +33,9 @@ def process(ctx: JobContext) -> dict[str, Any]:
     if kind == "image":
         if suffix not in IMAGE_SUFFIXES:
             raise InvalidArgument(f"An image source needs a TargetURI ending in {IMAGE_SUFFIXES}.")
-        info: dict[str, Any] = sr_video.upscale_image_file(src, out, scale, ctx.device)
+        info: dict[str, Any] = sr_video.upscale_image_file(
+            src, out, scale, ctx.device, max_pixels=ctx.settings.image_max_pixels
+        )
     else:
         if suffix not in VIDEO_SUFFIXES:
             raise InvalidArgument(f"A video source needs a TargetURI ending in {VIDEO_SUFFIXES}.")

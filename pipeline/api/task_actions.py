@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline import projects, queue, tasks
+from pipeline import netpolicy, projects, queue, tasks, zipnames
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -15,7 +15,7 @@ from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
 from pipeline.outages import dependency_of
 from pipeline.params import Params
-from pipeline.storage import check_public_host, parse_oss_prefix, parse_oss_uri, resolve_file_uri
+from pipeline.storage import parse_oss_prefix, parse_oss_uri, resolve_file_uri
 
 log = logging.getLogger("openimm.api")
 USER_DATA_MAX_BYTES = 2048
@@ -231,9 +231,7 @@ def check_uri(svc: Services, caller: Caller, uri: str, param: str, *, prefix: bo
     elif uri.startswith("file://"):
         resolve_file_uri(uri, svc.settings.allowed_file_roots)
     elif uri.startswith(("http://", "https://")):
-        from urllib.parse import urlsplit
-
-        check_public_host(urlsplit(uri).hostname or "", svc.settings.http_allow_private)
+        netpolicy.check_url(uri, svc.settings.http_allow_private)  # as the worker will fetch
     else:
         raise InvalidParameter(param, f"Unsupported URI {uri!r}: use oss://bucket/key.")
 
@@ -260,8 +258,13 @@ def _compression_sources(p: Params, svc: Services, caller: Caller) -> list[dict[
         if src.get("Mode", "prefix") not in ("prefix", "fullname"):
             raise InvalidParameter("Sources", "Mode must be prefix or fullname.")
         alias = str(src.get("Alias") or "")
-        if alias and (not alias.startswith("/") or ".." in alias.split("/")):
-            raise InvalidParameter("Sources", "Alias must start with '/' and not contain '..'.")
+        if alias and not alias.startswith("/"):
+            raise InvalidParameter("Sources", "Alias must start with '/'.")
+        if alias:
+            try:
+                zipnames.member_name(alias, "Alias")
+            except InvalidArgument as exc:
+                raise InvalidParameter("Sources", exc.message) from None
         check_uri(svc, caller, src["URI"], "Sources", prefix=True)
     return sources
 

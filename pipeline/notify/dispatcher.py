@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import urllib3
 from redis.exceptions import RedisError
@@ -26,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from pipeline import netpolicy
 from pipeline.db import Database
 from pipeline.errors import ImmError
 from pipeline.ids import utcnow
@@ -36,7 +36,6 @@ from pipeline.notify.policy import RetryPolicy
 from pipeline.notify.store import open_message_store
 from pipeline.outages import Backoff, OutageLog, dependency_of
 from pipeline.settings import Settings
-from pipeline.storage import check_public_host
 
 log = logging.getLogger("openimm.dispatcher")
 LEASE = timedelta(seconds=60)  # a claimed delivery is retried if its dispatcher vanishes
@@ -74,10 +73,11 @@ class Dispatcher:
         self.settings, self.db = settings, db
         # urllib3 rather than httpx here: ~1.6x the POSTs per second per core on the
         # delivery hot path (measured on 2 cores). No redirects, no retries (the delivery
-        # policy retries), no proxy from the environment.
-        self.http = urllib3.PoolManager(
+        # policy retries), no proxy from the environment. Every POST goes to an address
+        # checked in that attempt (netpolicy pins it and checks the socket's peer).
+        self.http = netpolicy.PinnedHTTP(
+            allow_private=settings.http_allow_private,
             maxsize=settings.delivery_concurrency,
-            retries=False,
             timeout=urllib3.Timeout(total=settings.webhook_timeout_seconds),
         )
         self.messages = open_message_store(settings, db)
@@ -209,13 +209,9 @@ class Dispatcher:
             "x-mns-message-id": message_id,
         }
         try:
-            # Re-checked per attempt: DNS may have changed since Subscribe (rebinding).
-            check_public_host(
-                urlsplit(due.endpoint).hostname or "", self.settings.http_allow_private
-            )
-            response = self.http.request(
-                "POST", due.endpoint, body=body, headers=headers, redirect=False
-            )
+            # Parsed, resolved and checked per attempt (DNS may have changed since
+            # Subscribe), then sent to exactly the address that was checked.
+            response = self.http.request("POST", due.endpoint, body=body, headers=headers)
             return response.status, ""
         except (urllib3.exceptions.HTTPError, ImmError) as exc:
             return None, f"{type(exc).__name__}: {exc}"[:1000]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline.errors import InvalidParameter, ResourceAlreadyExists, ResourceNotFound
+from pipeline import netpolicy
+from pipeline.errors import (
+    ForbiddenURI,
+    InvalidArgument,
+    InvalidParameter,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+)
 from pipeline.ids import utcnow
 from pipeline.models import Subscription, Topic
 from pipeline.notify import messages, policy, webhooks
-from pipeline.storage import check_public_host
 
 # MNS names: letters, digits and '-', starting with a letter, at most 256 characters.
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,255}$")
@@ -73,12 +78,16 @@ def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: 
 
         get_queue(session, owner, target[1])
         return
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not endpoint.lower().startswith(("http://", "https://")):
         raise InvalidParameter(
             "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<owner>:queues/<queue>."
         )
-    check_public_host(parts.hostname, allow_private)
+    try:  # the parser the dispatcher sends with: no URL means two hosts
+        netpolicy.check_url(endpoint, allow_private)
+    except ForbiddenURI:
+        raise
+    except InvalidArgument as exc:
+        raise InvalidParameter("Endpoint", exc.message) from None
 
 
 def subscribe(

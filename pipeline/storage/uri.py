@@ -6,17 +6,16 @@ is read or written, and its error message names the URI and what is wrong with i
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 import time
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
-import httpx
+import urllib3
 
-from pipeline.errors import FileTooLarge, ForbiddenURI, InvalidArgument, ObjectNotFound
+from pipeline import netpolicy
+from pipeline.errors import FileTooLarge, ForbiddenURI, ImmError, InvalidArgument, ObjectNotFound
 from pipeline.storage.atomic import write_atomically
 
 # OSS/S3 bucket names. Dots are refused on purpose: IMM rejects endpoint-style
@@ -24,7 +23,9 @@ from pipeline.storage.atomic import write_atomically
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1023
 MAX_REDIRECTS = 5
-ALLOW_PRIVATE_HINT = "set OPENIMM_HTTP_ALLOW_PRIVATE=1 to allow it"
+REDIRECTS = (301, 302, 303, 307, 308)
+CHUNK = 1 << 16
+MAX_CAUSES = 8  # how deep an exception chain is searched for the reason of a failure
 
 
 def _split_oss(uri: str) -> tuple[str, str]:
@@ -106,131 +107,140 @@ def resolve_file_uri(uri: str, roots: list[Path]) -> Path:
     raise ForbiddenURI(f"file:// URIs are only allowed under OPENIMM_FILE_ROOTS; {uri!r} is not.")
 
 
-def _is_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever its notation
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-        or not ip.is_global  # also shared space such as 100.64.0.0/10 (carrier NAT)
-    )
-
-
 def check_public_host(host: str, allow_private: bool) -> None:
     """Refuse a host if any of its addresses is private, loopback, link-local, reserved,
     multicast or unspecified, unless ``allow_private`` (``OPENIMM_HTTP_ALLOW_PRIVATE``).
 
-    Raises ``InvalidArgument`` when the host is empty or does not resolve.
+    Raises ``InvalidArgument`` when the host is empty or does not resolve. URLs are checked
+    with ``netpolicy.check_url``, which also parses them; this is the host-only half.
     """
-    if not host:
-        raise InvalidArgument("The URL has no host.")
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except (OSError, UnicodeError):
-        raise InvalidArgument(f"The host {host!r} cannot be resolved.") from None
-    if allow_private:
-        return
-    for info in infos:
-        address = str(info[4][0])
-        if _is_private(address):
-            raise ForbiddenURI(
-                f"The host {host!r} resolves to a private address ({address}); "
-                f"{ALLOW_PRIVATE_HINT}."
-            )
+    netpolicy.resolve(host, 0, allow_private)
 
 
 def fetch_http(uri: str, dest: Path, *, max_bytes: int, timeout: float, allow_private: bool) -> int:
     """Download ``uri`` to ``dest`` and return its size in bytes.
 
-    The host is checked before every connection, redirects included (at most
-    ``MAX_REDIRECTS``, followed here rather than by httpx so each hop is checked), and the
-    address actually connected to is checked again, which defeats DNS rebinding between the
-    check and the connect. ``timeout`` bounds the whole download, not each read (a read
-    stalled near the end may overrun it by at most ``timeout`` once more). The body is
-    written to a temp file renamed onto ``dest``: no partial file remains on failure.
+    Every hop, redirects included (at most ``MAX_REDIRECTS``, followed here so each is
+    checked), is parsed by ``netpolicy``, resolved, checked and connected to the checked
+    address; the socket's peer is checked before the request is sent, so DNS rebinding
+    cannot reach a private address and nothing is read from one. ``timeout`` bounds the
+    whole download, not each read (a read stalled near the end may overrun it by at most
+    ``timeout`` once more). The body is written to a temp file renamed onto ``dest``: no
+    partial file remains on failure.
     """
     deadline = time.monotonic() + timeout
     url = uri
-    # trust_env=False: through an environment proxy the address checks would be meaningless.
-    with httpx.Client(follow_redirects=False, trust_env=False) as client:
+    http = netpolicy.PinnedHTTP(
+        allow_private=allow_private, maxsize=1, timeout=urllib3.Timeout(total=timeout)
+    )
+    try:
         for _ in range(MAX_REDIRECTS + 1):
-            _check_http_url(url, uri, allow_private)
+            target = _target(url, uri)
+            response = _get(http, target, uri, deadline, timeout)
             try:
-                with client.stream("GET", url, timeout=_remaining(deadline, uri)) as response:
-                    _check_peer(response, url, allow_private)
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    _check_status(response, uri)
-                    return _save(response, dest, uri, max_bytes, deadline)
-            except httpx.TimeoutException:
-                raise InvalidArgument(f"Fetching {uri} timed out after {timeout:g} s.") from None
-            except httpx.HTTPError as exc:
-                raise InvalidArgument(f"Fetching {uri} failed: {exc}") from None
+                if response.status in REDIRECTS and response.headers.get("location"):
+                    url = urljoin(target.url, response.headers["location"])
+                    response.close()  # its body is never read: the connection is not reused
+                    continue
+                _check_status(response.status, uri)
+                return _save(response, dest, uri, max_bytes, deadline, timeout)
+            finally:
+                response.release_conn()
+    finally:
+        http.clear()
     raise InvalidArgument(f"Fetching {uri} failed: more than {MAX_REDIRECTS} redirects.")
 
 
-def _check_http_url(url: str, uri: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise InvalidArgument(
-            f"Invalid URL {url!r} (from {uri}): only http and https are supported."
+def _target(url: str, uri: str) -> netpolicy.HttpTarget:
+    try:
+        return netpolicy.parse_http_url(url)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{exc.message} (fetching {uri})") from None
+
+
+def _get(
+    http: netpolicy.PinnedHTTP,
+    target: netpolicy.HttpTarget,
+    uri: str,
+    deadline: float,
+    timeout: float,
+) -> urllib3.BaseHTTPResponse:
+    left = _remaining(deadline, uri, timeout)
+    try:
+        return http.request(
+            "GET", target, preload_content=False, timeout=urllib3.Timeout(total=left)
         )
-    check_public_host(parts.hostname or "", allow_private)
+    except urllib3.exceptions.HTTPError as exc:
+        raise _http_error(exc, target, uri, timeout) from None
 
 
-def _remaining(deadline: float, uri: str) -> float:
+def _http_error(
+    exc: urllib3.exceptions.HTTPError, target: netpolicy.HttpTarget, uri: str, timeout: float
+) -> ImmError:
+    cause: BaseException | None = exc
+    for _ in range(MAX_CAUSES):
+        if cause is None:
+            break
+        if isinstance(cause, netpolicy.ForbiddenPeer):
+            return ForbiddenURI(
+                f"{target.url} connected to a private address; {netpolicy.ALLOW_PRIVATE_HINT}."
+            )
+        # NewConnectionError derives from TimeoutError, but "refused" is no timeout.
+        timed_out = isinstance(cause, urllib3.exceptions.TimeoutError)
+        if timed_out and not isinstance(cause, urllib3.exceptions.NewConnectionError):
+            return InvalidArgument(f"Fetching {uri} timed out after {timeout:g} s.")
+        cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
+    return InvalidArgument(f"Fetching {uri} failed: {exc}")
+
+
+def _remaining(deadline: float, uri: str, timeout: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise httpx.TimeoutException(f"deadline passed fetching {uri}")
+        raise InvalidArgument(f"Fetching {uri} timed out after {timeout:g} s.")
     return left
 
 
-def _check_peer(response: httpx.Response, url: str, allow_private: bool) -> None:
-    if allow_private:
-        return
-    stream = response.extensions.get("network_stream")
-    peer = stream.get_extra_info("server_addr") if stream is not None else None
-    if peer and _is_private(str(peer[0])):
-        raise ForbiddenURI(
-            f"{url} connected to a private address ({peer[0]}); {ALLOW_PRIVATE_HINT}."
-        )
+def _check_status(status: int, uri: str) -> None:
+    if status in (404, 410):
+        raise ObjectNotFound(f"Fetching {uri} failed: HTTP {status}.")
+    if status >= 400:
+        raise InvalidArgument(f"Fetching {uri} failed: HTTP {status}.")
 
 
-def _check_status(response: httpx.Response, uri: str) -> None:
-    if response.status_code in (404, 410):
-        raise ObjectNotFound(f"Fetching {uri} failed: HTTP {response.status_code}.")
-    if response.status_code >= 400:
-        raise InvalidArgument(f"Fetching {uri} failed: HTTP {response.status_code}.")
-
-
-def _declared_size(response: httpx.Response) -> int:
+def _declared_size(response: urllib3.BaseHTTPResponse) -> int:
     try:
         return int(response.headers.get("content-length") or 0)
     except ValueError:
         return 0  # a bogus header is no reason to fail: the streamed count is enforced anyway
 
 
-def _save(response: httpx.Response, dest: Path, uri: str, max_bytes: int, deadline: float) -> int:
+def _save(
+    response: urllib3.BaseHTTPResponse,
+    dest: Path,
+    uri: str,
+    max_bytes: int,
+    deadline: float,
+    timeout: float,
+) -> int:
     declared = _declared_size(response)
     if declared > max_bytes:
         raise FileTooLarge(f"{uri} is {declared} bytes; the limit is {max_bytes} bytes.")
 
     def fill(handle: BinaryIO) -> int:
         size = 0
-        # No chunk_size: httpx would buffer up to it, and the deadline is checked per chunk.
-        for chunk in response.iter_bytes():
+        while True:
+            # read1: whatever has arrived, so the deadline is checked per network read.
+            try:
+                chunk = response.read1(CHUNK)
+            except urllib3.exceptions.HTTPError as exc:
+                raise InvalidArgument(f"Fetching {uri} failed: {exc}") from None
+            if not chunk:
+                return size
             size += len(chunk)
             if size > max_bytes:
                 raise FileTooLarge(f"{uri} exceeds the limit of {max_bytes} bytes.")
-            _remaining(deadline, uri)  # a slow drip must not outlive the total timeout
+            _remaining(deadline, uri, timeout)  # a slow drip must not outlive the timeout
             handle.write(chunk)
-        return size
 
     # Not durable: dest is a worker's scratch copy, fetched again if the worker dies.
     return write_atomically(dest, fill, durable=False)

@@ -181,3 +181,12 @@ def test_healthz_and_metrics(imm: ImmClient, project: str) -> None:
     text = imm.http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'openimm_tasks{status="Running",task_type="FileCompression"} 1.0' in text
     assert "openimm_queue_depth" in text
+
+
+def test_unsafe_zip_aliases_are_refused_before_queueing(imm: ImmClient, project: str) -> None:
+    """Attack (issue 9 item 9): '/..\\..\\evil.txt' passed the API's '..' check."""
+    for alias in ("/..\\..\\evil.txt", "/C:\\..\\x.txt"):
+        sources = [{"URI": "oss://bucket/one.bin", "Alias": alias, "Mode": "fullname"}]
+        err = error_of(lambda sources=sources: compress(imm, Sources=sources))
+        assert err.code == "InvalidSources" and "'..'" in str(err)
+    assert task_count(imm) == 0

@@ -93,3 +93,13 @@ def test_file_sources_under_roots_are_archived(tmp_path: Path) -> None:
     archive = zipfile.ZipFile(ctx.settings.oss_root / "bkt" / "out" / "f.zip")
     assert archive.read("in/clip.txt") == b"local file"
     assert (root / "clip.txt").exists()  # the source is read in place, never moved
+
+
+def test_windows_style_aliases_are_normalised_or_refused(tmp_path: Path) -> None:
+    """Attack (issue 9 item 9): '\\' and drive letters must not survive into member names."""
+    one = {"URI": "oss://bkt/one.bin", "Mode": "fullname"}
+    assert names(tmp_path, [{**one, "Alias": "/C:/Windows/x.txt"}]) == ["Windows/x.txt"]
+    assert names(tmp_path, [{**one, "Alias": "/a\\b\\c.txt"}]) == ["a/b/c.txt"]
+    for alias in ("/..\\..\\evil.txt", "/C:\\..\\evil.txt", "/x/\x01.txt"):
+        with pytest.raises(InvalidArgument):
+            names(tmp_path, [{**one, "Alias": alias}])

@@ -32,7 +32,6 @@ from pipeline.storage import (
     parse_oss_uri,
     resolve_file_uri,
 )
-from pipeline.storage import uri as uri_module
 
 # --- oss:// URIs ----------------------------------------------------------------------------
 
@@ -154,7 +153,7 @@ def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) ->
             raise socket.gaierror(socket.EAI_NONAME, "not found")
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in answers[host]]
 
-    monkeypatch.setattr(uri_module.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def test_host_checks_every_address_and_reports_unresolvable(

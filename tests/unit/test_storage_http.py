@@ -11,22 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import netpolicy
 from pipeline.errors import FileTooLarge, ForbiddenURI, InvalidArgument, ObjectNotFound
 from pipeline.settings import Settings
 from pipeline.storage import (
     LocalStore,
     MediaIO,
     S3Store,
-    check_public_host,
     fetch_http,
     open_store,
 )
-from pipeline.storage import uri as uri_module
 
 
 class _Handler(BaseHTTPRequestHandler):
+    seen: list[str] = []  # every request line that reached the server
+
     def do_GET(self) -> None:
         assert isinstance(self.server, ThreadingHTTPServer)
+        _Handler.seen.append(self.path)
         port = self.server.server_port
         redirects = {
             "/redirect": "/small",
@@ -113,13 +115,14 @@ def test_fetch_http_rechecks_every_redirect_hop(
 ) -> None:
     checked: list[str] = []
 
-    def check(host: str, allow_private: bool) -> None:
-        checked.append(host)  # pretend 127.0.0.1 is public; the real check refuses localhost
+    def resolve(host: str, port: int, allow_private: bool) -> list[str]:
+        checked.append(host)  # pretend 127.0.0.1 is public and localhost is not
         if host != "127.0.0.1":
-            check_public_host(host, allow_private)
+            raise ForbiddenURI(f"{host} is private")
+        return [host]
 
-    monkeypatch.setattr(uri_module, "check_public_host", check)
-    monkeypatch.setattr(uri_module, "_check_peer", lambda *args: None)
+    monkeypatch.setattr(netpolicy, "resolve", resolve)
+    monkeypatch.setattr(netpolicy, "is_private", lambda address: False)  # the peer check
     with pytest.raises(ForbiddenURI):
         _fetch(f"{http_server}/to-localhost", tmp_path / "r.bin", allow_private=False)
     assert checked == ["127.0.0.1", "localhost"]
@@ -130,10 +133,12 @@ def test_fetch_http_checks_the_connected_address(
     http_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # DNS rebinding: the name checked as public, but the connection lands on 127.0.0.1.
-    monkeypatch.setattr(uri_module, "check_public_host", lambda host, allow: None)
+    # The socket's peer is checked before the request is written: the server sees nothing.
+    monkeypatch.setattr(netpolicy, "resolve", lambda host, port, allow: [host])
     with pytest.raises(ForbiddenURI, match="connected to a private address"):
-        _fetch(f"{http_server}/small", tmp_path / "r.bin", allow_private=False)
+        _fetch(f"{http_server}/peer-check", tmp_path / "r.bin", allow_private=False)
     assert list(tmp_path.iterdir()) == []
+    assert "/peer-check" not in _Handler.seen
 
 
 # --- MediaIO and open_store -----------------------------------------------------------------
