@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         registry.register(OpenimmCollector(settings, services.db, services.celery))
         app.state.registry = registry
         yield
+        services.messages.close()
         services.db.dispose()
 
     app = FastAPI(title="openimm", lifespan=lifespan, docs_url="/docs", redoc_url=None)
@@ -115,8 +116,10 @@ async def _imm_error(request: Request, exc: ImmError) -> Response:
     return JSONResponse(error_body(request, exc.code, exc.message), status_code=exc.http_status)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
+    if mns.is_mns_path(request.url.path):  # even a bug answers in the protocol's shape
+        return mns.error_response(request, ImmError())
     return JSONResponse(
         error_body(request, "InternalError", "An internal error occurred."), status_code=500
     )

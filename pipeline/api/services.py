@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
+from pipeline.notify.wake import LongPolls
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore
 
@@ -20,6 +21,7 @@ class Services:
     store: ObjectStore
     keys: dict[str, str]
     messages: MessageStore
+    long_polls: LongPolls = field(default_factory=LongPolls)
 
 
 @dataclass(frozen=True)
