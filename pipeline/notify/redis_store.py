@@ -103,7 +103,7 @@ class RedisMessageStore:
         self._remove = client.register_script(REMOVE)
         conn = client.connection_pool.connection_kwargs
         self.namespace = f"redis://{conn.get('host')}:{conn.get('port')}/{conn.get('db', 0)}"
-        self._listener: wake.Listener | None = None
+        self.listener: wake.Listener | None = None  # started by the first long poll
         self._lock = threading.Lock()
 
     @classmethod
@@ -210,15 +210,17 @@ class RedisMessageStore:
 
     def waiting(self, queue: MnsQueue) -> AbstractContextManager[wake.Waiter]:
         with self._lock:
-            if self._listener is None:
-                self._listener = wake.Listener("mns-redis-listen", self._listen)
+            if self.listener is None:
+                self.listener = wake.Listener("mns-redis-listen", self._listen)
         return wake.HUB.waiting(f"{self.namespace}:{queue.id}")
 
-    def _listen(self, stop: threading.Event) -> None:
+    def _listen(self, listener: wake.Listener) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(wake.CHANNEL)
-            while not stop.is_set():
+            pubsub.get_message(timeout=1.0)  # the subscribe confirmation: now subscribed
+            listener.ready.set()
+            while not listener.stop.is_set():
                 note = pubsub.get_message(timeout=1.0)
                 if note is not None:
                     wake.dispatch(self.namespace, _text(note["data"]))
@@ -226,5 +228,5 @@ class RedisMessageStore:
             pubsub.close()
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        if self.listener is not None:
+            self.listener.close()

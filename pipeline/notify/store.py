@@ -66,7 +66,7 @@ class DbMessageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.namespace = db.url
-        self._listener: wake.Listener | None = None
+        self.listener: wake.Listener | None = None  # started by the first long poll
         self._lock = threading.Lock()
 
     def put(
@@ -126,21 +126,22 @@ class DbMessageStore:
 
     def _ensure_listener(self) -> None:
         with self._lock:
-            if self._listener is None:
-                self._listener = wake.Listener("mns-pg-listen", self._listen)
+            if self.listener is None:
+                self.listener = wake.Listener("mns-pg-listen", self._listen)
 
-    def _listen(self, stop: threading.Event) -> None:
+    def _listen(self, listener: wake.Listener) -> None:
         """PostgreSQL LISTEN on a dedicated connection (not one of the pool's)."""
         dsn = make_url(self.db.url).set(drivername="postgresql")
         with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as conn:
             conn.execute(f"LISTEN {wake.CHANNEL}")
-            while not stop.is_set():
+            listener.ready.set()
+            while not listener.stop.is_set():
                 for note in conn.notifies(timeout=1.0):
                     wake.dispatch(self.namespace, note.payload)
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        if self.listener is not None:
+            self.listener.close()
 
 
 def open_message_store(settings: Settings, db: Database) -> MessageStore:

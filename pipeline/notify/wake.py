@@ -107,25 +107,28 @@ def dispatch(namespace: str, message: str) -> None:
 
 
 class Listener:
-    """A daemon thread running ``listen(stop)`` (which blocks, dispatching notifications,
-    until ``stop`` is set or its connection fails), reconnecting after failures."""
+    """A daemon thread running ``listen(self)`` — which subscribes, sets :attr:`ready`, then
+    dispatches notifications until :attr:`stop` is set or its connection fails — and
+    reconnecting after failures."""
 
-    def __init__(self, name: str, listen: Callable[[threading.Event], None]) -> None:
+    def __init__(self, name: str, listen: Callable[[Listener], None]) -> None:
         self._listen = listen
-        self._stop = threading.Event()
+        self.stop = threading.Event()
+        self.ready = threading.Event()  # subscribed: notifications sent from now on arrive
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self.stop.is_set():
             try:
-                self._listen(self._stop)
+                self._listen(self)
             except Exception:  # a dropped connection: waiters fall back to re-checking
                 log.warning("%s lost its connection; reconnecting", self._thread.name)
-                self._stop.wait(RECONNECT_SECONDS)
+                self.ready.clear()
+                self.stop.wait(RECONNECT_SECONDS)
 
     def close(self) -> None:
-        self._stop.set()
+        self.stop.set()
         self._thread.join(timeout=5)
 
 
