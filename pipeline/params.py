@@ -63,14 +63,17 @@ def bounded_int(value: object, low: int = INT64_MIN, high: int = INT64_MAX) -> i
 
 def loads(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` for client input: ValueError for bad JSON, for nesting deeper than
-    ``max_depth`` (no RecursionError later in code that walks the value) and for NaN/Infinity,
-    which no IMM structure carries and the database's JSON cannot store."""
+    ``max_depth`` (no RecursionError later in code that walks the value), for NaN/Infinity
+    and for NUL characters, which no IMM structure carries and PostgreSQL cannot store."""
     try:
         value = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
-    if _depth(value) > max_depth:
+    depth, has_nul = _shape(value)
+    if depth > max_depth:
         raise ValueError(f"nested deeper than {max_depth} levels")
+    if has_nul:
+        raise ValueError("a string contains a NUL character")
     return value
 
 
@@ -78,17 +81,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a decoded JSON value, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _shape(value: Any) -> tuple[int, bool]:
+    """Nesting depth of a decoded JSON value and whether a string in it holds NUL, without
+    recursion."""
+    deepest, has_nul, stack = 0, False, [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
+        if isinstance(node, str):
+            has_nul = has_nul or "\x00" in node
+        elif isinstance(node, dict):
+            has_nul = has_nul or any("\x00" in key for key in node)
             node = list(node.values())
         if isinstance(node, list):
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node)
-    return deepest
+    return deepest, has_nul
 
 
 class Params:
@@ -124,6 +131,8 @@ class Params:
             if required:
                 raise MissingParameter(name)
             return default
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL; no IMM value has one
+            raise InvalidParameter(name, "It must not contain NUL characters.")
         if max_bytes is not None and len(value.encode()) > max_bytes:
             raise InvalidParameter(name, f"It must be at most {max_bytes} bytes.")
         return value
