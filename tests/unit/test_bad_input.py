@@ -164,3 +164,10 @@ def test_an_unexpected_error_on_an_mns_path_is_mns_xml(
 def test_mns_attribute_element_is_bounded(mns: MnsHttp) -> None:
     response = mns.request("PUT", "/queues/q2", element("Queue", {"DelaySeconds": "9" * 40}))
     assert response.status_code == 400 and error_code(response) == "InvalidArgument"
+
+
+def test_an_integer_beyond_any_float_is_indexed_as_text() -> None:
+    from pipeline import fileindex
+
+    assert fileindex._number(10**400) is None  # was OverflowError while indexing file meta
+    assert fileindex._number(7) == 7.0
