@@ -171,3 +171,24 @@ def test_an_integer_beyond_any_float_is_indexed_as_text() -> None:
 
     assert fileindex._number(10**400) is None  # was OverflowError while indexing file meta
     assert fileindex._number(7) == 7.0
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        '{"base": "x", "factor": 1, "max_interval": 1, "max_retries": 1, "horizon": 1}',
+        '{"base": 1, "factor": 1e300, "max_interval": 1, "max_retries": 176, "horizon": 9}',
+        '{"base": [1], "factor": 1, "max_interval": 1, "max_retries": 1, "horizon": 1}',
+    ],
+)
+def test_a_custom_retry_policy_of_the_wrong_type_or_size(imm: ImmClient, strategy: str) -> None:
+    imm.call("CreateTopic", TopicName="t")
+    status, code = rpc_error(
+        imm,
+        "Subscribe",
+        TopicName="t",
+        SubscriptionName="s",
+        Endpoint="http://93.184.216.34/hook",
+        NotifyStrategy=strategy,
+    )
+    assert (status, code) == (400, "InvalidNotifyStrategy")
