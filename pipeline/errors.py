@@ -56,6 +56,14 @@ class LimitExceeded(InvalidArgument):
     code = "LimitExceededError"
 
 
+class QuotaExceeded(LimitExceeded):
+    """A per-owner quota is used up."""
+
+    def __init__(self, message: str, *, mns_code: str) -> None:
+        super().__init__(message)
+        self.mns_code = mns_code  # the code MNS answers with on its own API
+
+
 class ResourceNotFound(ImmError):
     """The specified resource is not found."""
 
@@ -245,6 +253,13 @@ class ReceiptHandleError(ImmError):
 
     code = "ReceiptHandleError"
     http_status = 400
+
+
+class LongPollLimitExceeded(ImmError):
+    """Too many long-polling receivers of this owner are waiting; retry later."""
+
+    code = "LongPollLimitExceeded"
+    http_status = 429
 
 
 # Codes stored on tasks that fail inside the worker (not raised at the API edge).

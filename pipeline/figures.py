@@ -18,6 +18,7 @@ from pipeline import files, paging
 from pipeline.errors import InvalidParameter, ResourceNotFound, StatusConflict
 from pipeline.ids import resource_time, utcnow
 from pipeline.models import Dataset, Figure, FigureCluster, File
+from pipeline.params import bounded_int, parse_int
 
 SORT_FIELDS = {
     "ImageCount": FigureCluster.image_count,
@@ -163,14 +164,21 @@ def _count(session: Session, stmt: Select[Any]) -> int:
 
 
 def _after(column: Any, after: list[Any], desc: bool) -> Any:
-    if len(after) != 2:
-        raise InvalidParameter("NextToken", "The token is malformed.")
+    bad = InvalidParameter("NextToken", "The token is malformed.")
+    if len(after) != 2 or not isinstance(after[1], str):
+        raise bad
     value, last_id = after
-    if isinstance(value, str) and column.key.endswith("_time"):
+    if column.key.endswith("_count"):
+        value = bounded_int(value)
+    elif column.key.endswith("_time"):
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(value) if isinstance(value, str) else None
         except ValueError:
-            raise InvalidParameter("NextToken", "The token is malformed.") from None
+            raise bad from None
+    elif not isinstance(value, str):
+        value = None
+    if value is None:  # a token made for another Sort, or forged
+        raise bad
     if desc:
         return or_(column < value, and_(column == value, FigureCluster.id < last_id))
     return or_(column > value, and_(column == value, FigureCluster.id > last_id))
@@ -179,8 +187,8 @@ def _after(column: Any, after: list[Any], desc: bool) -> Any:
 def update(session: Session, dataset: Dataset, value: dict[str, Any]) -> FigureCluster:
     """UpdateFigureCluster: Name, CustomId, CustomLabels, Cover; optimistic MetaLockVersion."""
     cluster = get(session, dataset, str(value.get("ObjectId", "")))
-    lock = value.get("MetaLockVersion")
-    if lock is not None and int(lock) != cluster.meta_lock_version:
+    lock = _lock_version(value.get("MetaLockVersion"))
+    if lock is not None and lock != cluster.meta_lock_version:
         raise StatusConflict(
             f"Message: MetaLockVersion {lock} is stale; the cluster is at "
             f"{cluster.meta_lock_version}. Read it again and retry."
@@ -193,13 +201,33 @@ def update(session: Session, dataset: Dataset, value: dict[str, Any]) -> FigureC
         if not isinstance(value["CustomLabels"], dict):
             raise InvalidParameter("FigureCluster", "CustomLabels must be an object.")
         cluster.custom_labels = value["CustomLabels"]
-    cover = (value.get("Cover") or {}).get("Figures") or []
-    if cover:
-        _set_cover(session, cluster, str(cover[0].get("FigureId", "")))
+    cover = value.get("Cover") or {}
+    figures = cover.get("Figures") if isinstance(cover, dict) else None
+    if figures is not None and not (
+        isinstance(figures, list) and all(isinstance(f, dict) for f in figures)
+    ):
+        raise InvalidParameter("FigureCluster", 'Cover must be {"Figures": [{"FigureId": …}]}.')
+    if figures:
+        _set_cover(session, cluster, str(figures[0].get("FigureId", "")))
     cluster.meta_lock_version += 1
     cluster.update_time = utcnow()
     session.flush()
     return cluster
+
+
+def _lock_version(raw: Any) -> int | None:
+    """MetaLockVersion as the SDK sends it (a JSON number, or digits in a string)."""
+    if raw is None:
+        return None
+    version = bounded_int(raw)
+    if version is None and isinstance(raw, str):
+        try:
+            version = parse_int(raw)
+        except ValueError:
+            version = None
+    if version is None:
+        raise InvalidParameter("FigureCluster", "MetaLockVersion must be an integer.")
+    return version
 
 
 def _set_cover(session: Session, cluster: FigureCluster, figure_id: str) -> None:

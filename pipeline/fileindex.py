@@ -35,7 +35,10 @@ def scalar_text(value: Any) -> str:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: indexed as text only
+        return None
 
 
 def flatten(doc: dict[str, Any]) -> Iterator[tuple[str, int, Any]]:

@@ -67,8 +67,8 @@ def precheck(
         when = parsedate_to_datetime(headers.get("date", ""))
     except (TypeError, ValueError):
         raise InvalidTimestamp("The Date header is missing or malformed.") from None
-    if when.tzinfo is None:
-        raise InvalidTimestamp("The Date header must be in GMT.")
+    if when.tzinfo is None:  # "-0000" or no zone at all: not a time we can compare
+        raise InvalidTimestamp("The Date header must be in GMT (RFC 1123).")
     if abs((now - when).total_seconds()) > max_skew:
         raise InvalidTimestamp("The Date header is too far from the server time.")
     return key_id, signature

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pipeline.errors import InvalidParameter
+from pipeline.params import loads
 
 
 def encode(key: list[Any]) -> str:
@@ -19,8 +20,8 @@ def decode(token: str) -> list[Any] | None:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except ValueError:
+        value = loads(base64.urlsafe_b64decode(padded.encode()), max_depth=2)
+    except ValueError:  # also bad base64 and bad UTF-8
         raise InvalidParameter("NextToken", "The token is malformed.") from None
     if not isinstance(value, list):
         raise InvalidParameter("NextToken", "The token is malformed.")

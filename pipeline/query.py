@@ -35,6 +35,7 @@ from pipeline import paging
 from pipeline.errors import InvalidParameter
 from pipeline.fileindex import FIELDS
 from pipeline.models import File
+from pipeline.params import bounded_int
 
 LEAF_OPS = frozenset({"eq", "gt", "gte", "lt", "lte", "prefix", "match-phrase", "exist"})
 LOGICAL_OPS = frozenset({"and", "or", "not", "nested"})
@@ -45,6 +46,7 @@ MAX_CONDITIONS = 100
 MAX_SORT_FIELDS = 5
 MAX_FILES = 100
 MAX_GROUPS = 2000
+MAX_OFFSET = 1 << 31  # far beyond any dataset a page walk reaches; fits every SQL OFFSET
 
 
 @dataclass
@@ -252,9 +254,10 @@ def _offset(spec: QuerySpec) -> int:
     key = paging.decode(spec.next_token)
     if key is None:
         return 0
-    if len(key) != 2 or key[1] != fingerprint(spec) or not isinstance(key[0], int) or key[0] < 0:
+    offset = bounded_int(key[0], 0, MAX_OFFSET) if len(key) == 2 else None
+    if offset is None or key[1] != fingerprint(spec):
         raise InvalidParameter("NextToken", "The token does not belong to this query.")
-    return int(key[0])
+    return offset
 
 
 def run(session: Session, spec: QuerySpec) -> QueryResult:

@@ -107,8 +107,15 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     # MNS queues: a message received this many times moves to "<queue>-deadletter" (0 = never).
     mns_dead_letter_after: int = 0
-    # Long-polling receivers re-check their queue this often (latency vs. store load).
-    mns_poll_interval_seconds: float = 0.01
+    # Long-polling receivers are woken by push when a message is put; they also re-check
+    # their queue this often, as a fallback for wake-ups that cannot reach them.
+    mns_poll_interval_seconds: float = 1.0
+    # Long polls one owner may have waiting at once, per API process (over → 429 error XML).
+    mns_max_long_polls_per_owner: int = 100
+    # Quotas, MNS's defaults: queues and topics per owner, subscriptions per topic.
+    mns_max_queues_per_owner: int = 1000
+    mns_max_topics_per_owner: int = 1000
+    mns_max_subscriptions_per_topic: int = 100
     task_events: bool = False  # Celery monitoring events (Flower enables them when running)
     device: str = ""  # empty → cuda:N when available, else cpu
     diagnostics: bool = False  # enables CreateDiagnosticTask (benchmarks, failure drills)

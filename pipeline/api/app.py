@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         registry.register(OpenimmCollector(settings, services.db, services.celery))
         app.state.registry = registry
         yield
+        services.messages.close()
         services.db.dispose()
 
     docs = settings.api_docs or settings.dev_mode  # the API's shape is not advertised

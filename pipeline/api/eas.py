@@ -10,7 +10,6 @@ and the finished task back to the Model Hub JSON output.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from pipeline.api.task_actions import SyncTimeout, TaskFailed, submit, wait_for_
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
 from pipeline.ids import utcnow
 from pipeline.models import Task
+from pipeline.params import bounded_int, loads
 
 MAX_BODY_BYTES = 8 << 20
 
@@ -50,10 +50,15 @@ def _diagnostic_request(body: dict[str, Any], svc: Services, _caller: Caller) ->
     if not svc.settings.diagnostics:
         raise ResourceNotFound("service", "diagnostic")
     data = body.get("input") or {}
+    if not isinstance(data, dict):
+        raise InvalidArgument('Expected {"input": {"mode": …, "seconds": …}}.')
     mode = str(data.get("mode", "Noop"))
     if mode not in ("Noop", "Sleep", "Fail"):
         raise InvalidArgument("input.mode must be Noop, Sleep or Fail.")
-    return {"Mode": mode, "Seconds": int(data.get("seconds", 1))}
+    seconds = bounded_int(data.get("seconds", 1), 0, 3600)
+    if seconds is None:
+        raise InvalidArgument("input.seconds must be an integer from 0 to 3600.")
+    return {"Mode": mode, "Seconds": seconds}
 
 
 def _diagnostic_output(task: Task) -> dict[str, Any]:
@@ -79,7 +84,7 @@ async def predict(service: str, request: Request) -> JSONResponse:
     if spec is None:
         raise ResourceNotFound("service", service)
     try:
-        payload = json.loads(body or b"{}")
+        payload = loads(body or b"{}")
     except ValueError as exc:
         raise InvalidArgument(f"The body is not JSON: {exc}") from None
     if not isinstance(payload, dict):

@@ -15,7 +15,7 @@ from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_target,
 from pipeline.buckets import eas_bucket
 from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
-from pipeline.params import Params
+from pipeline.params import Params, bounded_int, parse_int
 
 MAX_HIGHLIGHT_SOURCES = 10
 HIGHLIGHT_CONTAINERS = ("mp4", "mov", "mkv", "ts", "flv")
@@ -27,7 +27,9 @@ def play_duration_seconds(value: Any) -> float | None:
     if value in (None, ""):
         return None
     try:
-        micros = int(str(value))
+        micros = bounded_int(value) if isinstance(value, int) else parse_int(str(value))
+        if micros is None:
+            raise ValueError("out of range")
     except ValueError:
         raise InvalidArgument(
             f"play_duration must be an integer of microseconds: {value!r}"

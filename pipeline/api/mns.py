@@ -9,7 +9,6 @@ A queue subscription's Endpoint is MNS's QueueEndpoint, ``acs:mns:<region>:<owne
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +30,12 @@ from pipeline.notify.messages import MNS_XMLNS, RAW_MESSAGE_TYPE, epoch_ms, md5_
 router = APIRouter()
 MAX_XML_BYTES = 1 << 20
 MAX_WAIT_SECONDS = 30
+MAX_DELAY_SECONDS = 604800
+MAX_PRIORITY = 16
+MAX_VISIBILITY_SECONDS = 43200
+# A receiver sleeping until a message turns visible wakes this much later, so the store (whose
+# clock may differ by a few ms) already shows it visible.
+VISIBILITY_SLACK_SECONDS = 0.005
 T = TypeVar("T")
 
 
@@ -50,7 +55,7 @@ def is_mns_path(path: str) -> bool:
 def error_response(request: Request, exc: ImmError) -> Response:
     """MNS error XML (what the aliyun-mns-sdk parses) for an error on an MNS path."""
     resource = "subscription" if "subscription" in exc.message else "topic"
-    code = MNS_CODES.get((exc.code, resource), exc.code)
+    code = getattr(exc, "mns_code", None) or MNS_CODES.get((exc.code, resource), exc.code)
     rid = getattr(request.state, "request_id", "")
     return _reply(
         request,
@@ -167,7 +172,8 @@ async def create_queue(name: str, request: Request) -> Response:
 
     def run(svc: Services, owner: str) -> bool:
         with svc.db.session() as s:
-            return queues.create_queue(s, owner, name, attrs)
+            quota = svc.settings.mns_max_queues_per_owner
+            return queues.create_queue(s, owner, name, attrs, quota=quota)
 
     _, _, created = await _call(request, run)
     return _reply(
@@ -233,12 +239,13 @@ async def send_message(name: str, request: Request) -> Response:
     if "MessageBody" not in fields:
         raise InvalidArgument("MessageBody is mandatory.", code="MissingMessageBody")
 
+    raw_delay = fields.get("DelaySeconds")
+    delay = queues.bounded("DelaySeconds", raw_delay, 0, MAX_DELAY_SECONDS) if raw_delay else None
+    priority = queues.bounded("Priority", fields.get("Priority") or "8", 1, MAX_PRIORITY)
+
     def run(svc: Services, owner: str) -> tuple[str, str]:
         queue = _queue(svc, owner, name)
-        delay = int(fields["DelaySeconds"]) if fields.get("DelaySeconds") else None
-        return svc.messages.put(
-            queue, fields["MessageBody"], delay=delay, priority=int(fields.get("Priority") or 8)
-        )
+        return svc.messages.put(queue, fields["MessageBody"], delay=delay, priority=priority)
 
     _, _, (message_id, md5) = await _call(request, run)
     return _reply(request, 201, xml("Message", {"MessageId": message_id, "MessageBodyMD5": md5}))
@@ -246,6 +253,9 @@ async def send_message(name: str, request: Request) -> Response:
 
 @router.get("/queues/{name}/messages")
 async def receive_message(name: str, request: Request) -> Response:
+    raw_wait = request.query_params.get("waitseconds", "")
+    wait = queues.bounded("waitseconds", raw_wait, 0, MAX_WAIT_SECONDS) if raw_wait else None
+
     def run(svc: Services, owner: str) -> tuple[Any, Any, queues.Received | None]:
         limit = svc.settings.mns_dead_letter_after
         with svc.db.session() as s:
@@ -253,17 +263,10 @@ async def receive_message(name: str, request: Request) -> Response:
             dead = queues.dead_letter_queue(s, queue) if limit else None
         return queue, dead, svc.messages.receive(queue, dead, limit)
 
-    services, _owner, (queue, dead, message) = await _call(request, run)
-    raw_wait = request.query_params.get("waitseconds")
-    wait = min(MAX_WAIT_SECONDS, int(raw_wait) if raw_wait else queue.polling_wait_seconds)
-    deadline = time.monotonic() + wait
-    limit = services.settings.mns_dead_letter_after
-    interval = services.settings.mns_poll_interval_seconds
-    while message is None and time.monotonic() < deadline:  # long polling
-        # Re-check the message store only (the queue row was read once): one indexed query
-        # or one Redis script per interval per waiting receiver.
-        await asyncio.sleep(interval)
-        message = await run_in_threadpool(services.messages.receive, queue, dead, limit)
+    services, owner, (queue, dead, message) = await _call(request, run)
+    wait = queue.polling_wait_seconds if wait is None else wait
+    if message is None and wait > 0:
+        message = await _long_poll(services, owner, queue, dead, wait)
     if message is None:
         raise MessageNotExist("Message not exist.")
     return _reply(
@@ -286,6 +289,32 @@ async def receive_message(name: str, request: Request) -> Response:
     )
 
 
+async def _long_poll(
+    services: Services, owner: str, queue: Any, dead: Any, wait: float
+) -> queues.Received | None:
+    """Wait up to ``wait`` s for a message. The receiver sleeps until a put wakes it (push),
+    until the earliest in-flight or delayed message turns visible, or at most the fallback
+    interval; each wake-up costs one store read."""
+    settings, store = services.settings, services.messages
+    deadline = time.monotonic() + wait
+
+    def check() -> tuple[queues.Received | None, float | None]:
+        message = store.receive(queue, dead, settings.mns_dead_letter_after)
+        return message, None if message is not None else store.next_visible_in(queue)
+
+    slot = services.long_polls.slot(owner, settings.mns_max_long_polls_per_owner)
+    with slot, store.waiting(queue) as waiter:
+        while True:
+            message, due = await run_in_threadpool(check)
+            remaining = deadline - time.monotonic()
+            if message is not None or remaining <= 0:
+                return message
+            sleep = min(remaining, settings.mns_poll_interval_seconds)
+            if due is not None:
+                sleep = min(sleep, max(due, 0.0) + VISIBILITY_SLACK_SECONDS)
+            await waiter.wait(sleep)
+
+
 @router.delete("/queues/{name}/messages")
 async def delete_message(name: str, request: Request) -> Response:
     handle = request.query_params.get("ReceiptHandle", "")
@@ -300,7 +329,10 @@ async def delete_message(name: str, request: Request) -> Response:
 @router.put("/queues/{name}/messages")
 async def change_visibility(name: str, request: Request) -> Response:
     handle = request.query_params.get("ReceiptHandle", "")
-    seconds = int(request.query_params.get("VisibilityTimeout") or 0)
+    raw = request.query_params.get("VisibilityTimeout", "")
+    if not raw:
+        raise InvalidArgument("VisibilityTimeout is required.", code="MissingVisibilityTimeout")
+    seconds = queues.bounded("VisibilityTimeout", raw, 1, MAX_VISIBILITY_SECONDS)
 
     def run(svc: Services, owner: str) -> tuple[str, Any]:
         return svc.messages.change_visibility(_queue(svc, owner, name), handle, seconds)
@@ -324,7 +356,7 @@ async def create_topic(name: str, request: Request) -> Response:
 
     def run(svc: Services, owner: str) -> None:
         with svc.db.session() as s:
-            topics.create_topic(s, owner, name)
+            topics.create_topic(s, owner, name, quota=svc.settings.mns_max_topics_per_owner)
 
     await _call(request, run)
     return _reply(request, 201, headers={"Location": _url(request, f"/topics/{name}")})
@@ -397,6 +429,7 @@ async def subscribe(name: str, sub: str, request: Request) -> Response:
                 retry=fields.get("NotifyStrategy") or None,
                 allow_private=svc.settings.http_allow_private,
                 owner=owner,
+                quota=svc.settings.mns_max_subscriptions_per_topic,
             )
 
     await _call(request, run)

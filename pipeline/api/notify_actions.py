@@ -22,7 +22,12 @@ MAX_DELIVERIES = 100
 @action("CreateTopic", "TopicName")
 def create_topic(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     with svc.db.session() as s:
-        topic = topics.create_topic(s, caller.owner, p.str("TopicName", required=True))
+        topic = topics.create_topic(
+            s,
+            caller.owner,
+            p.str("TopicName", required=True),
+            quota=svc.settings.mns_max_topics_per_owner,
+        )
         return {"TopicName": topic.name, "CreateTime": resource_time(topic.create_time)}
 
 
@@ -72,6 +77,7 @@ def subscribe(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
             retry=strategy,
             allow_private=svc.settings.http_allow_private,
             owner=caller.owner,
+            quota=svc.settings.mns_max_subscriptions_per_topic,
         )
         return {"Subscription": _subscription(sub, topic.name)}
 

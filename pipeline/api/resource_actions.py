@@ -41,10 +41,21 @@ def _limits(p: Params, names: tuple[str, ...]) -> dict[str, int | None]:
     return {n: p.int(n, minimum=LIMIT_RANGES[n][0], maximum=LIMIT_RANGES[n][1]) for n in names}
 
 
-def _project_fields(p: Params) -> dict[str, Any]:
+def _tags(p: Params) -> list[dict[str, Any]] | None:
+    """IMM's ``Tag``: a JSON array of ``{"Key": …, "Value": …}`` with string values."""
     tags = p.json("Tag", list)
-    if tags is not None and not all(isinstance(t, dict) and "Key" in t for t in tags):
-        raise InvalidParameter("Tag", 'Expected [{"Key": …, "Value": …}].')
+    if tags is not None and not all(
+        isinstance(t, dict)
+        and isinstance(t.get("Key"), str)
+        and isinstance(t.get("Value", ""), str)
+        for t in tags
+    ):
+        raise InvalidParameter("Tag", 'Expected [{"Key": "…", "Value": "…"}].')
+    return tags
+
+
+def _project_fields(p: Params) -> dict[str, Any]:
+    tags = _tags(p)
     return {
         "description": _description(p),
         "service_role": p.str("ServiceRole") or None,
@@ -87,7 +98,7 @@ def get_project(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
 
 @action("ListProjects", "MaxResults NextToken Prefix Tag")
 def list_projects(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
-    tags = p.json("Tag", list) or []
+    tags = _tags(p) or []
     max_results = p.int("MaxResults", default=100, minimum=0, maximum=200) or 100
     with svc.db.session() as s:
         rows, token = projects.list_projects(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 
 from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
+from pipeline.notify.wake import LongPolls
 from pipeline.replay import ReplayCache
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore, ScopedStore
@@ -24,6 +25,7 @@ class Services:
     keys: dict[str, str]
     messages: MessageStore
     replay: ReplayCache
+    long_polls: LongPolls = field(default_factory=LongPolls)
 
     def store_for(self, owner: str) -> ScopedStore:
         """The object store limited to what ``owner`` owns or was granted."""

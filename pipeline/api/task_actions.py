@@ -141,6 +141,8 @@ def get_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
 
 def _time_range(p: Params, name: str) -> tuple[Any, Any]:
     value = p.json(name, dict) or {}
+    if not all(isinstance(value.get(k) or "", str) for k in ("Start", "End")):
+        raise InvalidParameter(name, "Start and End must be RFC3339 time strings.")
     try:
         return tuple(
             parse_time(value[k]) if value.get(k) else None  # type: ignore[return-value]

@@ -23,7 +23,10 @@ class RetryPolicy:
     jitter: float = 0.5
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        raw = min(self.base * self.factor**retry, self.max_interval)
+        try:
+            raw = min(self.base * self.factor**retry, self.max_interval)
+        except OverflowError:  # factor**retry beyond floats: long past max_interval
+            raw = self.max_interval
         return raw * (1 - self.jitter * (rng or random).random())
 
     def exhausted(self, retries_done: int, elapsed: float) -> bool:
@@ -32,6 +35,17 @@ class RetryPolicy:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+# Bounds of a custom policy's fields (seconds, counts), so every delay stays computable.
+LIMITS = {
+    "base": (0, 86400),
+    "factor": (1, 10),
+    "max_interval": (0, 86400),
+    "max_retries": (0, 10_000),
+    "horizon": (0, 7 * 86400),
+    "jitter": (0, 1),
+}
+POSITIVE = frozenset({"base", "max_interval", "horizon"})
 
 PRESETS = {
     # MNS BACKOFF_RETRY: 3 retries, 10-20 s apart.
@@ -57,6 +71,12 @@ def parse(value: str | dict[str, Any] | None) -> RetryPolicy:
         policy = RetryPolicy(**value)
     except TypeError as exc:
         raise InvalidParameter("NotifyStrategy", str(exc)) from None
-    if policy.base <= 0 or policy.max_retries < 0 or policy.horizon <= 0:
-        raise InvalidParameter("NotifyStrategy", "base and horizon must be > 0.")
+    for name, (low, high) in LIMITS.items():
+        number = getattr(policy, name)
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise InvalidParameter("NotifyStrategy", f"{name} must be a number.")
+        if not low <= number <= high or (name in POSITIVE and number <= 0):
+            raise InvalidParameter("NotifyStrategy", f"{name} must be in ({low}, {high}].")
+    if not isinstance(policy.max_retries, int):
+        raise InvalidParameter("NotifyStrategy", "max_retries must be an integer.")
     return policy

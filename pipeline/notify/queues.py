@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import (
+    InvalidArgument,
     InvalidParameter,
     MessageNotExist,
     QueueAlreadyExist,
@@ -28,7 +29,8 @@ from pipeline.errors import (
 from pipeline.ids import utcnow
 from pipeline.models import MnsMessage, MnsQueue
 from pipeline.notify.messages import md5_upper
-from pipeline.notify.topics import check_name
+from pipeline.notify.topics import check_name, check_quota
+from pipeline.params import parse_int
 
 DEAD_LETTER_SUFFIX = "-deadletter"
 QUEUE_ATTRIBUTES = {  # XML name → (column, minimum, maximum)
@@ -60,11 +62,14 @@ def get_queue(session: Session, owner: str, name: str) -> MnsQueue:
     return queue
 
 
-def create_queue(session: Session, owner: str, name: str, attrs: dict[str, str]) -> bool:
-    """Create the queue; False when it already existed (MNS answers 204 then)."""
+def create_queue(
+    session: Session, owner: str, name: str, attrs: dict[str, str], *, quota: int | None = None
+) -> bool:
+    """Create the queue; False when it already existed (MNS answers 204 then). ``quota``:
+    how many queues the owner may have (dead-letter queues are created outside it)."""
     check_name("QueueName", name)
     values = {
-        col: _bounded(key, attrs[key], low, high)
+        col: bounded(key, attrs[key], low, high)
         for key, (col, low, high) in QUEUE_ATTRIBUTES.items()
         if attrs.get(key)
     }
@@ -75,6 +80,9 @@ def create_queue(session: Session, owner: str, name: str, attrs: dict[str, str])
         if any(getattr(existing, col) != v for col, v in values.items()):
             raise QueueAlreadyExist(f"The queue {name} exists with other attributes.")
         return False
+    check_quota(
+        session, select(func.count()).where(MnsQueue.owner == owner), quota, "queues per owner"
+    )
     try:
         with session.begin_nested():
             session.add(MnsQueue(owner=owner, name=name, create_time=utcnow(), **values))
@@ -83,14 +91,15 @@ def create_queue(session: Session, owner: str, name: str, attrs: dict[str, str])
     return True
 
 
-def _bounded(key: str, raw: str, low: int, high: int) -> int:
+def bounded(key: str, raw: str, low: int, high: int) -> int:
+    """An integer MNS attribute or argument in ``[low, high]``; MNS's ``InvalidArgument``
+    otherwise (also for non-numbers and anything beyond 64 bits)."""
     try:
-        value = int(raw)
+        return parse_int(raw, low, high)
     except ValueError:
-        raise InvalidParameter(key, "It must be an integer.") from None
-    if not low <= value <= high:
-        raise InvalidParameter(key, f"It must be between {low} and {high}.")
-    return value
+        raise InvalidArgument(
+            f"The value of {key} should be an integer between {low} and {high}."
+        ) from None
 
 
 def list_queues(session: Session, owner: str, prefix: str = "") -> Sequence[MnsQueue]:
@@ -208,7 +217,7 @@ def change_visibility(
     session: Session, queue: MnsQueue, handle: str, seconds: int
 ) -> tuple[str, datetime]:
     message = _by_handle(session, queue, handle)
-    _bounded("VisibilityTimeout", str(seconds), 1, 43200)
+    bounded("VisibilityTimeout", str(seconds), 1, 43200)
     message.receipt_handle = secrets.token_hex(16).upper()
     message.next_visible_time = utcnow() + timedelta(seconds=seconds)
     return message.receipt_handle, message.next_visible_time

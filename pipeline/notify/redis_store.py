@@ -4,14 +4,18 @@ Redis AOF (``appendonly yes``, as docker-compose runs it) across Redis restarts.
 Keys per queue id ``q`` (all here, nowhere else):
 ``openimm:mns:{q}:vis``  ZSET message id → next visible time (ms); FIFO among visible ones;
 ``openimm:mns:{q}:m:{id}`` HASH body, md5, enq, first, deq, handle, prio;
-``openimm:mns:{q}:h``    HASH receipt handle → message id.
+``openimm:mns:{q}:h``    HASH receipt handle → message id;
+``openimm_mns``          pub/sub channel: a put publishes ``<q>:<process token>`` to wake
+                         long-polling receivers in other API processes.
 Every state change is one Lua script, so concurrent receivers never get the same message.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +23,7 @@ import redis
 
 from pipeline.errors import InvalidParameter, MessageNotExist, ReceiptHandleError
 from pipeline.models import MnsQueue
+from pipeline.notify import wake
 from pipeline.notify.messages import md5_upper
 from pipeline.notify.queues import Received
 
@@ -27,6 +32,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'body', ARGV[1], 'md5', ARGV[2], 'enq', ARGV[3], 'first', '0',
            'deq', '0', 'handle', '', 'prio', ARGV[5])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[6])
+redis.call('PUBLISH', KEYS[3], ARGV[7])
 return 1
 """
 RECEIVE = """
@@ -95,6 +101,10 @@ class RedisMessageStore:
         self._receive = client.register_script(RECEIVE)
         self._by_handle = client.register_script(BY_HANDLE)
         self._remove = client.register_script(REMOVE)
+        conn = client.connection_pool.connection_kwargs
+        self.namespace = f"redis://{conn.get('host')}:{conn.get('port')}/{conn.get('db', 0)}"
+        self.listener: wake.Listener | None = None  # started by the first long poll
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> RedisMessageStore:
@@ -118,7 +128,11 @@ class RedisMessageStore:
         visible = now + 1000 * (queue.delay_seconds if delay is None else delay)
         vis, msg, _ = _keys(queue.id)
         md5 = md5_upper(body)
-        self._put(keys=[vis, msg + mid], args=[body, md5, now, visible, priority, mid])
+        self._put(
+            keys=[vis, msg + mid, wake.CHANNEL],
+            args=[body, md5, now, visible, priority, mid, wake.payload(queue.id)],
+        )
+        wake.HUB.notify(f"{self.namespace}:{queue.id}")
         return mid, md5
 
     def receive(
@@ -188,3 +202,31 @@ class RedisMessageStore:
             pipe.delete(msg + _text(mid))
         pipe.delete(vis, handles)
         pipe.execute()
+
+    def next_visible_in(self, queue: MnsQueue) -> float | None:
+        vis, _, _ = _keys(queue.id)
+        first: list[Any] = self.client.zrange(vis, 0, 0, withscores=True)
+        return (float(first[0][1]) - _ms()) / 1000 if first else None
+
+    def waiting(self, queue: MnsQueue) -> AbstractContextManager[wake.Waiter]:
+        with self._lock:
+            if self.listener is None:
+                self.listener = wake.Listener("mns-redis-listen", self._listen)
+        return wake.HUB.waiting(f"{self.namespace}:{queue.id}")
+
+    def _listen(self, listener: wake.Listener) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(wake.CHANNEL)
+            pubsub.get_message(timeout=1.0)  # the subscribe confirmation: now subscribed
+            listener.ready.set()
+            while not listener.stop.is_set():
+                note = pubsub.get_message(timeout=1.0)
+                if note is not None:
+                    wake.dispatch(self.namespace, _text(note["data"]))
+        finally:
+            pubsub.close()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()

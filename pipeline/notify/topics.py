@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,7 @@ from pipeline.errors import (
     ForbiddenURI,
     InvalidArgument,
     InvalidParameter,
+    QuotaExceeded,
     ResourceAlreadyExists,
     ResourceNotFound,
 )
@@ -24,6 +25,11 @@ from pipeline.notify import messages, policy, webhooks
 
 # MNS names: letters, digits and '-', starting with a letter, at most 256 characters.
 TOPIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,255}$")
+QUOTA_CODES = {  # MNS's error codes for its quotas
+    "queues per owner": "QueueNumExceeded",
+    "topics per owner": "TopicNumExceeded",
+    "subscriptions per topic": "SubscriptionNumExceeded",
+}
 QUEUE_ENDPOINT_RE = re.compile(r"^acs:mns:[^:]*:([^:]+):queues/([A-Za-z][A-Za-z0-9-]{0,255})$")
 
 
@@ -40,8 +46,26 @@ def get_topic(session: Session, owner: str, name: str) -> Topic:
     return topic
 
 
-def create_topic(session: Session, owner: str, name: str) -> Topic:
-    topic = Topic(owner=owner, name=check_name("TopicName", name), create_time=utcnow())
+def check_quota(session: Session, count: Select[Any], quota: int | None, what: str) -> None:
+    """Refuse a create once ``count`` (rows the owner already has) reached ``quota``. The
+    count and the insert are not atomic: concurrent creates may overshoot by a few."""
+    if quota is None:
+        return
+    have = session.scalar(count) or 0
+    if have >= quota:
+        raise QuotaExceeded(
+            f"The {what} quota ({quota}) is used up; delete some or ask the operator to raise it.",
+            mns_code=QUOTA_CODES[what],
+        )
+
+
+def create_topic(session: Session, owner: str, name: str, *, quota: int | None = None) -> Topic:
+    """Create a topic; ``quota``: how many topics the owner may have."""
+    check_name("TopicName", name)
+    check_quota(
+        session, select(func.count()).where(Topic.owner == owner), quota, "topics per owner"
+    )
+    topic = Topic(owner=owner, name=name, create_time=utcnow())
     try:
         with session.begin_nested():
             session.add(topic)
@@ -100,9 +124,17 @@ def subscribe(
     retry: str | dict[str, Any] | None,
     allow_private: bool,
     owner: str = "",
+    quota: int | None = None,
 ) -> Subscription:
-    """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner."""
+    """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner; ``quota``:
+    how many subscriptions the topic may have."""
     check_name("SubscriptionName", name)
+    check_quota(
+        session,
+        select(func.count()).where(Subscription.topic_id == topic.id),
+        quota,
+        "subscriptions per topic",
+    )
     _check_endpoint(session, endpoint, owner or topic.owner, allow_private)
     if content_format not in messages.FORMATS:
         raise InvalidParameter("NotifyContentFormat", f"Use one of {', '.join(messages.FORMATS)}.")
