@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy import select
 
-from pipeline import credentials, migrate, queue
+from pipeline import accounts, credentials, migrate, queue
 from pipeline.db import Database
 from pipeline.models import Task
 from pipeline.settings import Settings
@@ -227,6 +227,14 @@ def _announce(settings: Settings, keys: dict[str, str]) -> None:
     where = f"http://{settings.host}:{settings.port}"
     if keys:
         source = "OPENIMM_ACCESS_KEYS" if settings.access_keys else credentials.keys_path(settings)
-        log.info("openimm at %s; AccessKeyId %s (secret in %s)", where, next(iter(keys)), source)
+        ids = accounts.load(settings)
+        for key_id in keys:
+            log.info(
+                "openimm at %s; AccessKeyId %s, AccountId %s (secret in %s)",
+                where,
+                key_id,
+                ids.of(key_id),
+                source,
+            )
     else:
         log.warning("openimm at %s in DEV MODE: requests are not authenticated", where)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from pipeline.accounts import AccountIds
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
 from pipeline.settings import Settings
@@ -20,6 +21,7 @@ class Services:
     store: ObjectStore
     keys: dict[str, str]
     messages: MessageStore
+    accounts: AccountIds
 
 
 @dataclass(frozen=True)

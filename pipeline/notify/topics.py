@@ -1,4 +1,9 @@
-"""Topics and subscriptions, scoped to the owner (AccessKeyId)."""
+"""Topics and subscriptions, scoped to the owner (AccessKeyId).
+
+A queue subscription's endpoint names the owner's account as MNS does, by its numeric
+AccountId (``acs:mns:<region>:<AccountId>:queues/<q>``), or by its AccessKeyId (accepted for
+compatibility); either way it can only designate a queue of the topic's own owner.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline import accounts
 from pipeline.errors import InvalidParameter, ResourceAlreadyExists, ResourceNotFound
 from pipeline.ids import utcnow
 from pipeline.models import Subscription, Topic
@@ -53,9 +59,9 @@ def list_topics(session: Session, owner: str) -> Sequence[Topic]:
     return session.scalars(select(Topic).where(Topic.owner == owner).order_by(Topic.name)).all()
 
 
-def queue_endpoint(region: str, owner: str, queue: str) -> str:
+def queue_endpoint(region: str, account_id: str, queue: str) -> str:
     """MNS's QueueEndpoint form."""
-    return f"acs:mns:{region}:{owner}:queues/{queue}"
+    return f"acs:mns:{region}:{account_id}:queues/{queue}"
 
 
 def queue_of(endpoint: str) -> tuple[str, str] | None:
@@ -64,10 +70,12 @@ def queue_of(endpoint: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: bool) -> None:
+def _check_endpoint(
+    session: Session, endpoint: str, owner: str, account_id: str, allow_private: bool
+) -> None:
     target = queue_of(endpoint)
     if target is not None:
-        if target[0] != owner:
+        if target[0] not in (owner, account_id):
             raise InvalidParameter("Endpoint", "The queue must belong to the topic's owner.")
         from pipeline.notify.queues import get_queue
 
@@ -76,7 +84,7 @@ def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: 
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidParameter(
-            "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<owner>:queues/<queue>."
+            "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<AccountId>:queues/<queue>."
         )
     check_public_host(parts.hostname, allow_private)
 
@@ -91,10 +99,14 @@ def subscribe(
     retry: str | dict[str, Any] | None,
     allow_private: bool,
     owner: str = "",
+    account_id: str = "",
 ) -> Subscription:
-    """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner."""
+    """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner;
+    ``account_id`` is the owner's (pipeline.accounts; derived when not given)."""
     check_name("SubscriptionName", name)
-    _check_endpoint(session, endpoint, owner or topic.owner, allow_private)
+    owner = owner or topic.owner
+    account_id = account_id or accounts.derive(owner)
+    _check_endpoint(session, endpoint, owner, account_id, allow_private)
     if content_format not in messages.FORMATS:
         raise InvalidParameter("NotifyContentFormat", f"Use one of {', '.join(messages.FORMATS)}.")
     sub = Subscription(
