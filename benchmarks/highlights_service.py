@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,15 +43,22 @@ from workers import highlights  # noqa: E402
 LENGTHS = (5, 10, 60)
 
 
-def clips(folder: Path) -> dict[int, str]:
-    """One planted clip per length in the stack's object store (``oss://bench/…``)."""
+def clips(folder: Path) -> dict[int, Path]:
+    """One planted clip per length (generated once per run)."""
     out = {}
-    (folder / "bench").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for seconds in LENGTHS:
         event = (seconds // 3, seconds // 3 + max(2, seconds // 4))
-        planted_video(folder / "bench" / f"clip{seconds}.mp4", seconds=seconds, event=event)
-        out[seconds] = f"oss://bench/clip{seconds}.mp4"
+        out[seconds] = planted_video(folder / f"clip{seconds}.mp4", seconds=seconds, event=event)
     return out
+
+
+def put(stack: Stack, clip: Path) -> str:
+    """Drop ``clip`` into the stack's embedded object store; its ``oss://`` URI."""
+    folder = stack.data_dir / "oss" / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(clip, folder / clip.name)
+    return f"oss://bench/{clip.name}"
 
 
 def predict(stack: Stack, url: str) -> float:
@@ -90,18 +98,20 @@ def stack_at(data_dir: Path, warm: bool) -> Iterator[Stack]:
     try:
         stack.start_worker(queues="highlight", concurrency=1)
         if warm:  # a server started a while ago: its pool processes are warm
-            wait_until(lambda: "warmed" in stack.log("worker"), 300, what="warm-up")
+            wait_until(lambda: "preloaded" in stack.log("worker"), 300, what="warm-up")
         yield stack
     finally:
         stack.stop_all()
 
 
-def measure(data_dir: Path, warm: bool, repeats: int) -> dict[int, tuple[float, list[float]]]:
+def measure(
+    data_dir: Path, warm: bool, repeats: int, files: dict[int, Path]
+) -> dict[int, tuple[float, list[float]]]:
     """Per clip length, on a freshly started pool each: (first call s, [later calls s])."""
     out = {}
     for seconds in LENGTHS:
         with stack_at(data_dir / f"len{seconds}", warm) as stack:
-            url = clips(stack.data_dir / "oss")[seconds]
+            url = put(stack, files[seconds])
             cold = predict(stack, url)
             out[seconds] = (cold, [predict(stack, url) for _ in range(repeats)])
     return out
@@ -126,15 +136,13 @@ def main() -> int:
     print(f"time / clip duration (lower is better), {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="hl-bench-") as name:
         tmp = Path(name)
-        paths = {s: Path(u.removeprefix("oss://")) for s, u in clips(tmp / "oss").items()}
-        in_process(tmp / "oss" / paths[5], tmp)  # warm this process's imports and models
-        work = {
-            s: min(in_process(tmp / "oss" / p, tmp) for _ in range(2)) for s, p in paths.items()
-        }
+        files = clips(tmp / "clips")
+        in_process(files[5], tmp)  # warm this process's imports and models
+        work = {s: min(in_process(path, tmp) for _ in range(2)) for s, path in files.items()}
         modes = [True] if args.no_compare else [False, True]
         for warm in modes:
             label = "after: warm workers" if warm else "before: OPENIMM_WARM_WORKERS=0"
-            report(label, measure(tmp / f"run-{warm}", warm, args.repeats), work)
+            report(label, measure(tmp / f"run-{warm}", warm, args.repeats, files), work)
     return 0
 
 

@@ -50,6 +50,10 @@ def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: s
 
     app = build_worker_app(settings)
     names = queue.all_queues(settings) if queues == "all" else queues.split(",")
+    if settings.warm_workers:
+        from workers import warmup
+
+        warmup.preload(settings, names)  # before the fork: every child starts warm
     node = hostname or f"openimm-{os.getpid()}@%h"
     app.worker_main(
         [

@@ -1,12 +1,17 @@
-"""Warm a worker process for the queues it serves, right after fork (``worker_process_init``).
+"""Warm a worker pool for the queues it serves before its first job.
 
 Without this the first job of every pool process paid the imports and model loads itself:
 about 2-3 s on 2 cores for a highlight job (librosa and its numba-compiled onset code, OpenCV,
 dlib's detector and landmark/embedding models), which is most of an 8-10 s clip's service
-time. Warming runs each queue's warmer once per process, in a background thread so the
-process takes jobs at once (a job arriving mid-warm-up waits on the same imports and loads
-no longer than it did before); a warmer that fails only logs (the job that needs the model
-will report the real error with its Code).
+time.
+
+Two phases. :func:`preload` runs in the pool's parent before it forks (``run_worker``), for
+what is fork-safe — pure imports, numba JIT, dlib's CPU models, assembling model files — so
+every child, including those forked later to grow the pool or replace a lost one, starts warm
+and shares those pages. :func:`start` runs in each child (``worker_process_init``) for what
+must not cross a fork (CTranslate2's thread pools: the Whisper engine), in a background
+thread so the child takes jobs at once. A warmer that fails only logs: the job that needs the
+model reports the real error with its Code.
 """
 
 from __future__ import annotations
@@ -55,21 +60,34 @@ def _speech(settings: Settings) -> None:
     asr.pick_engine("en", None, model_dir)
 
 
-# Queue → what its jobs load. Queues not named here (archive, default, …) need nothing heavy.
-WARMERS: dict[str, tuple[Warmer, ...]] = {
+def _speech_files(settings: Settings) -> None:
+    from pathlib import Path
+
+    from workers.models_install import whisper_model_dir
+
+    configured = Path(settings.whisper_model_dir) if settings.whisper_model_dir else None
+    whisper_model_dir(settings.resolved_data_dir, configured)  # assembles + verifies if new
+
+
+# Queue → what its jobs load, before the fork (PARENT) and in each child (CHILD). Queues not
+# named here (archive, default, …) need nothing heavy.
+PARENT: dict[str, tuple[Warmer, ...]] = {
     "highlight": (_highlights,),
     "index": (_faces,),
     "cluster": (_faces,),
-    "asr": (_speech,),
+    "asr": (_speech_files,),
 }
+CHILD: dict[str, tuple[Warmer, ...]] = {"asr": (_speech,)}
 
 
-def warm(settings: Settings, queues: Iterable[str]) -> float:
-    """Run the warmers of ``queues`` (each once); returns the seconds spent."""
+def warm(
+    settings: Settings, queues: Iterable[str], table: dict[str, tuple[Warmer, ...]] = PARENT
+) -> float:
+    """Run the warmers ``table`` names for ``queues`` (each once); returns the seconds spent."""
     started = time.perf_counter()
     done: set[Warmer] = set()
     for queue in queues:
-        for warmer in WARMERS.get(queue, ()):
+        for warmer in table.get(queue, ()):
             if warmer in done:
                 continue
             done.add(warmer)
@@ -80,11 +98,19 @@ def warm(settings: Settings, queues: Iterable[str]) -> float:
     return time.perf_counter() - started
 
 
-def start(settings: Settings, queues: list[str]) -> threading.Thread:
-    """Warm this process for ``queues`` in a daemon thread; logs what it took."""
+def preload(settings: Settings, queues: list[str]) -> None:
+    """The fork-safe warm-up, in the pool's parent process before it forks its children."""
+    spent = warm(settings, queues, PARENT)
+    log.info("worker pool preloaded for %s in %.2f s", ",".join(queues), spent)
+
+
+def start(settings: Settings, queues: list[str]) -> threading.Thread | None:
+    """The per-child warm-up in a daemon thread (None when the queues need none)."""
+    if not any(queue in CHILD for queue in queues):
+        return None
 
     def run() -> None:
-        spent = warm(settings, queues)
+        spent = warm(settings, queues, CHILD)
         log.info("worker process warmed for %s in %.2f s", ",".join(queues), spent)
 
     thread = threading.Thread(target=run, name="warmup", daemon=True)

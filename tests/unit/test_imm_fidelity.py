@@ -246,3 +246,15 @@ def test_owner_cannot_subscribe_into_another_owners_queue_by_account_id(
                 Endpoint=f"acs:mns:local:{who}:queues/inbox",
             )
         assert info.value.code == "InvalidEndpoint"
+
+
+def test_keys_command_lists_account_ids_never_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import cli
+
+    monkeypatch.setenv("OPENIMM_ACCESS_KEYS", f"AK1:topsecret:{ACCOUNT},AK2:other")
+    assert cli.main(["--data-dir", str(tmp_path), "keys"]) == 0
+    out = capsys.readouterr().out
+    assert f"AK1\t{ACCOUNT}" in out and f"AK2\t{accounts.derive('AK2')}" in out
+    assert "topsecret" not in out and "other" not in out

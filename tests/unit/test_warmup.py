@@ -16,8 +16,8 @@ def test_highlight_warmup_loads_what_a_highlight_job_needs(tmp_path: Path) -> No
     # Given a process that serves the highlight queue
     settings = Settings(data_dir=tmp_path)
     faces.get_analyzer.cache_clear()
-    # When it warms up (as worker_process_init starts it)
-    warmup.start(settings, ["highlight", "default"]).join(timeout=300)
+    # When its pool preloads (as run_worker does before forking the children)
+    warmup.preload(settings, ["highlight", "default"])
     # Then the face models a highlight job uses are loaded before any job arrives
     analyzer = faces.get_analyzer(settings.face_detector, highlights.DECODE_WIDTH)
     assert analyzer._models is not None
@@ -26,7 +26,9 @@ def test_highlight_warmup_loads_what_a_highlight_job_needs(tmp_path: Path) -> No
 
 
 def test_queues_without_heavy_models_warm_nothing(tmp_path: Path) -> None:
-    assert warmup.warm(Settings(data_dir=tmp_path), ["archive", "default", "notify"]) < 0.5
+    settings = Settings(data_dir=tmp_path)
+    assert warmup.warm(settings, ["archive", "default", "notify"]) < 0.5
+    assert warmup.start(settings, ["highlight", "default"]) is None  # nothing per child
 
 
 def test_embedded_broker_and_sync_waits_poll_quickly(tmp_path: Path) -> None:
