@@ -17,6 +17,7 @@ model reports the real error with its Code.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -101,7 +102,9 @@ def warm(
 def preload(settings: Settings, queues: list[str]) -> None:
     """The fork-safe warm-up, in the pool's parent process before it forks its children."""
     spent = warm(settings, queues, PARENT)
-    log.info("worker pool preloaded for %s in %.2f s", ",".join(queues), spent)
+    # Celery has not set up logging yet in this process: write the line to stderr directly.
+    print(f"openimm.warmup: worker pool preloaded for {','.join(queues)} in {spent:.2f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def start(settings: Settings, queues: list[str]) -> threading.Thread | None:

@@ -17,7 +17,7 @@ from alibabacloud_tea_openapi.models import Config
 
 KEY_ID, KEY_SECRET = "LTAIe2eKey", "e2e-secret"
 ACCOUNT_ID = "1413397765600042"  # the third OPENIMM_ACCESS_KEYS field: TopicOwner, OwnerId
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 180.0  # generous: a worker pool preloads its models before it is ready
 
 
 def free_port() -> int:
