@@ -21,6 +21,11 @@ Text normaliser (``normalise``), applied to reference and hypothesis alike:
 5. whitespace is collapsed. WER = word-level Levenshtein distance / reference words, summed
    over all files.
 
+Both figures are printed: "raw WER" compares the whitespace-split words exactly as written
+(the engine's casing, punctuation and digits against the reference as its source wrote it, the
+``source_text`` column when there is one), "WER" after the
+normaliser — the difference is what formatting alone costs an exact-match consumer.
+
 Speed: RTF = decoding wall time / audio duration, summed over files, best of ``--repeats``;
 ffmpeg decoding and model loading are excluded, VAD is included. "cpu/audio" is process CPU
 seconds per audio second (both threads): it tells how much of a slow RTF is other load on the
@@ -115,6 +120,11 @@ def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     return row[-1]
 
 
+def raw_words(text: str) -> list[str]:
+    """Words as written: no normalisation at all (the raw-WER baseline)."""
+    return text.split()
+
+
 def wer(reference: str, hypothesis: str) -> float:
     ref = normalise(reference)
     return edit_distance(ref, normalise(hypothesis)) / max(1, len(ref))
@@ -129,6 +139,7 @@ class Clip:
     language: str
     reference: str
     samples: numpy.ndarray
+    written: str = ""  # the reference as its source wrote it (raw WER)
 
     @property
     def seconds(self) -> float:
@@ -150,6 +161,7 @@ def load_clips(folder: Path) -> list[Clip]:
             row.get("language") or "en",
             row["text"],
             asr.load_audio(folder / row["file"], raw=_raw_format(row)),
+            row.get("source_text") or row["text"],
         )
         for row in rows
     ]
@@ -164,6 +176,8 @@ class Result:
     mode: str
     errors: int = 0
     words: int = 0
+    raw_errors: int = 0
+    raw_words: int = 0
     wall_s: float = float("inf")
     cpu_s: float = float("inf")
     audio_s: float = 0.0
@@ -171,6 +185,10 @@ class Result:
     @property
     def wer(self) -> float:
         return self.errors / max(1, self.words)
+
+    @property
+    def raw_wer(self) -> float:
+        return self.raw_errors / max(1, self.raw_words)
 
 
 def run(engine: asr.Engine, mode: str, clips: Sequence[Clip], verbose: bool) -> Result:
@@ -188,6 +206,8 @@ def run(engine: asr.Engine, mode: str, clips: Sequence[Clip], verbose: bool) -> 
         errors = edit_distance(normalise(clip.reference), normalise(text))
         result.errors += errors
         result.words += len(normalise(clip.reference))
+        result.raw_errors += edit_distance(raw_words(clip.written), raw_words(text))
+        result.raw_words += len(raw_words(clip.written))
         if verbose:
             print(f"  {engine.name:7s} {mode:9s} {clip.name[:34]:34s} err={errors} | {text}")
     result.wall_s, result.cpu_s = wall, cpu
@@ -199,7 +219,9 @@ def best_of(
 ) -> Result:
     runs = [run(engine, mode, clips, args.verbose and i == 0) for i in range(args.repeats)]
     best = min(runs, key=lambda r: r.wall_s)
-    best.errors, best.words = runs[0].errors, runs[0].words  # decoding is deterministic
+    first = runs[0]  # decoding is deterministic
+    best.errors, best.words = first.errors, first.words
+    best.raw_errors, best.raw_words = first.raw_errors, first.raw_words
     return best
 
 
@@ -249,9 +271,12 @@ def verdict(results: Sequence[Result]) -> list[str]:
 
 
 def table(results: Sequence[Result]) -> str:
-    header = f"{'engine':8s} {'mode':10s} {'WER':>7s} {'errors':>9s} {'RTF':>6s} {'cpu/audio':>9s}"
+    header = (
+        f"{'engine':8s} {'mode':10s} {'raw WER':>8s} {'WER':>7s} {'errors':>9s} {'RTF':>6s} "
+        f"{'cpu/audio':>9s}"
+    )
     rows = [
-        f"{r.engine:8s} {r.mode:10s} {r.wer:7.1%} {r.errors:4d}/{r.words:<4d} "
+        f"{r.engine:8s} {r.mode:10s} {r.raw_wer:8.1%} {r.wer:7.1%} {r.errors:4d}/{r.words:<4d} "
         f"{r.wall_s / r.audio_s:6.3f} {r.cpu_s / r.audio_s:9.3f}"
         for r in results
     ]

@@ -71,6 +71,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Each owner's AccessKeyId and AccountId (never a secret)."""
+    from pipeline import accounts, credentials
+
+    settings = _settings(args)
+    keys = credentials.load_keys(settings)
+    ids = accounts.load(settings)
+    if not keys:
+        print("no access keys: DEV MODE (requests are not authenticated)")
+    for key_id in keys:
+        print(f"{key_id}\t{ids.of(key_id)}")
+    return EXIT_OK
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     import httpx
 
@@ -340,7 +354,7 @@ def _notify_parsers(sub: argparse._SubParsersAction) -> None:
         "endpoint",
         nargs="?",
         default="",
-        help="https://… webhook or acs:mns:<region>:<owner>:queues/<name>",
+        help="https://… webhook or acs:mns:<region>:<AccountId>:queues/<name>",
     )
     subs.add_argument("--format", default="JSON", help="JSON | SIMPLIFIED | XML")
     subs.add_argument("--strategy", default="EXPONENTIAL_DECAY_RETRY")
@@ -420,6 +434,7 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", cmd_migrate, "apply database migrations"),
         ("healthcheck", cmd_healthcheck, "exit 0 when the API answers"),
         ("doctor", cmd_doctor, "exit 0 when every Running task has a lease or a queued message"),
+        ("keys", cmd_keys, "list each owner's AccessKeyId and AccountId (no secrets)"),
         ("demo", cmd_demo, "start the embedded server, run a FileCompression job, stop"),
         ("schemas", cmd_schemas, "print the JSON Schema of the wire contract"),
         ("dispatcher", cmd_dispatcher, "publish the notification outbox (distributed mode)"),

@@ -73,8 +73,11 @@ def _stats(cluster: FigureCluster, members: list[Figure]) -> None:
     cluster.update_time = utcnow()
 
 
-def views(session: Session, clusters: Sequence[FigureCluster]) -> list[dict[str, Any]]:
-    """IMM ``FigureCluster`` objects; the covers of a whole page load in two queries."""
+def views(
+    session: Session, clusters: Sequence[FigureCluster], owner_id: str
+) -> list[dict[str, Any]]:
+    """IMM ``FigureCluster`` objects (``OwnerId``: the owner's account id); the covers of a
+    whole page load in two queries."""
     cover_ids = [c.cover_figure_id for c in clusters if c.cover_figure_id]
     covers = {f.id: f for f in session.scalars(select(Figure).where(Figure.id.in_(cover_ids)))}
     file_ids = [f.file_id for f in covers.values()]
@@ -83,16 +86,16 @@ def views(session: Session, clusters: Sequence[FigureCluster]) -> list[dict[str,
     for cluster in clusters:
         fig = covers.get(cluster.cover_figure_id)
         f = docs.get(fig.file_id) if fig is not None else None
-        cover = files.document(f, [fig]) if f is not None and fig is not None else {}
-        out.append(_view(cluster, cover))
+        cover = files.document(f, [fig], owner_id) if f is not None and fig is not None else {}
+        out.append(_view(cluster, cover, owner_id))
     return out
 
 
-def _view(cluster: FigureCluster, cover: dict[str, Any]) -> dict[str, Any]:
+def _view(cluster: FigureCluster, cover: dict[str, Any], owner_id: str) -> dict[str, Any]:
     return {
         "ObjectId": cluster.id,
         "ObjectType": "figure-cluster",
-        "OwnerId": cluster.owner,
+        "OwnerId": owner_id,
         "ProjectName": cluster.project_name,
         "DatasetName": cluster.dataset_name,
         "Name": cluster.name,

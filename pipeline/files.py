@@ -124,12 +124,14 @@ def figure_doc(fig: Figure) -> dict[str, Any]:
     }
 
 
-def document(f: File, figures: list[Figure]) -> dict[str, Any]:
+def document(f: File, figures: list[Figure], owner_id: str = "") -> dict[str, Any]:
+    """The IMM ``File``; ``owner_id`` is the owner's account id (pipeline.accounts) shown as
+    ``OwnerId`` (the stored search index leaves OwnerId out, so it may be omitted there)."""
     doc: dict[str, Any] = {
         "URI": f.uri,
         "ProjectName": f.project_name,
         "DatasetName": f.dataset_name,
-        "OwnerId": f.owner,
+        "OwnerId": owner_id or f.owner,
         "ObjectId": f.id,
         "ObjectType": "file",
         "ObjectStatus": "Indexed",
@@ -162,13 +164,13 @@ def figures_of(session: Session, file_ids: Iterable[str]) -> dict[str, list[Figu
     return out
 
 
-def documents(session: Session, file_ids: list[str]) -> list[dict[str, Any]]:
+def documents(session: Session, file_ids: list[str], owner_id: str) -> list[dict[str, Any]]:
     """The documents of ``file_ids``, in that order (missing ids skipped)."""
     if not file_ids:
         return []
     rows = {f.id: f for f in session.scalars(select(File).where(File.id.in_(file_ids)))}
     figs = figures_of(session, rows)
-    return [document(rows[i], figs.get(i, [])) for i in file_ids if i in rows]
+    return [document(rows[i], figs.get(i, []), owner_id) for i in file_ids if i in rows]
 
 
 def reindex(session: Session, f: File, figures: list[Figure] | None = None) -> None:
@@ -177,8 +179,10 @@ def reindex(session: Session, f: File, figures: list[Figure] | None = None) -> N
     fileindex.rebuild(session, f.id, f.dataset_id, document(f, figures))
 
 
-def get_by_uris(session: Session, dataset: Dataset, uris: list[str]) -> list[dict[str, Any]]:
-    return documents(session, [object_id(dataset.id, u) for u in uris])
+def get_by_uris(
+    session: Session, dataset: Dataset, uris: list[str], owner_id: str
+) -> list[dict[str, Any]]:
+    return documents(session, [object_id(dataset.id, u) for u in uris], owner_id)
 
 
 # ---- writes ---------------------------------------------------------------------------------

@@ -9,19 +9,27 @@ from datetime import UTC, datetime
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
+# TaskId is ``<prefix>-<uuid4>`` where the prefix is the TaskType (reference §1.1:
+# MediaConvert-…, FileCompression-…, Highlight-…) except where IMM's own samples show another
+# prefix. The one exception on record: seed 004 shows CreateFigureClusteringTask returning
+# ``CreateFigureClusteringTask-<uuid>`` while GetTask's TaskType is ``FaceClustering``.
+TASK_ID_PREFIXES: dict[str, str] = {"FaceClustering": "CreateFigureClusteringTask"}
+EVENT_ID_CHARS = 27  # seed 004: "049-1udsgM0nr0leAdDBAOxe4kDLYM5"
+
+
 def request_id() -> str:
     """An upper-case UUID, the shape of IMM's ``RequestId``."""
     return str(uuid.uuid4()).upper()
 
 
 def task_id(task_type: str) -> str:
-    """``<TaskType>-<uuid4>``."""
-    return f"{task_type}-{uuid.uuid4()}"
+    """``<prefix>-<uuid4>``, the prefix from :data:`TASK_ID_PREFIXES` or the TaskType."""
+    return f"{TASK_ID_PREFIXES.get(task_type, task_type)}-{uuid.uuid4()}"
 
 
 def event_id() -> str:
-    """``<3 hex>-<25 base62>``, the shape of IMM's ``EventId`` and message ``id``."""
-    body = "".join(secrets.choice(_BASE62) for _ in range(25))
+    """``<3 hex>-<27 base62>``, the shape of IMM's ``EventId`` and message ``id``."""
+    body = "".join(secrets.choice(_BASE62) for _ in range(EVENT_ID_CHARS))
     return f"{secrets.token_hex(2)[:3].upper()}-{body}"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 from sqlalchemy import select, update
 
-from pipeline import credentials, migrate, queue
+from pipeline import accounts, credentials, migrate, queue
 from pipeline.db import Database
 from pipeline.errors import ConfigurationError
 from pipeline.models import Task
@@ -70,6 +70,10 @@ def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: s
 
     app = build_worker_app(settings)
     names = queue.all_queues(settings) if queues == "all" else queues.split(",")
+    if settings.warm_workers:
+        from workers import warmup
+
+        warmup.preload(settings, names)  # before the fork: every child starts warm
     node = hostname or f"openimm-{os.getpid()}@%h"
     app.worker_main(
         [
@@ -246,6 +250,14 @@ def _announce(settings: Settings, keys: dict[str, str]) -> None:
     where = f"http://{settings.host}:{settings.port}"
     if keys:
         source = "OPENIMM_ACCESS_KEYS" if settings.access_keys else credentials.keys_path(settings)
-        log.info("openimm at %s; AccessKeyId %s (secret in %s)", where, next(iter(keys)), source)
+        ids = accounts.load(settings)
+        for key_id in keys:
+            log.info(
+                "openimm at %s; AccessKeyId %s, AccountId %s (secret in %s)",
+                where,
+                key_id,
+                ids.of(key_id),
+                source,
+            )
     else:
         log.warning("openimm at %s in DEV MODE: requests are not authenticated", where)

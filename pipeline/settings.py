@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
 
-    # "AK1:SK1,AK2:SK2". Each pair is one owner. Empty → keys file in the data dir (generated
-    # on first start) unless dev_mode is set explicitly.
+    # "AK1:SK1[:AccountId1],AK2:SK2". Each pair is one owner; AccountId (digits) is the
+    # numeric account UID shown in TopicOwner/OwnerId (derived when absent: pipeline.accounts).
+    # Empty → keys file in the data dir (generated on first start) unless dev_mode is set.
     access_keys: str = ""
     dev_mode: bool = False
     signature_max_skew_seconds: int = 900
@@ -88,6 +89,11 @@ class Settings(BaseSettings):
     # A pooled database connection idle longer than this is pinged before use, so connections
     # broken by a database restart are replaced instead of failing a request (0 = always).
     db_ping_idle_seconds: float = 2.0
+    # Each worker process loads the models of the queues it serves at start, not on its
+    # first job (workers.warmup); off only to measure what a cold first job costs.
+    warm_workers: bool = True
+    # Embedded (filesystem) broker: how often idle workers look for new jobs.
+    broker_poll_interval_seconds: float = 0.05
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
@@ -196,17 +202,36 @@ class Settings(BaseSettings):
         longest = max([*DEFAULT_TIME_LIMITS.values(), *self.time_limits.values()])
         return longest + VISIBILITY_MARGIN_SECONDS
 
-    def parsed_access_keys(self) -> dict[str, str]:
-        """``{AccessKeyId: AccessKeySecret}`` from ``OPENIMM_ACCESS_KEYS``."""
-        pairs: dict[str, str] = {}
+    def _access_key_entries(self) -> list[tuple[str, str, str]]:
+        """``(AccessKeyId, AccessKeySecret, AccountId or "")`` per ``OPENIMM_ACCESS_KEYS`` entry."""
+        entries = []
         for item in self.access_keys.split(","):
             if not item.strip():
                 continue
             key_id, sep, secret = item.strip().partition(":")
+            secret, account = _split_account(secret)
             if not sep or not key_id or not secret:
-                raise ValueError("OPENIMM_ACCESS_KEYS must be 'AccessKeyId:AccessKeySecret,…'")
-            pairs[key_id] = secret
-        return pairs
+                raise ValueError(
+                    "OPENIMM_ACCESS_KEYS must be 'AccessKeyId:AccessKeySecret[:AccountId],…'"
+                )
+            entries.append((key_id, secret, account))
+        return entries
+
+    def parsed_access_keys(self) -> dict[str, str]:
+        """``{AccessKeyId: AccessKeySecret}`` from ``OPENIMM_ACCESS_KEYS``."""
+        return {key_id: secret for key_id, secret, _ in self._access_key_entries()}
+
+    def account_ids(self) -> dict[str, str]:
+        """``{AccessKeyId: AccountId}`` for the entries that name one (the third field)."""
+        return {key_id: account for key_id, _, account in self._access_key_entries() if account}
+
+
+def _split_account(secret: str) -> tuple[str, str]:
+    """``"SK:1234"`` → ``("SK", "1234")``: a trailing all-digit field is the AccountId."""
+    head, sep, tail = secret.rpartition(":")
+    if sep and head and tail.isdigit():
+        return head, tail
+    return secret, ""
 
 
 def load_settings() -> Settings:

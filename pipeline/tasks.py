@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,7 @@ from pipeline.errors import (
     ResourceNotFound,
     StatusConflict,
 )
-from pipeline.ids import event_id, task_id, task_time, utcnow
+from pipeline.ids import event_id, resource_time, task_id, task_time, utcnow
 from pipeline.models import Event, Project, Task
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "Running", "Succeeded", "Failed", "Cancelled"
@@ -37,10 +37,14 @@ EVENT_TYPE_NAMES = {
 }
 # IndexFileMeta / BatchIndexFileMeta run as internal tasks (retries, outbox, ListTasks when
 # asked by type) but announce themselves as IMM's FileMeta events, with IMM's content shape.
+# Both are "imm:FileMeta:Index": seed 004's sample of a BatchIndexFileMeta call says so.
 FILE_META_EVENTS = {
     "FileMetaIndex": "imm:FileMeta:Index",
-    "FileMetaBatchIndex": "imm:FileMeta:BatchIndex",
+    "FileMetaBatchIndex": "imm:FileMeta:Index",
 }
+# GetTask/notification ``Message`` of a Succeeded task: "" (reference §2.4, MediaConvert) except
+# where IMM's samples show a text (seed 004: FigureClustering says "Success").
+SUCCESS_MESSAGES: dict[str, str] = {"FaceClustering": "Success"}
 # Jobs that IMM does not list as tasks: ListTasks shows them only when asked by type.
 INTERNAL_TASK_TYPES = frozenset({*FILE_META_EVENTS, "ImageFigureClusterSearch"})
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
@@ -353,6 +357,7 @@ def finalize(
     values["duration_ms"] = int((now - started_at).total_seconds() * 1000)
     if status == SUCCEEDED:
         values["progress"] = 100
+        values["message"] = message or _success_message()
     if result is not None:
         values["result"] = result
     row = (
@@ -369,6 +374,12 @@ def finalize(
         return False
     session.connection().execute(EVENTS.insert().values(**_terminal_event(row._mapping)))
     return True
+
+
+def _success_message() -> Any:
+    """The Succeeded ``Message`` of the row's task type, chosen in the UPDATE itself."""
+    whens = [(TASKS.c.task_type == t, text) for t, text in SUCCESS_MESSAGES.items()]
+    return case(*whens, else_="")
 
 
 EVENT_COLUMNS = [
@@ -456,8 +467,11 @@ def _file_meta_content(task: Any) -> dict[str, Any]:
         ]
     return {
         **_content_head(task),
+        # IMM's index message keeps the server's offset (seed 004: "…37.787209251+08:00").
+        "StartTime": resource_time(task["start_time"]),
+        "EndTime": resource_time(task["end_time"]),
         "Success": task["status"] == SUCCEEDED,
-        "Message": task["message"],
+        "Message": result.get("Message", task["message"]),  # the indexer's summary
         "Files": files,
     }
 

@@ -14,7 +14,7 @@ from celery.signals import worker_process_init
 
 from pipeline.queue import RUN_TASK, make_celery
 from pipeline.settings import Settings, load_settings
-from workers import runtime
+from workers import runtime, warmup
 
 
 def build_worker_app(settings: Settings) -> Celery:
@@ -34,6 +34,9 @@ def build_worker_app(settings: Settings) -> Celery:
         from billiard.process import current_process
 
         runtime.init_process(settings, getattr(current_process(), "index", 0) or 0)
+        if settings.warm_workers:
+            # The queues this pool consumes (chosen with -Q before the fork).
+            warmup.start(settings, list(app.amqp.queues.consume_from or app.amqp.queues))
 
     worker_process_init.connect(_init, weak=False)
     return app

@@ -14,18 +14,27 @@ revision: the packages are a transport, not a source of trust. The result is wri
 temporary directory next to the target and renamed into place, so a reader never sees a half
 model, and a second run with a verified model already present does nothing.
 
-Run it as ``python -m workers.models_install whisper-base [--data-dir D]``.
+The part packages are default dependencies, so no separate step is needed: the first speech
+job of a worker process assembles (or, when present, verifies) ``<data_dir>/models/
+whisper-base`` itself (:func:`default_whisper_base`). Processes that do so at the same time
+take turns on a lock file; the rename keeps it safe even without one (e.g. on NFS).
+``openimm models install whisper-base`` (``python -m workers.models_install whisper-base
+[--data-dir D]``) does the same ahead of time.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
+import logging
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import ModelNotInstalled
@@ -43,6 +52,7 @@ PINNED_SHA256 = {
 }
 COPIED_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 CHUNK = 1 << 20
+log = logging.getLogger("openimm.models")
 
 
 class ChecksumMismatch(ModelNotInstalled):
@@ -104,13 +114,39 @@ def _part_paths() -> tuple[list[Path], Path]:
     return [folder / name for folder, name in zip(folders, PART_FILES, strict=True)], folders[0]
 
 
+def parts_installed() -> bool:
+    """True when both part packages are importable (they are default dependencies)."""
+    return all(
+        importlib.util.find_spec(package.replace("-", "_")) is not None for package in PART_PACKAGES
+    )
+
+
+@contextmanager
+def _install_lock(models: Path) -> Iterator[None]:
+    """One assembler at a time per data dir (others wait, then find the model verified)."""
+    models.mkdir(parents=True, exist_ok=True)
+    with (models / f".{WHISPER_BASE}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def install_whisper_base(data_dir: Path) -> Path:
-    """Assemble and verify ``<data_dir>/models/whisper-base``; return its path (idempotent)."""
+    """Assemble and verify ``<data_dir>/models/whisper-base``; return its path (idempotent,
+    safe when several processes call it at once)."""
     target = Path(data_dir) / "models" / WHISPER_BASE
     if is_installed(target):
         return target
+    with _install_lock(target.parent):
+        if not is_installed(target):  # another process may have finished meanwhile
+            _assemble_into(target)
+    return target
+
+
+def _assemble_into(target: Path) -> None:
     parts, sources = _part_paths()
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{WHISPER_BASE}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the model is read by other users
     try:
@@ -119,31 +155,37 @@ def install_whisper_base(data_dir: Path) -> Path:
         _replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _replace(staging: Path, target: Path) -> None:
     # A stale or corrupt previous install is moved aside first: rename() onto a non-empty
     # directory fails, and the old copy must not survive next to the new one.
     if target.exists():
-        stale = target.with_name(f".{target.name}-stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        target.rename(stale)
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+        target.rename(stale / target.name)
         shutil.rmtree(stale, ignore_errors=True)
     staging.rename(target)
 
 
 def whisper_model_dir(settings_data_dir: Path, configured_dir: Path | None = None) -> Path | None:
     """Where the Whisper model is: the configured directory (a larger model, used as is) if
-    it holds a ``model.bin``, else the installed whisper-base, else ``None``.
-
-    Only file presence is checked here (hashing 145 MB on every lookup is too slow); the
-    installer is what verifies.
-    """
+    it holds a ``model.bin``, else whisper-base in the data dir (assembled on first use),
+    else ``None`` (the part packages are not installed)."""
     if configured_dir is not None and (Path(configured_dir) / "model.bin").is_file():
         return Path(configured_dir)
-    default = Path(settings_data_dir) / "models" / WHISPER_BASE
-    return default if (default / "model.bin").is_file() else None
+    return default_whisper_base(Path(settings_data_dir).expanduser().resolve())
+
+
+@lru_cache(maxsize=4)
+def default_whisper_base(data_dir: Path) -> Path | None:
+    """whisper-base under ``data_dir``, verified (or assembled from the part packages) once
+    per process; ``None`` when the packages are missing and no model was installed."""
+    target = data_dir / "models" / WHISPER_BASE
+    if not parts_installed():
+        return target if (target / "model.bin").is_file() else None
+    if not is_installed(target):
+        log.info("assembling %s into %s (first use)", WHISPER_BASE, target)
+    return install_whisper_base(data_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,15 +98,15 @@ def basics(path: Path, uri: str) -> dict[str, Any]:
             size += len(chunk)
     ctype = sniff(head)
     digest = md5.digest()
-    etag = f'"{digest.hex().upper()}"'
+    file_hash = digest.hex().upper()  # IMM: FileHash bare, only ETag carries the quotes
     mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     return {
         "Filename": uri.rstrip("/").rsplit("/", 1)[-1],
         "Size": size,
         "ContentType": ctype,
         "MediaType": media_type(ctype),
-        "FileHash": etag,
-        "ETag": etag,
+        "FileHash": file_hash,
+        "ETag": f'"{file_hash}"',
         "ContentMd5": base64.b64encode(digest).decode(),
         "FileModifiedTime": mtime.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
@@ -222,7 +222,7 @@ def image_fields(path: Path, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> di
     with imaging.open_image(path, max_pixels) as img:
         width, height = img.size
         exif = img.getexif()
-    orientation = int(exif.get(0x0112, 1) or 1)
+    orientation = int(exif.get(0x0112, 0) or 0)  # IMM reports 0 when the image has none
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     out: dict[str, Any] = {"ImageWidth": width, "ImageHeight": height, "Orientation": orientation}
@@ -233,7 +233,10 @@ def image_fields(path: Path, max_pixels: int = imaging.DEFAULT_MAX_PIXELS) -> di
     kept = {k: _exif_value(tags[k]) for k in EXIF_KEEP if k in tags}
     if kept:
         out["EXIF"] = json.dumps(kept, ensure_ascii=False, sort_keys=True)
-    produced = _exif_time(str(tags.get("DateTimeOriginal") or tags.get("DateTime") or ""))
+    produced = _exif_time(
+        str(tags.get("DateTimeOriginal") or tags.get("DateTime") or ""),
+        str(tags.get("OffsetTimeOriginal") or tags.get("OffsetTime") or ""),
+    )
     if produced:
         out["ProduceTime"] = produced
     latlong = _gps(exif.get_ifd(ExifTags.IFD.GPSInfo))
@@ -253,12 +256,18 @@ def _exif_value(value: Any) -> Any:
         return str(value)
 
 
-def _exif_time(text: str) -> str:
+def _exif_time(text: str, offset: str) -> str:
+    """RFC3339 with the offset the source had (EXIF OffsetTime*, e.g. "+08:00"); EXIF times
+    without one are the camera's wall clock, shown in the server's local offset as IMM does."""
     try:
         value = datetime.strptime(text.strip(), "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return ""
-    return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    try:
+        zone = datetime.strptime(offset.strip(), "%z").tzinfo
+    except ValueError:
+        zone = None
+    return (value.replace(tzinfo=zone) if zone else value.astimezone()).isoformat()
 
 
 def _gps(gps: Any) -> str:

@@ -25,16 +25,13 @@ def process(ctx: JobContext) -> dict[str, Any]:
     configured = Path(ctx.settings.whisper_model_dir) if ctx.settings.whisper_model_dir else None
     model_dir = whisper_model_dir(ctx.settings.resolved_data_dir, configured)
     ctx.progress(5, force=True)
-    segments = asr.transcribe_file(
-        src,
-        request.get("Language") or "en",
-        max_us=request.get("MaxMicroseconds"),
-        engine=request.get("Engine") or None,
-        model_dir=model_dir,
-        device=ctx.device,
-    )
+    language = request.get("Language") or "en"
+    engine = asr.pick_engine(language, request.get("Engine") or None, model_dir, ctx.device)
+    samples = asr.load_audio(src, request.get("MaxMicroseconds"))
+    segments = asr.transcribe_samples(engine, samples, language)
     result: dict[str, Any] = {
-        "Language": request.get("Language") or "en",
+        "Language": language,
+        "Engine": engine.name,  # whisper by default; sphinx when asked (Engine=sphinx)
         "SegmentCount": len(segments),
         "Transcript": asr.to_model_hub(segments),
     }

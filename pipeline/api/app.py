@@ -20,7 +20,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import credentials, migrate, queue
+from pipeline import accounts, credentials, migrate, queue
 from pipeline.api import (  # noqa: F401 (importing registers the actions)
     eas,
     figure_actions,
@@ -61,6 +61,7 @@ def build_services(settings: Settings) -> Services:
         raw_store=store,
         buckets=BucketPolicy(db, store, settings),
         keys=credentials.load_keys(settings),
+        accounts=accounts.load(settings),  # after load_keys: it may create the keys file
     )
 
 

@@ -84,7 +84,7 @@ def query_figure_clusters(svc: Services, caller: Caller, p: Params) -> dict[str,
             with_total=p.bool("WithTotalCount"),
         )
         out: dict[str, Any] = {
-            "FigureClusters": figures.views(s, rows),
+            "FigureClusters": figures.views(s, rows, svc.accounts.of(caller.owner)),
             "NextToken": token,
         }
         if total is not None:
@@ -97,7 +97,8 @@ def get_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[str, An
     object_id = p.str("ObjectId", required=True)
     with svc.db.session() as s:
         _, dataset = _dataset(s, caller, p)
-        return {"FigureCluster": figures.views(s, [figures.get(s, dataset, object_id)])[0]}
+        cluster = figures.get(s, dataset, object_id)
+        return {"FigureCluster": figures.views(s, [cluster], svc.accounts.of(caller.owner))[0]}
 
 
 @action("BatchGetFigureCluster", DATASET + " ObjectIds")
@@ -109,7 +110,7 @@ def batch_get_figure_cluster(svc: Services, caller: Caller, p: Params) -> dict[s
         _, dataset = _dataset(s, caller, p)
         rows = [s.get(figures.FigureCluster, object_id) for object_id in ids]
         found = [c for c in rows if c is not None and c.dataset_id == dataset.id]
-        return {"FigureClusters": figures.views(s, found)}
+        return {"FigureClusters": figures.views(s, found, svc.accounts.of(caller.owner))}
 
 
 @action("UpdateFigureCluster", DATASET + " FigureCluster")

@@ -87,7 +87,7 @@ def get_file_meta(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     uri, with_fields = p.str("URI", required=True), _with_fields(p)
     with svc.db.session() as s:
         _, dataset = _dataset(s, caller, p)
-        docs = files.get_by_uris(s, dataset, [uri])
+        docs = files.get_by_uris(s, dataset, [uri], svc.accounts.of(caller.owner))
         return {"Files": [files.project(d, with_fields) for d in docs]}
 
 
@@ -96,7 +96,7 @@ def batch_get_file_meta(svc: Services, caller: Caller, p: Params) -> dict[str, A
     uris, with_fields = _uris(p, "URIs"), _with_fields(p)
     with svc.db.session() as s:
         _, dataset = _dataset(s, caller, p)
-        docs = files.get_by_uris(s, dataset, uris)
+        docs = files.get_by_uris(s, dataset, uris, svc.accounts.of(caller.owner))
         return {"Files": [files.project(d, with_fields) for d in docs]}
 
 
@@ -212,7 +212,7 @@ def simple_query(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
         if aggs:
             out["Aggregations"] = result.aggregations
         else:
-            docs = files.documents(s, result.file_ids)
+            docs = files.documents(s, result.file_ids, svc.accounts.of(caller.owner))
             out["Files"] = [files.project(d, with_fields) for d in docs]
         if result.total_hits is not None:
             out["TotalHits"] = result.total_hits

@@ -3,7 +3,7 @@ queues (create, delete, list, attributes, send, receive with long polling, delet
 handle, change visibility) and topics (create, delete, list, publish, subscribe, unsubscribe,
 list subscriptions). XML bodies, ``x-mns-request-id``, MNS error XML, MNS signatures.
 
-A queue subscription's Endpoint is MNS's QueueEndpoint, ``acs:mns:<region>:<owner>:queues/
+A queue subscription's Endpoint is MNS's QueueEndpoint, ``acs:mns:<region>:<AccountId>:queues/
 <name>``; the dispatcher then writes each message into that queue.
 """
 
@@ -430,6 +430,7 @@ async def subscribe(name: str, sub: str, request: Request) -> Response:
                 allow_private=svc.settings.http_allow_private,
                 owner=owner,
                 quota=svc.settings.mns_max_subscriptions_per_topic,
+                account_id=svc.accounts.of(owner),
             )
 
     await _call(request, run)

@@ -78,6 +78,7 @@ def subscribe(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
             allow_private=svc.settings.http_allow_private,
             owner=caller.owner,
             quota=svc.settings.mns_max_subscriptions_per_topic,
+            account_id=svc.accounts.of(caller.owner),
         )
         return {"Subscription": _subscription(sub, topic.name)}
 
@@ -193,7 +194,9 @@ def list_events(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
                 {
                     "Seq": e.seq,
                     "Published": e.published_at is not None,
-                    "Message": json.loads(messages.imm_message(e, svc.settings.region)),
+                    "Message": json.loads(
+                        messages.imm_message(e, svc.settings.region, svc.accounts.of(caller.owner))
+                    ),
                 }
                 for e in rows
             ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from pipeline.accounts import AccountIds
 from pipeline.buckets import BucketPolicy
 from pipeline.db import Database
 from pipeline.notify.store import MessageStore
@@ -25,6 +26,7 @@ class Services:
     keys: dict[str, str]
     messages: MessageStore
     replay: ReplayCache
+    accounts: AccountIds
     long_polls: LongPolls = field(default_factory=LongPolls)
 
     def store_for(self, owner: str) -> ScopedStore:

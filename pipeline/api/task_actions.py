@@ -21,6 +21,9 @@ log = logging.getLogger("openimm.api")
 USER_DATA_MAX_BYTES = 2048
 TAGS_MAX_BYTES = 8192
 MAX_SOURCES = 100
+# Synchronous front doors re-read their task this often: a late look adds straight to the
+# caller's latency (a 0.25 s cap cost short clips ~0.1 s each), a row read is ~1 ms.
+SYNC_POLL_FIRST_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.05
 COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
 
 
@@ -97,7 +100,7 @@ def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -
     """Block (in the request's worker thread) until a task ends; for IMM's synchronous calls
     that openimm runs on the queue. A task still running at the timeout is cancelled."""
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    delay = SYNC_POLL_FIRST_SECONDS
     while True:
         with svc.db.session() as s:
             task = s.get(tasks.Task, task_id)
@@ -109,7 +112,7 @@ def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -
                 tasks.cancel(s, project, task_id)
                 raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, SYNC_POLL_MAX_SECONDS)
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task

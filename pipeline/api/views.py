@@ -44,6 +44,18 @@ def dataset(d: Dataset, project_name: str) -> dict[str, Any]:
     ).model_dump()
 
 
+# Keys the API adds to a task's stored request for the worker, not sent by the client: the
+# owner and template the job runs for, and the EAS front door's translations of its input.
+INTERNAL_REQUEST_KEYS = frozenset(
+    {"Owner", "TemplateId", "MaxSeconds", "MaxMicroseconds", "AutoSuffix"}
+)
+
+
+def request_definition(request: dict[str, Any]) -> str:
+    """``TaskRequestDefinition``: the create request as a JSON string, internals removed."""
+    return json.dumps({k: v for k, v in request.items() if k not in INTERNAL_REQUEST_KEYS})
+
+
 def task_info(t: Task, with_definition: bool = False) -> dict[str, Any]:
     info = imm.TaskInfo(
         TaskId=t.id,
@@ -56,7 +68,7 @@ def task_info(t: Task, with_definition: bool = False) -> dict[str, Any]:
         Progress=t.progress,
         UserData=t.user_data,
         Tags=t.tags,
-        TaskRequestDefinition=json.dumps(t.request) if with_definition else None,
+        TaskRequestDefinition=request_definition(t.request) if with_definition else None,
     )
     return info.model_dump(exclude_none=True)
 

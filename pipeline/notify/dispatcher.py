@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from pipeline import netpolicy
+from pipeline import accounts, netpolicy
 from pipeline.db import Database
 from pipeline.errors import ImmError
 from pipeline.ids import utcnow
@@ -71,6 +71,7 @@ class Outcome:
 class Dispatcher:
     def __init__(self, settings: Settings, db: Database):
         self.settings, self.db = settings, db
+        self.accounts = accounts.load(settings)
         # urllib3 rather than httpx here: ~1.6x the POSTs per second per core on the
         # delivery hot path (measured on 2 cores). No redirects, no retries (the delivery
         # policy retries), no proxy from the environment. Every POST goes to an address
@@ -190,11 +191,15 @@ class Dispatcher:
             subscription=due.subscription,
             publish_time=due.publish_time,
             region=self.settings.region,
+            account=self.accounts.of(due.event.owner),
         )
         body, content_type = messages.render(env, due.content_format)
         started = time.perf_counter()
         target = topics.queue_of(due.endpoint)
         if target is not None:
+            # The queue is always the topic owner's own (Subscribe checked the endpoint's
+            # account); the endpoint may name it by AccountId or by AccessKeyId.
+            target = (due.event.owner, target[1])
             status, error = self._to_queue(target, env.MessageId, body.decode())
         else:
             status, error = self._post(due, env.MessageId, body, content_type)

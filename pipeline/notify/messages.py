@@ -27,14 +27,15 @@ def md5_upper(text: str) -> str:
 RAW_MESSAGE_TYPE = "mns:Message"  # published straight to a topic, not an IMM event
 
 
-def imm_message(event: Any, region: str) -> str:
-    """Layer 2 as the exact JSON string that goes into the envelope's ``Message``."""
+def imm_message(event: Any, region: str, account: str) -> str:
+    """Layer 2 as the exact JSON string that goes into the envelope's ``Message``;
+    ``account`` is the owner's account id (pipeline.accounts), as in IMM's ``subject``."""
     if event.type == RAW_MESSAGE_TYPE:
         return str(event.content["Message"])
     body = ImmMessage(
         id=event.id,
         type=event.type,
-        subject=f"acs:imm:{region}:{event.owner}:{event.project_name}/{event.type}",
+        subject=f"acs:imm:{region}:{account}:{event.project_name}/{event.type}",
         time=epoch_ms(event.created_at),
         content=json.dumps(event.content, ensure_ascii=False, separators=(",", ":")),
     )
@@ -42,19 +43,26 @@ def imm_message(event: Any, region: str) -> str:
 
 
 def message_id(event_id: str, topic: str) -> str:
-    """Stable per (event, topic), MNS-shaped: 16 hex, a dash, more hex."""
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, f"openimm:{topic}:{event_id}").hex.upper()
-    return f"{digest[:16]}-1-{digest[16:27]}-{digest[27:32]}"
+    """Stable per (event, topic), MNS-shaped as in seed 004: 32 upper-case hex digits."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"openimm:{topic}:{event_id}").hex.upper()
 
 
 def envelope(
-    event: Any, *, topic: str, subscription: str, publish_time: datetime, region: str
+    event: Any,
+    *,
+    topic: str,
+    subscription: str,
+    publish_time: datetime,
+    region: str,
+    account: str,
 ) -> MnsEnvelope:
-    message = imm_message(event, region)
+    """Layer 1; ``TopicOwner``/``Subscriber`` are the owner's account id (subscriptions are
+    always the topic owner's own)."""
+    message = imm_message(event, region, account)
     return MnsEnvelope(
-        TopicOwner=event.owner,
+        TopicOwner=account,
         TopicName=topic,
-        Subscriber=event.owner,
+        Subscriber=account,
         SubscriptionName=subscription,
         MessageId=message_id(event.id, topic),
         Message=message,

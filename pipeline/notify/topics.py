@@ -1,4 +1,9 @@
-"""Topics and subscriptions, scoped to the owner (AccessKeyId)."""
+"""Topics and subscriptions, scoped to the owner (AccessKeyId).
+
+A queue subscription's endpoint names the owner's account as MNS does, by its numeric
+AccountId (``acs:mns:<region>:<AccountId>:queues/<q>``), or by its AccessKeyId (accepted for
+compatibility); either way it can only designate a queue of the topic's own owner.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline import netpolicy
+from pipeline import accounts, netpolicy
 from pipeline.errors import (
     ForbiddenURI,
     InvalidArgument,
@@ -82,9 +87,9 @@ def list_topics(session: Session, owner: str) -> Sequence[Topic]:
     return session.scalars(select(Topic).where(Topic.owner == owner).order_by(Topic.name)).all()
 
 
-def queue_endpoint(region: str, owner: str, queue: str) -> str:
+def queue_endpoint(region: str, account_id: str, queue: str) -> str:
     """MNS's QueueEndpoint form."""
-    return f"acs:mns:{region}:{owner}:queues/{queue}"
+    return f"acs:mns:{region}:{account_id}:queues/{queue}"
 
 
 def queue_of(endpoint: str) -> tuple[str, str] | None:
@@ -93,10 +98,12 @@ def queue_of(endpoint: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: bool) -> None:
+def _check_endpoint(
+    session: Session, endpoint: str, owner: str, account_id: str, allow_private: bool
+) -> None:
     target = queue_of(endpoint)
     if target is not None:
-        if target[0] != owner:
+        if target[0] not in (owner, account_id):
             raise InvalidParameter("Endpoint", "The queue must belong to the topic's owner.")
         from pipeline.notify.queues import get_queue
 
@@ -104,7 +111,7 @@ def _check_endpoint(session: Session, endpoint: str, owner: str, allow_private: 
         return
     if not endpoint.lower().startswith(("http://", "https://")):
         raise InvalidParameter(
-            "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<owner>:queues/<queue>."
+            "Endpoint", "Use an http(s):// URL or acs:mns:<region>:<AccountId>:queues/<queue>."
         )
     try:  # the parser the dispatcher sends with: no URL means two hosts
         netpolicy.check_url(endpoint, allow_private)
@@ -125,9 +132,11 @@ def subscribe(
     allow_private: bool,
     owner: str = "",
     quota: int | None = None,
+    account_id: str = "",
 ) -> Subscription:
     """Subscribe an HTTP(S) endpoint (webhook) or an MNS queue of the same owner; ``quota``:
-    how many subscriptions the topic may have."""
+    how many subscriptions the topic may have; ``account_id`` is the owner's
+    (pipeline.accounts; derived when not given)."""
     check_name("SubscriptionName", name)
     check_quota(
         session,
@@ -135,7 +144,9 @@ def subscribe(
         quota,
         "subscriptions per topic",
     )
-    _check_endpoint(session, endpoint, owner or topic.owner, allow_private)
+    owner = owner or topic.owner
+    account_id = account_id or accounts.derive(owner)
+    _check_endpoint(session, endpoint, owner, account_id, allow_private)
     if content_format not in messages.FORMATS:
         raise InvalidParameter("NotifyContentFormat", f"Use one of {', '.join(messages.FORMATS)}.")
     sub = Subscription(

@@ -16,7 +16,8 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 from alibabacloud_tea_openapi.models import Config
 
 KEY_ID, KEY_SECRET = "LTAIe2eKey", "e2e-secret"
-STARTUP_TIMEOUT = 60.0
+ACCOUNT_ID = "1413397765600042"  # the third OPENIMM_ACCESS_KEYS field: TopicOwner, OwnerId
+STARTUP_TIMEOUT = 180.0  # generous: a worker pool preloads its models before it is ready
 
 
 def free_port() -> int:
@@ -120,7 +121,7 @@ def make_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
             "OPENIMM_DATA_DIR": str(data_dir),
             "OPENIMM_PORT": str(port),
             "OPENIMM_HOST": "127.0.0.1",
-            "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}",
+            "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}:{ACCOUNT_ID}",
             "OPENIMM_DIAGNOSTICS": "1",
         }
     )

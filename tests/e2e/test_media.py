@@ -144,7 +144,8 @@ def speech(stack: Stack) -> str:
     folder = stack.data_dir / "oss" / "media-in"
     folder.mkdir(parents=True, exist_ok=True)
     speech_wav(folder / "speech.wav", SPOKEN, silence_before=1.5)
-    stack.run("models", "install", "whisper-base")  # the workers find it in the data dir
+    # No `openimm models install`: a fresh data dir must give Whisper (the workers assemble
+    # whisper-base from its default-dependency packages themselves).
     return "oss://media-in/speech.wav"
 
 
@@ -190,9 +191,28 @@ def test_speech_recognition_task(stack: Stack, sdk: ImmSdk, project: str, speech
         TaskType="SpeechRecognition",
         TaskId=created["TaskId"],
     )
+    assert full["Engine"] == "whisper"  # the default, with no install step
+    assert (stack.data_dir / "models" / "whisper-base" / "model.bin").is_file()
     transcript = full["Transcript"]
     assert isinstance(transcript, dict) and all(k.isdigit() for k in transcript)
     assert int(min(transcript, key=int)) >= 900_000  # after 1.5 s of silence (VAD pads 0.4 s)
+    lighter = imm_call(
+        stack,
+        "CreateSpeechRecognitionTask",
+        ProjectName=project,
+        SourceURI=speech,
+        Language="en-US",
+        Engine="sphinx",  # PocketSphinx stays an explicit choice
+    )
+    assert wait_task(sdk, str(lighter["TaskId"]), "SpeechRecognition").status == "Succeeded"
+    explicit = imm_call(
+        stack,
+        "GetTask",
+        ProjectName=project,
+        TaskType="SpeechRecognition",
+        TaskId=lighter["TaskId"],
+    )
+    assert explicit["Engine"] == "sphinx"
 
 
 def test_asr_service_and_bad_audio(stack: Stack, speech: str, video: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,7 @@ from mns.subscription import SubscriptionMeta
 from mns.topic import TopicMeta
 
 from schemas.events import ImmMessage, MnsEnvelope, TaskContent
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
+from tests.e2e.stack import ACCOUNT_ID, KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -56,7 +57,8 @@ def test_task_completion_through_an_mns_queue(mns_stack: Stack) -> None:
     topic.create(TopicMeta())
     topic.get_subscription("to-queue").subscribe(
         SubscriptionMeta(
-            endpoint=f"acs:mns:cn-local:{KEY_ID}:queues/imm-results", notify_content_format="JSON"
+            endpoint=f"acs:mns:cn-local:{ACCOUNT_ID}:queues/imm-results",
+            notify_content_format="JSON",
         )
     )
     assert [u.rsplit("/", 1)[1] for u in account.list_queue()[0]] == ["imm-results"]
@@ -84,16 +86,16 @@ def test_task_completion_through_an_mns_queue(mns_stack: Stack) -> None:
         envelope.TopicName,
         envelope.Subscriber,
         envelope.SubscriptionName,
-    ) == (KEY_ID, "imm-topic", KEY_ID, "to-queue")
+    ) == (ACCOUNT_ID, "imm-topic", ACCOUNT_ID, "to-queue")
     assert envelope.MessageMD5 == hashlib.md5(envelope.Message.encode()).hexdigest().upper()
-    assert envelope.PublishTime.isdigit() and envelope.MessageId
+    assert envelope.PublishTime.isdigit() and re.fullmatch(r"[0-9A-F]{32}", envelope.MessageId)
     body = ImmMessage.model_validate_json(envelope.Message)
     assert (body.id, body.source, body.type) == (
         created.event_id,
         "acs.imm",
         "imm:Task:FileCompression",
     )
-    assert body.subject == f"acs:imm:cn-local:{KEY_ID}:mnsp/imm:Task:FileCompression"
+    assert body.subject == f"acs:imm:cn-local:{ACCOUNT_ID}:mnsp/imm:Task:FileCompression"
     assert body.time.isdigit()
     content = TaskContent.model_validate_json(body.content)
     assert (

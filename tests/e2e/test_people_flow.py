@@ -1,8 +1,8 @@
 """The seed-004 flow with the official SDKs against real API, worker and dispatcher processes
 on PostgreSQL + Redis: FaceManagement dataset → BatchIndexFileMeta (MNS notification) →
-imm:FileMeta:BatchIndex → CreateFigureClusteringTask → imm:Task:FigureClustering →
-QueryFigureClusters → SimpleQuery on Figures.FigureClusterId; then an incremental run, a
-stale MetaLockVersion, and deletes that empty the cluster.
+imm:FileMeta:Index (as seed 004's sample of that call) → CreateFigureClusteringTask →
+imm:Task:FigureClustering → QueryFigureClusters → SimpleQuery on Figures.FigureClusterId;
+then an incremental run, a stale MetaLockVersion, and deletes that empty the cluster.
 
 Photos are generated from the committed astronaut fixture (NASA, public domain): the same
 person in several framings, plus a group photo holding her twice, a corrupt JPEG, a text file
@@ -11,6 +11,7 @@ and a missing object."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,18 @@ from mns.topic import TopicMeta
 from PIL import Image, ImageEnhance
 from Tea.exceptions import TeaException
 
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
+from tests.e2e.stack import ACCOUNT_ID, KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
 PROJECT, DATASET, BUCKET = "albums", "family", "photos"
+# Shapes of seed 004's samples.
+EVENT_ID_RE = re.compile(r"^[0-9A-F]{3}-[0-9A-Za-z]{27}$")  # "077-1x2s0rqA6ZOENW6gjAiN5Dl796T"
+MESSAGE_ID_RE = re.compile(r"^[0-9A-F]{32}$")  # "129D772E14277FA6182D6E67D354D069"
+TASK_ID_RE = re.compile(r"^CreateFigureClusteringTask-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")
+INDEX_TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d$")
+TASK_TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +89,24 @@ def _queue(stack: Stack) -> Queue:
     topic = account.get_topic("albums")
     topic.create(TopicMeta())
     topic.get_subscription("q").subscribe(
-        SubscriptionMeta(endpoint=f"acs:mns:cn-local:{KEY_ID}:queues/albums-events")
+        # as IMM users write it: the numeric account id, not the AccessKeyId
+        SubscriptionMeta(endpoint=f"acs:mns:cn-local:{ACCOUNT_ID}:queues/albums-events")
     )
     return queue
 
 
 def _next_message(queue: Queue) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(IMM body, content) of the next message; deleted once read."""
+    """(IMM body, content) of the next message; deleted once read. The envelope and body
+    fields every message shares are checked against the seed's samples here."""
     msg = queue.receive_message(wait_seconds=30)
     queue.delete_message(msg.receipt_handle)
-    body = json.loads(json.loads(msg.message_body)["Message"])
+    envelope = json.loads(msg.message_body)
+    assert (envelope["TopicOwner"], envelope["Subscriber"]) == (ACCOUNT_ID, ACCOUNT_ID)
+    assert (envelope["TopicName"], envelope["SubscriptionName"]) == ("albums", "q")
+    assert MESSAGE_ID_RE.match(envelope["MessageId"]) and envelope["PublishTime"].isdigit()
+    body = json.loads(envelope["Message"])
+    assert EVENT_ID_RE.match(body["id"]) and body["source"] == "acs.imm"
+    assert body["subject"] == f"acs:imm:cn-local:{ACCOUNT_ID}:{PROJECT}/{body['type']}"
     return body, json.loads(body["content"])
 
 
@@ -120,8 +135,15 @@ def _cluster(sdk: ImmSdk, queue: Queue) -> dict[str, Any]:
     ).body
     body, content = _next_message(queue)
     assert body["type"] == "imm:Task:FigureClustering" and body["id"] == created.event_id
-    assert content["TaskId"] == created.task_id and content["Status"] == "Succeeded"
+    assert TASK_ID_RE.match(created.task_id) and content["TaskId"] == created.task_id
+    assert (content["Status"], content["Code"], content["Message"]) == ("Succeeded", "", "Success")
     assert content["TaskType"] == "FaceClustering" and content["DatasetName"] == DATASET
+    assert TASK_TIME_RE.match(content["StartTime"]) and TASK_TIME_RE.match(content["EndTime"])
+    assert content["UserData"] == "cluster-run" and content["EventSourceId"] == ""
+    task = sdk.get_task(
+        m.GetTaskRequest(project_name=PROJECT, task_type="FaceClustering", task_id=created.task_id)
+    ).body
+    assert (task.status, task.message) == ("Succeeded", "Success")
     return content
 
 
@@ -139,15 +161,14 @@ def test_people_albums_flow(stack: Stack) -> None:
     bad = [f"oss://{BUCKET}/corrupt.jpg", f"oss://{BUCKET}/notes.txt", f"oss://{BUCKET}/nope.jpg"]
     event_id = _index(sdk, first + bad, "batch-1")
 
-    # imm:FileMeta:BatchIndex: no TaskId/Status, Success + per-file "[Code] message"
+    # imm:FileMeta:Index (seed 004's BatchIndexFileMeta sample): no TaskId/Status, Success,
+    # the indexer's summary, per-file "[Code] message", times with the server's offset
     body, content = _next_message(queue)
-    assert (body["type"], body["id"], body["source"]) == (
-        "imm:FileMeta:BatchIndex",
-        event_id,
-        "acs.imm",
-    )
+    assert (body["type"], body["id"]) == ("imm:FileMeta:Index", event_id)
     assert "TaskId" not in content and content["Success"] is True
     assert (content["ProjectName"], content["DatasetName"]) == (PROJECT, DATASET)
+    assert content["Message"] == "3 of 8 files failed." and content["UserData"] == "batch-1"
+    assert INDEX_TIME_RE.match(content["StartTime"]) and INDEX_TIME_RE.match(content["EndTime"])
     errors = {f["URI"].rsplit("/", 1)[1]: f["Error"] for f in content["Files"]}
     assert all(errors[n] == "" for n in names if n != "p5.jpg")
     assert (
@@ -162,6 +183,8 @@ def test_people_albums_flow(stack: Stack) -> None:
     ).body.files[0]
     assert (meta.image_width, meta.image_height, meta.media_type) == (512, 512, "image")
     assert meta.content_type == "image/jpeg" and meta.custom_labels == {"album": "trip"}
+    assert meta.owner_id == ACCOUNT_ID and meta.orientation == 0  # no EXIF orientation
+    assert re.fullmatch(r"[0-9A-F]{32}", meta.file_hash) and meta.etag == f'"{meta.file_hash}"'
     assert len(meta.figures) == 1
     face = meta.figures[0]
     assert face.figure_cluster_id == "figure-cluster-id-unavailable"
@@ -182,6 +205,7 @@ def test_people_albums_flow(stack: Stack) -> None:
     cluster = clusters.figure_clusters[0]
     assert (cluster.object_id, cluster.face_count, cluster.image_count) == (cluster_id, 5, 5)
     assert cluster.meta_lock_version == 0 and cluster.cover.figures[0].figure_id
+    assert cluster.owner_id == ACCOUNT_ID and cluster.cover.owner_id == ACCOUNT_ID
 
     found = sdk.simple_query(
         m.SimpleQueryRequest(

@@ -116,7 +116,7 @@ def _run(dataset: tuple[Database, int], q: dict[str, Any] | None, **kw: Any) -> 
     db, dataset_id = dataset
     with db.session() as s:
         result = query.run(s, query.QuerySpec(dataset_id=dataset_id, query=q, **kw))
-        return [d["Filename"] for d in files.documents(s, result.file_ids)]
+        return [d["Filename"] for d in files.documents(s, result.file_ids, "1")]
 
 
 def leaf(field: str, op: str, value: str | None = None) -> dict[str, Any]:

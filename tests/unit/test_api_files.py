@@ -161,7 +161,7 @@ def test_cluster_actions_on_unknown_clusters(imm: ImmClient, dataset: str) -> No
     assert call(imm, "BatchGetFigureCluster", ObjectIds=["Cluster-x"])["FigureClusters"] == []
     assert task_count(imm) == 0
     created = call(imm, "CreateFigureClusteringTask")
-    assert created["TaskId"].startswith("FaceClustering-")
+    assert created["TaskId"].startswith("CreateFigureClusteringTask-")
 
 
 def test_delete_dataset_with_files_conflicts(imm: ImmClient, dataset: str) -> None:

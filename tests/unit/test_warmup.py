@@ -1,0 +1,37 @@
+"""The fixed cost a short job used to pay: models loaded by the job itself, the embedded
+broker's 1 s polling, the synchronous wait's 0.25 s re-reads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline import queue
+from pipeline.api import task_actions
+from pipeline.settings import Settings
+from workers import faces, highlights, warmup
+
+
+def test_highlight_warmup_loads_what_a_highlight_job_needs(tmp_path: Path) -> None:
+    # Given a process that serves the highlight queue
+    settings = Settings(data_dir=tmp_path)
+    faces.get_analyzer.cache_clear()
+    # When its pool preloads (as run_worker does before forking the children)
+    warmup.preload(settings, ["highlight", "default"])
+    # Then the face models a highlight job uses are loaded before any job arrives
+    analyzer = faces.get_analyzer(settings.face_detector, highlights.DECODE_WIDTH)
+    assert analyzer._models is not None
+    # and the first job no longer pays the librosa and OpenCV imports
+    assert {"librosa", "cv2"} <= set(sys.modules)
+
+
+def test_queues_without_heavy_models_warm_nothing(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert warmup.warm(settings, ["archive", "default", "notify"]) < 0.5
+    assert warmup.start(settings, ["highlight", "default"]) is None  # nothing per child
+
+
+def test_embedded_broker_and_sync_waits_poll_quickly(tmp_path: Path) -> None:
+    options = queue.make_celery(Settings(data_dir=tmp_path)).conf.broker_transport_options
+    assert options["polling_interval"] <= 0.05  # kombu's default: 1 s before each job
+    assert task_actions.SYNC_POLL_MAX_SECONDS <= 0.05
