@@ -81,7 +81,9 @@ def nearest(found: Sequence[Face], centre: tuple[float, float]) -> Face | None:
     )
 
 
-def measure(folder: Path, analyzer: FaceAnalyzer, predictor: dlib.shape_predictor) -> list[Sample]:
+def measure(
+    folder: Path, analyzer: FaceAnalyzer, predictor: dlib.shape_predictor, mirror: bool = True
+) -> list[Sample]:
     samples = []
     for name, truth in read_poses(folder):
         rgb, _ = load_image(folder / name)
@@ -98,12 +100,14 @@ def measure(folder: Path, analyzer: FaceAnalyzer, predictor: dlib.shape_predicto
             [(p.x, p.y) for p in predictor(rgb, rect).parts()], dtype=numpy.float64
         )
         old = old_headpose.head_pose(points, rgb.shape[1], rgb.shape[0])
-        flipped = numpy.ascontiguousarray(rgb[:, ::-1])
-        width = rgb.shape[1]
-        mirrored = nearest(
-            analyzer.analyze(flipped),
-            (width - 1 - face.left - face.width / 2, face.top + face.height / 2),
-        )
+        mirrored = None
+        if mirror:
+            flipped = numpy.ascontiguousarray(rgb[:, ::-1])
+            width = rgb.shape[1]
+            mirrored = nearest(
+                analyzer.analyze(flipped),
+                (width - 1 - face.left - face.width / 2, face.top + face.height / 2),
+            )
         gap = None if mirrored is None else abs(face.yaw + mirrored.yaw)
         samples.append(Sample(name, truth, old, (face.pitch, face.roll, face.yaw), gap))
     return samples
@@ -147,18 +151,16 @@ def report(samples: list[Sample]) -> bool:
         print(_row("all", samples, which))
     pairs = [(s.truth, s.new) for s in within if s.new is not None]
     gaps = [s.mirror_gap for s in within if s.mirror_gap is not None]
+    if gaps:
+        print(
+            f"mirror (|yaw| <= 45, new): |yaw + yaw_mirrored| mean {numpy.mean(gaps):.2f}, "
+            f"median {numpy.median(gaps):.2f}, max {max(gaps):.2f} over {len(gaps)} faces "
+            f"(target {TARGET_MIRROR} for the unit test's real photo)"
+        )
+    met = _mae(pairs, 2) <= TARGET_YAW and max(_mae(pairs, 0), _mae(pairs, 1)) <= TARGET_PITCH_ROLL
     print(
-        f"mirror (|yaw| <= 45, new): |yaw + yaw_mirrored| mean {numpy.mean(gaps):.2f}, "
-        f"max {max(gaps):.2f} over {len(gaps)} faces"
-    )
-    met = (
-        _mae(pairs, 2) <= TARGET_YAW
-        and max(_mae(pairs, 0), _mae(pairs, 1)) <= TARGET_PITCH_ROLL
-        and float(numpy.median(gaps)) <= TARGET_MIRROR
-    )
-    print(
-        f"targets (|yaw| <= 45: yaw MAE <= {TARGET_YAW}, pitch/roll MAE <= {TARGET_PITCH_ROLL}, "
-        f"median mirror gap <= {TARGET_MIRROR}): {'MET' if met else 'NOT met'}"
+        f"targets (|yaw| <= 45: yaw MAE <= {TARGET_YAW}, pitch/roll MAE <= {TARGET_PITCH_ROLL}): "
+        f"{'MET' if met else 'NOT met'}"
     )
     return met
 
@@ -167,12 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog")
+    parser.add_argument("--upsample", type=int, default=1, help="detector upsampling (CNN: 0)")
+    parser.add_argument("--no-mirror", action="store_true", help="skip the mirrored pass")
     parser.add_argument("--per-image", action="store_true", help="print every image's angles")
     args = parser.parse_args(argv)
-    analyzer = FaceAnalyzer(detector=args.detector)
+    analyzer = FaceAnalyzer(detector=args.detector, upsample=args.upsample)
     predictor = dlib.shape_predictor(model_files()["landmarks68"])
-    samples = measure(args.dir, analyzer, predictor)
-    print(f"{args.dir}: {len(samples)} labelled images, detector {args.detector}")
+    samples = measure(args.dir, analyzer, predictor, mirror=not args.no_mirror)
+    print(
+        f"{args.dir}: {len(samples)} labelled images, detector {args.detector} "
+        f"(upsample {args.upsample})"
+    )
     if args.per_image:
         for s in samples:
             print(f"  {s.name} truth p/r/y {_fmt(s.truth)}  old {_fmt(s.old)}  new {_fmt(s.new)}")
