@@ -12,17 +12,15 @@ Pipeline, per image:
    chip from those 68 points (the face_recognition convention; dlib derives the same chip
    from 68 or 5 points). Both cost the same whatever the photo size, and a face that was
    small in the bounded copy keeps its full detail.
-3. **HeadPose** from ``cv2.solvePnP`` of six landmarks (nose tip, chin, outer eye corners,
-   mouth corners) against a generic 3D face, with a pinhole camera of focal length equal to
-   the longest image side centred on the image. The model frame is the camera frame of a
-   frontal face (x → image right, y → image down, z away from the camera), so a frontal face
-   gives R ~ I. With R = Rz(roll)*Ry(b)*Rx(a):
-
-   * ``yaw = -b``: positive when the face turns towards the image's right (subject's left);
-   * ``pitch = -a``: positive when the chin is raised (face looking up);
-   * ``roll``: positive when the head tilts clockwise in the image.
-
-   Mirroring the image flips the signs of yaw and roll and keeps pitch.
+3. **HeadPose** (``workers.headpose``): ``cv2.solvePnP`` (SQPNP refined by Levenberg-Marquardt)
+   of twelve rigid landmarks (eye corners, nose bridge, tip, base and wings, mouth corners,
+   upper lip; no jaw line) against the matching vertices of MediaPipe's canonical 3D face
+   model, with a pinhole camera of focal length equal to the longest image side centred on
+   the image. Convention as in AFLW2000-3D: ``yaw > 0`` when the face turns towards the
+   image's left (the subject's right), ``pitch > 0`` when the head tilts up, ``roll > 0``
+   when the head rotates clockwise in the image. Mirroring the image flips the signs of yaw
+   and roll and keeps pitch. Provenance, licence and the exact rotation order are in that
+   module's docstring.
 
 Scores (all 0..1):
 
@@ -37,19 +35,25 @@ Scores (all 0..1):
   v ~ 250..2000 (0.82..1); a Gaussian blur of sigma = 2 px takes the 91 px astronaut face
   from 0.92 to 0.09. Faces under 96 px are enlarged first, which softens them: small faces
   count as less sharp, as they should.
-* ``quality`` (FaceQuality) is the product of four factors:
+* ``quality`` (FaceQuality), how well suited the face is to recognition, is the product of
+  four factors, each measuring one thing:
 
-  * size: ``smoothstep((side - 32) / (80 - 32))``, side = shorter box side in original
-    pixels: 0 up to 32 px, 0.18 at 45 px, 1 from 80 px (IMM's clustering rule needs > 75x75);
-  * pose: ``exp(-(t / 50)^4)``, t = max(|yaw|, |pitch|) in degrees; flat near frontal (the
-    generic model is good to ~10 degrees): 0.97 at 20, 0.81 at 34, 0.66 at 40, 0.13 at 60;
-  * sharpness: ``sqrt(sharpness)``: >= 0.9 for a sharp face, 0.3 for the blur above;
-  * confidence: ``min(1, confidence / 0.9)``.
+  * size (enough pixels for the 150x150 recognition chip):
+    ``smoothstep((side - 32) / (80 - 32))``, side = shorter box side in original pixels:
+    0 up to 32 px, 0.18 at 45 px, 1 from 80 px (IMM's clustering rule needs > 75x75);
+  * pose (how much of the face the camera sees): 1 while t = max(|yaw|, |pitch|) <= 30
+    degrees, then ``smoothstep((90 - t) / 60)``: 0.84 at 45, 0.5 at 60, 0 at 90. It is flat
+    inside the window where IMM's founding rule (|Pitch|, |Roll|, |Yaw| < 30) already
+    gates on pose, so a face in that window is not punished for pose twice, while a
+    profile still ranks below a frontal face (e.g. as a cluster cover);
+  * sharpness (detail for the embedding): ``sqrt(sharpness)``: >= 0.9 for a sharp face,
+    0.3 for the blur above;
+  * confidence (is it a face at all): ``min(1, confidence / 0.9)``.
 
-  A clear face of >= 80 px within ~25 degrees of frontal scores >= ~0.85, so IMM's
-  FaceQuality > 0.8 means "good enough to cluster" (49 of the 52 photos in the labelled
-  set pass with their largest face; the three others are turned 34..40 degrees), while a
-  blurred, tiny or strongly turned face falls far below.
+  So within 30 degrees of frontal, FaceQuality = size x sqrt(sharpness) x confidence term:
+  a clear, sharp face of >= 80 px scores >= ~0.9 and IMM's FaceQuality > 0.8 means "good
+  enough to cluster", while a blurred, tiny, doubtful or strongly turned face falls far
+  below.
 
 The CNN detector costs ~7 s per megapixel of (upsampled) detection image on one core: use
 it with a smaller ``max_side`` or ``upsample=0``.
@@ -69,6 +73,7 @@ import dlib
 import numpy
 
 from pipeline.errors import ModelNotInstalled
+from workers.headpose import head_pose
 from workers.imaging import ImageInfo, load_image, sample_video_frames, to_rgb
 
 __all__ = ["Face", "FaceAnalyzer", "ImageInfo", "get_analyzer", "load_image"]
@@ -81,23 +86,8 @@ CNN_GAIN, CNN_BIAS = 5.0, -0.5
 SHARPNESS_SIDE = 96
 SHARPNESS_SCALE = 150.0
 SIZE_ZERO_PX, SIZE_FULL_PX = 32.0, 80.0
-POSE_SCALE_DEG = 50.0
+POSE_FLAT_DEG, POSE_ZERO_DEG = 30.0, 90.0
 CONFIDENCE_FULL = 0.9
-
-# Generic 3D face (arbitrary units, nose tip at the origin) in the camera frame of a frontal
-# face; indices are dlib's 68-point landmarks. "Left" means the image's left.
-POSE_LANDMARKS = (30, 8, 36, 45, 48, 54)
-POSE_MODEL = numpy.array(
-    [
-        (0.0, 0.0, 0.0),  # nose tip
-        (0.0, 330.0, 65.0),  # chin
-        (-225.0, -170.0, 135.0),  # outer corner of the image-left eye
-        (225.0, -170.0, 135.0),  # outer corner of the image-right eye
-        (-150.0, 150.0, 125.0),  # image-left mouth corner
-        (150.0, 150.0, 125.0),  # image-right mouth corner
-    ],
-    dtype=numpy.float64,
-)
 
 
 @dataclass(frozen=True)
@@ -264,47 +254,6 @@ def _clip(rect: Any, width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, right - left, bottom - top
 
 
-def head_pose(points: numpy.ndarray, width: int, height: int) -> tuple[float, float, float]:
-    """(pitch, roll, yaw) in degrees from 68 landmarks; signs as in the module docstring."""
-    focal = float(max(width, height))
-    camera = numpy.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
-    image_points = points[list(POSE_LANDMARKS)].reshape(-1, 1, 2)
-    # SQPNP finds the global optimum; the default ITERATIVE solver sometimes returns a
-    # mirrored solution behind the camera (roll ~ 180°).
-    ok, rvec, tvec = cv2.solvePnP(POSE_MODEL, image_points, camera, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
-        return 0.0, 0.0, 0.0
-    rotation, _ = cv2.Rodrigues(rvec)
-    return _euler(_toward_camera(tvec.ravel()).T @ rotation)
-
-
-def _toward_camera(translation: numpy.ndarray) -> numpy.ndarray:
-    """Rotation taking the optical axis onto the ray to the face. Angles are measured
-    against that ray, so a face looking into the lens is frontal wherever it sits in the
-    frame (a face near the top edge otherwise reads as looking down by its field angle)."""
-    ray = translation / max(float(numpy.linalg.norm(translation)), 1e-9)
-    axis = numpy.cross((0.0, 0.0, 1.0), ray)
-    sin = float(numpy.linalg.norm(axis))
-    if sin < 1e-9:
-        return numpy.eye(3)
-    angle = math.atan2(sin, float(ray[2]))
-    rotation, _ = cv2.Rodrigues(axis / sin * angle)
-    return numpy.asarray(rotation)
-
-
-def _euler(r: numpy.ndarray) -> tuple[float, float, float]:
-    """(pitch, roll, yaw) of R = Rz(roll)*Ry(b)*Rx(a) with pitch = -a and yaw = -b."""
-    a = math.atan2(r[2, 1], r[2, 2])
-    b = math.asin(max(-1.0, min(1.0, -r[2, 0])))
-    roll = math.atan2(r[1, 0], r[0, 0])
-    return _deg(-a), _deg(roll), _deg(-b)
-
-
-def _deg(radians: float) -> float:
-    degrees = math.degrees(radians)
-    return degrees - 360.0 if degrees > 180.0 else degrees
-
-
 def sharpness(crop: numpy.ndarray) -> float:
     """``1 - exp(-var(Laplacian) / 150)`` of the grey crop resized to 96x96."""
     grey = cv2.cvtColor(numpy.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
@@ -318,9 +267,10 @@ def sharpness(crop: numpy.ndarray) -> float:
 
 
 def face_quality(side: float, turn_deg: float, sharp: float, confidence: float) -> float:
-    """FaceQuality: product of size, pose, sharpness and confidence factors (see module)."""
+    """FaceQuality: product of size, pose, sharpness and confidence factors (see module).
+    ``turn_deg`` is max(|yaw|, |pitch|); the pose factor is 1 up to 30 degrees."""
     size = _smoothstep((side - SIZE_ZERO_PX) / (SIZE_FULL_PX - SIZE_ZERO_PX))
-    pose = math.exp(-((turn_deg / POSE_SCALE_DEG) ** 4))
+    pose = _smoothstep((POSE_ZERO_DEG - turn_deg) / (POSE_ZERO_DEG - POSE_FLAT_DEG))
     sharp_factor = math.sqrt(sharp)
     confident = min(1.0, confidence / CONFIDENCE_FULL)
     return size * pose * sharp_factor * confident
