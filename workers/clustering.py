@@ -33,18 +33,19 @@ because average linkage re-checks every component: precision and F1 are unchange
 Scale. Small problems are solved exactly with chunked float32 matrix products: step 1 is
 O(Q K d) for Q faces and K clusters, step 2 O(P^2 d) for P pooled faces. Above
 ``EXACT_PAIRS`` distance pairs a step uses an approximate-nearest-neighbour index instead
-(faiss HNSW, ``ann_neighbours``): step 1 asks an index over the K centroids for each face's
-``JOIN_NEIGHBOURS`` nearest clusters (the retries walk that list), step 2 links each pooled
-face to those of its ``LINK_NEIGHBOURS`` nearest faces closer than ``link``. Building and
-querying HNSW is O(n log n), so a first run over a whole library (K = 0, P ~ all faces) is
-near-linear instead of quadratic, and the whole run is one pass (earlier versions cut it into
-blocks, whose carried-over faces made it quadratic). The index returns exact distances of the
-faces it finds; what it may miss is a neighbour, which rarely matters because a person's
-faces are linked many times over and a component is re-checked exactly by step 2's
-agglomeration (O(m^2)..O(m^3) per component of m faces — one person's photos in practice; a
-component larger than ``MAX_COMPONENT`` is first split at a tighter threshold). With the
-index, results can differ from the exact path on a face whose nearest neighbours the index
-misses; tests/unit/test_clustering.py checks that both paths give the same clusters.
+(``ann_neighbours``: faiss HNSW on a 64-d random projection, exact distances recomputed):
+step 1 asks an index over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest
+clusters (the retries walk that list), step 2 links each pooled face to those of its
+``LINK_NEIGHBOURS`` nearest faces closer than ``link``. Building and querying HNSW is
+O(n log n), so a first run over a whole library (K = 0, P ~ all faces) is near-linear instead
+of quadratic, and the whole run is one pass (earlier versions cut it into blocks, whose
+carried-over faces made it quadratic). What the index may miss is a neighbour, which rarely
+matters because a person's faces are linked many times over and a component is re-checked
+exactly by step 2's agglomeration (O(m^2)..O(m^3) per component of m faces — one person's
+photos in practice; a component larger than ``MAX_COMPONENT`` is first split at a tighter
+threshold). With the index, results can differ from the exact path on a face whose nearest
+neighbours the index misses (and, as faiss builds the graph on all cores, between runs);
+tests/unit/test_clustering.py checks that both paths give the same clusters.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ JOIN_NEIGHBOURS = 8  # clusters the index proposes per face (more than MAX_ROUND
 LINK_NEIGHBOURS = 16  # faces the index proposes per pooled face
 HNSW_M = 16  # graph degree (faiss's default); index memory ~ n (4 d + 8 M) bytes
 HNSW_EF_CONSTRUCTION = 40  # build-time beam (faiss's default)
-HNSW_EF_SEARCH = 32  # query-time beam; at least k
+HNSW_EF_SEARCH = 16  # query-time beam; at least k
+INDEX_DIM = 64  # the index navigates on a random projection of the embeddings to this
+PROJECTION_SEED = 11
 MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
 MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
 TIGHTEN = 0.95  # factor applied to ``link`` for each such split
@@ -281,24 +284,43 @@ def _join_indexed(run: _Run, faces: numpy.ndarray, which: list[int]) -> None:
 def ann_neighbours(
     base: numpy.ndarray, queries: numpy.ndarray, k: int
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The ``k`` approximate nearest ``base`` rows of each query (HNSW graph index, faiss):
-    positions (-1 where fewer were found) and exact squared distances, nearest first.
-    Queries run in chunks so that the answer arrays stay small."""
+    """The ``k`` approximate nearest ``base`` rows of each query: positions (-1 where fewer
+    were found) and exact squared distances, nearest first. The HNSW graph (faiss) is built
+    on a fixed random orthogonal projection to ``INDEX_DIM`` dimensions, which keeps
+    distances within a few percent (Johnson-Lindenstrauss) at half the cost; the distances
+    returned are recomputed on the full embeddings. Queries run in chunks so that the
+    intermediate arrays stay small."""
     import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
 
     base = numpy.ascontiguousarray(base, dtype=numpy.float32)
-    index = faiss.IndexHNSWFlat(base.shape[1], HNSW_M)
+    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
+    project = _projection(base.shape[1])
+    index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(base)
+    index.add(numpy.ascontiguousarray(base @ project))
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     k = min(k, len(base))
     positions = numpy.empty((len(queries), k), dtype=numpy.int64)
     dist2 = numpy.empty((len(queries), k), dtype=numpy.float32)
-    step = max(1, CHUNK_ENTRIES // (k * 32))
+    step = max(1, CHUNK_ENTRIES // (k * base.shape[1]))
     for start in range(0, len(queries), step):
-        chunk = numpy.ascontiguousarray(queries[start : start + step], dtype=numpy.float32)
-        dist2[start : start + step], positions[start : start + step] = index.search(chunk, k)
+        chunk = queries[start : start + step]
+        _, found = index.search(numpy.ascontiguousarray(chunk @ project), k)
+        exact = numpy.square(base[found] - chunk[:, None, :]).sum(axis=2)
+        exact[found < 0] = numpy.inf
+        order = numpy.argsort(exact, axis=1, kind="stable")
+        positions[start : start + step] = numpy.take_along_axis(found, order, axis=1)
+        dist2[start : start + step] = numpy.take_along_axis(exact, order, axis=1)
     return positions, dist2
+
+
+def _projection(dim: int) -> numpy.ndarray:
+    """A fixed random orthogonal ``dim`` x ``INDEX_DIM`` matrix (identity if not larger)."""
+    if dim <= INDEX_DIM:
+        return numpy.eye(dim, dtype=numpy.float32)
+    gaussian = numpy.random.default_rng(PROJECTION_SEED).normal(size=(dim, dim))
+    q, _ = numpy.linalg.qr(gaussian)
+    return numpy.ascontiguousarray(q[:, :INDEX_DIM], dtype=numpy.float32)
 
 
 def _nearest(left: numpy.ndarray, right: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
