@@ -3,6 +3,19 @@ dataset of N faces, then an incremental run bringing 1% new faces (plus the face
 independent), as IMM's periodic CreateFigureClusteringTask does.
 
     .venv/bin/python benchmarks/cluster_scale.py [--sizes 10000,100000,1000000]
+        [--baseline-rev bc3e439 --baseline-max 100000]
+
+The baseline is the algorithm as it was at git revision ``--baseline-rev`` (before the ANN
+index: blocks of 20k faces, exact distances), loaded from git and run on the same data up to
+``--baseline-max`` faces; the ratio baseline/now of the first run is printed. Times are wall
+and CPU seconds (CPU sums both cores; on a shared machine wall time grows with the load, CPU
+time much less). Peak RSS is the process's high-water mark after each size (the synthetic
+faces included).
+
+``--db-faces N`` also runs the DB-inclusive path (``workers.figure_clustering.cluster_dataset``:
+load faces, plan, write figures/clusters/file index in one transaction) on N synthetic faces
+stored through ``pipeline.files.store_indexed`` into SQLite (or ``--db-url``), and prints which
+share of it is the algorithm.
 
 Synthetic data: identities are random directions of norm 0.65 in 128-d (two identities lie
 ~0.92 apart); a face adds noise of norm 0.2..0.33, so two faces of one person lie ~0.3..0.47
@@ -14,13 +27,19 @@ Budget: the incremental run at 100k faces <= 10 s.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy
 
@@ -36,6 +55,7 @@ SINGLETON_SHARE = 0.1
 SIZES = (5, 20)
 QUALIFIED_SHARE = 0.85
 NEW_SHARE = 0.01
+T = TypeVar("T")
 BUDGET_S = {100_000: 10.0}  # incremental-run budget per dataset size
 SEED = 11
 
@@ -108,17 +128,70 @@ def precision(result: clustering.Plan, person: dict[str, int], prefix: str = "")
     return same / total if total else 1.0
 
 
-def run_size(n: int, max_initial: int) -> tuple[float | None, float]:
+@dataclass
+class Timing:
+    wall_s: float
+    cpu_s: float
+
+    def __str__(self) -> str:
+        return f"{self.wall_s:7.2f} s (cpu {self.cpu_s:7.2f} s)"
+
+
+def timed(call: Callable[[], T]) -> tuple[T, Timing]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def load_baseline(rev: str) -> ModuleType:
+    """``workers/clustering.py`` as it was at git revision ``rev``, as a module."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:workers/clustering.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "clustering_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("clustering_baseline", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Row:
+    n: int
+    initial: Timing | None
+    incremental: Timing
+    baseline: Timing | None
+    rss_mb: float
+
+
+def run_size(n: int, max_initial: int, baseline: ModuleType | None) -> Row:
     rng = numpy.random.default_rng(SEED)
     everyone = synthesize(n, rng, "face")
     cut = n - int(n * NEW_SHARE)  # faces are shuffled: the last 1% arrive later
     base = Faces(everyone.candidates[:cut], everyone.person)
     new = Faces(everyone.candidates[cut:], everyone.person)
-    initial_s: float | None = None
+    initial: Timing | None = None
+    old: Timing | None = None
+    if baseline is not None:
+        old_plan, old = timed(lambda: baseline.plan([], base.candidates))
+        print(
+            f"  baseline   {len(base.candidates):>9,} faces: {old}  "
+            f"clusters={len(old_plan.new_clusters):,} "
+            f"precision={precision(old_plan, base.person):.4f}"
+        )
+        del old_plan
     if n <= max_initial:
-        t0 = time.perf_counter()
-        first = clustering.plan([], base.candidates)
-        initial_s = time.perf_counter() - t0
+        first, initial = timed(lambda: clustering.plan([], base.candidates))
         existing = existing_after(first, base.candidates)
         left = [
             c
@@ -126,27 +199,42 @@ def run_size(n: int, max_initial: int) -> tuple[float | None, float]:
             if first.assignments[c.figure_id] == "figure-cluster-id-independent"
         ]
         print(
-            f"  initial    {len(base.candidates):>9,} faces: {initial_s:7.2f} s  "
+            f"  initial    {len(base.candidates):>9,} faces: {initial}  "
             f"clusters={len(existing):,} independent={len(left):,} "
-            f"precision={precision(first, base.person):.4f}"
+            f"precision={precision(first, base.person):.4f} "
+            f"recall={recall(first, base.person):.4f}"
         )
     else:
         existing, left = _truth_state(base)
         print(f"  initial    skipped (> --max-initial); {len(existing):,} clusters from truth")
     person = everyone.person
-    t0 = time.perf_counter()
-    second = clustering.plan(existing, new.candidates + left)
-    incremental_s = time.perf_counter() - t0
+    second, incremental = timed(lambda: clustering.plan(existing, new.candidates + left))
     joined = sum(
         1 for c in new.candidates if second.assignments[c.figure_id] != clustering.INDEPENDENT
     )
     print(
         f"  incremental {len(new.candidates) + len(left):>8,} faces vs {len(existing):,} "
-        f"clusters: {incremental_s:6.2f} s  new faces placed={joined:,}/{len(new.candidates):,} "
+        f"clusters: {incremental}  new faces placed={joined:,}/{len(new.candidates):,} "
         f"new clusters={len(second.new_clusters)} updated={len(second.updated):,} "
         f"precision={precision(second, person):.4f}"
     )
-    return initial_s, incremental_s
+    rss = peak_rss_mb()
+    print(f"  peak RSS so far: {rss:,.0f} MB")
+    return Row(n, initial, incremental, old, rss)
+
+
+def recall(result: clustering.Plan, person: dict[str, int]) -> float:
+    """Pairwise recall over the faces of ``result``: same-person pairs put together."""
+    ids = list(result.assignments)
+    _, per_person = numpy.unique([person[f] for f in ids], return_counts=True)
+    truth = int((per_person * (per_person - 1) // 2).sum())
+    pairs: dict[tuple[str, int], int] = defaultdict(int)
+    for figure_id in ids:
+        target = result.assignments[figure_id]
+        if target != clustering.INDEPENDENT:
+            pairs[target, person[figure_id]] += 1
+    together = sum(c * (c - 1) // 2 for c in pairs.values())
+    return together / truth if truth else 1.0
 
 
 def _truth_state(
@@ -176,26 +264,114 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=10**9,
         help="skip the initial run above this size (state taken from the synthetic truth)",
     )
+    parser.add_argument(
+        "--baseline-rev",
+        default="bc3e439",
+        help="git revision of the algorithm to compare with ('' for none)",
+    )
+    parser.add_argument("--baseline-max", type=int, default=100_000)
+    parser.add_argument("--db-faces", type=int, default=0, help="also time the DB path")
+    parser.add_argument("--db-url", default="", help="database for --db-faces (default SQLite)")
     args = parser.parse_args(argv)
+    if args.db_faces:
+        run_db(args.db_faces, args.db_url)
     sizes = [int(s) for s in args.sizes.split(",")]
+    baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
     # the machine may be shared: timings scale with the load on its cores
     print(f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
     rows = []
     for n in sizes:
         print(f"N = {n:,}")
-        rows.append((n, *run_size(n, args.max_initial)))
+        rows.append(run_size(n, args.max_initial, baseline if n <= args.baseline_max else None))
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    print("\nsize        initial_s  incremental_s  budget")
-    for n, initial, incremental in rows:
-        budget = BUDGET_S.get(n)
-        flag = "-" if budget is None else ("OK" if incremental <= budget else "OVER")
-        shown = "skipped" if initial is None else f"{initial:.2f}"
+    print("\nsize        initial_s (cpu)    baseline_s (cpu)   ratio  incremental_s  peak_RSS_MB")
+    for row in rows:
         print(
-            f"{n:<10,}  {shown:>9}  {incremental:>13.2f}  {flag} (<= {budget} s)"
-            if budget
-            else f"{n:<10,}  {shown:>9}  {incremental:>13.2f}  {flag}"
+            f"{row.n:<10,}  {_cell(row.initial)}  {_cell(row.baseline)}  {_ratio(row)}  "
+            f"{row.incremental.wall_s:>13.2f}  {row.rss_mb:>11,.0f}  {_budget(row)}"
         )
     return 0
+
+
+def run_db(n: int, url: str) -> None:
+    """First clustering run of ``n`` faces through the database, as the worker runs it."""
+    from pipeline import files, migrate, projects
+    from pipeline.db import Database
+    from workers import figure_clustering
+
+    url = url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'scale.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    faces = synthesize(n, numpy.random.default_rng(SEED), "db")
+    by_file: dict[str, list[clustering.Candidate]] = defaultdict(list)
+    for c in faces.candidates:
+        by_file[c.file_id].append(c)
+    t0 = time.perf_counter()
+    with database.session() as s:
+        project = projects.create_project(s, "o", "p", {})
+        dataset = projects.create_dataset(s, project, "d", {})
+        for file_id, members in by_file.items():
+            item = files.Indexed(
+                uri=f"oss://bkt/{file_id}.jpg",
+                media_type="image",
+                size=1,
+                doc={"FileHash": file_id},
+                faces=[
+                    files.NewFace(
+                        figure_id=c.figure_id,
+                        attrs={},
+                        embedding=numpy.asarray(c.embedding, numpy.float32).tobytes(),
+                        qualified=c.qualified,
+                        quality=0.9,
+                    )
+                    for c in members
+                ],
+            )
+            files.store_indexed(s, dataset, item)
+    print(f"DB {url.split(':')[0]}: stored {n:,} faces in {time.perf_counter() - t0:.1f} s")
+    planned: list[float] = []
+    real_plan = clustering.plan
+
+    def spy(*args: Any, **kwargs: Any) -> clustering.Plan:
+        result, took = timed(lambda: real_plan(*args, **kwargs))
+        planned.append(took.wall_s)
+        return result
+
+    def run() -> dict[str, Any]:
+        with database.session() as s:  # commits on exit, as the worker's transaction does
+            return figure_clustering.cluster_dataset(
+                s, {"Owner": "o", "ProjectName": "p", "DatasetName": "d"}
+            )
+
+    clustering.plan = spy
+    try:
+        result, took = timed(run)
+    finally:
+        clustering.plan = real_plan
+        database.dispose()
+    print(
+        f"DB first run of {n:,} faces: {took} incl. commit, "
+        f"{result['NewClusterCount']:,} clusters; of which clustering.plan "
+        f"{planned[0]:.2f} s; load + write {took.wall_s - planned[0]:.2f} s"
+    )
+
+
+def _cell(t: Timing | None) -> str:
+    return f"{'skipped':>17}" if t is None else f"{t.wall_s:8.2f} ({t.cpu_s:6.1f})"
+
+
+def _ratio(row: Row) -> str:
+    if row.initial is None or row.baseline is None:
+        return f"{'-':>5}"
+    return f"{row.baseline.wall_s / row.initial.wall_s:5.1f}"
+
+
+def _budget(row: Row) -> str:
+    budget = BUDGET_S.get(row.n)
+    if budget is None:
+        return ""
+    flag = "OK" if row.incremental.wall_s <= budget else "OVER"
+    return f"incremental {flag} (<= {budget} s)"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ writes the database. One call of :func:`plan` places the *candidates* (faces no 
 yet, plus faces an earlier run left independent) against the *existing* clusters, which are
 never merged, renamed or emptied here.
 
-Algorithm, per block of candidates (sorted by figure id, so the output is deterministic):
+Algorithm, over all candidates at once (sorted by figure id, so the output is deterministic):
 
 1. **Join.** Every face goes to its nearest cluster centroid if the euclidean distance is below
    ``join`` — qualified or not (IMM lets lower-quality faces join a group). A cluster never
@@ -18,7 +18,7 @@ Algorithm, per block of candidates (sorted by figure id, so the output is determ
    faces (all qualified, all from distinct files) becomes a new cluster.
 3. **Late join.** Pool faces still unplaced (unqualified ones included) may join a cluster
    formed in step 2, as in step 1.
-4. Everything else is ``INDEPENDENT`` and is carried into the next block (or the next run).
+4. Everything else is ``INDEPENDENT`` (a later run takes it again).
 
 Thresholds (euclidean distances between dlib embeddings; dlib's own same-person cut is 0.6):
 ``join`` = 0.55 (face -> centroid), ``link`` = 0.55 (face <-> face), ``min_size`` = 3 (IMM's
@@ -30,15 +30,22 @@ precision-favouring end of the working window [0.55, 0.58]. ``link`` is far less
 because average linkage re-checks every component: precision and F1 are unchanged for any
 ``link`` in [0.5, 0.65], and 0.55 is the middle of that range.
 
-Complexity, with Q candidates, K clusters, P pooled faces, d = 128: step 1 is one chunked
-float32 matrix product, O(Q K d) time and O(CHUNK_ENTRIES) extra memory; step 2 is O(F P d)
-for the F new faces of the pool against the whole pool (faces carried over from an earlier
-block are only compared with each other when a new face reaches them), plus
-O(m^2)..O(m^3) per component of m faces (m is one person's photos in practice, and a component
-larger than ``MAX_COMPONENT`` is first split at a tighter threshold). An incremental run is
-therefore linear in the dataset (through K), never quadratic in it. A run with more than
-``BLOCK_FACES`` candidates (the first run of a large dataset) is processed as successive
-incremental blocks, which bounds the pool's quadratic term to BLOCK_FACES^2 per block.
+Scale. Small problems are solved exactly with chunked float32 matrix products: step 1 is
+O(Q K d) for Q faces and K clusters, step 2 O(P^2 d) for P pooled faces. Above
+``EXACT_PAIRS`` distance pairs a step uses an approximate-nearest-neighbour index instead
+(``ann_neighbours``: faiss HNSW on a 64-d random projection, exact distances recomputed):
+step 1 asks an index over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest
+clusters (the retries walk that list), step 2 links each pooled face to those of its
+``LINK_NEIGHBOURS`` nearest faces closer than ``link``. Building and querying HNSW is
+O(n log n), so a first run over a whole library (K = 0, P ~ all faces) is near-linear instead
+of quadratic, and the whole run is one pass (earlier versions cut it into blocks, whose
+carried-over faces made it quadratic). What the index may miss is a neighbour, which rarely
+matters because a person's faces are linked many times over and a component is re-checked
+exactly by step 2's agglomeration (O(m^2)..O(m^3) per component of m faces — one person's
+photos in practice; a component larger than ``MAX_COMPONENT`` is first split at a tighter
+threshold). With the index, results can differ from the exact path on a face whose nearest
+neighbours the index misses (and, as faiss builds the graph on all cores, between runs);
+tests/unit/test_clustering.py checks that both paths give the same clusters.
 """
 
 from __future__ import annotations
@@ -53,7 +60,14 @@ INDEPENDENT = "figure-cluster-id-independent"
 UNAVAILABLE = "figure-cluster-id-unavailable"
 
 CHUNK_ENTRIES = 1 << 24  # distance-matrix entries per chunk: 64 MB of float32
-BLOCK_FACES = 20_000  # larger runs are split into incremental blocks of this many faces
+EXACT_PAIRS = 1 << 30  # above this many distance pairs a step uses the ANN index
+JOIN_NEIGHBOURS = 8  # clusters the index proposes per face (more than MAX_ROUNDS retries)
+LINK_NEIGHBOURS = 16  # faces the index proposes per pooled face
+HNSW_M = 16  # graph degree (faiss's default); index memory ~ n (4 d + 8 M) bytes
+HNSW_EF_CONSTRUCTION = 40  # build-time beam (faiss's default)
+HNSW_EF_SEARCH = 16  # query-time beam; at least k
+INDEX_DIM = 64  # the index navigates on a random projection of the embeddings to this
+PROJECTION_SEED = 11
 MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
 MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
 TIGHTEN = 0.95  # factor applied to ``link`` for each such split
@@ -197,23 +211,18 @@ def plan(
     faces = _Faces(ordered, codes)
     clusters = _Clusters(sorted(existing, key=lambda c: c.cluster_id), codes, faces.emb.shape[1])
     run = _Run(faces, clusters, thresholds)
-    stale = numpy.zeros(0, dtype=numpy.int64)
-    for start in range(0, len(ordered), BLOCK_FACES):
-        fresh = numpy.arange(start, min(start + BLOCK_FACES, len(ordered)))
-        stale = _block(run, fresh, stale)
+    everyone = numpy.arange(len(ordered))
+    _join(run, everyone, range(len(run.clusters.keys)))
+    pool = _unplaced(run, everyone)
+    created = _link(run, pool)
+    leftover = _unplaced(run, pool)
+    if created and len(leftover):
+        _join(run, leftover, created)
     return _result(run)
 
 
-def _block(run: _Run, fresh: numpy.ndarray, stale: numpy.ndarray) -> numpy.ndarray:
-    """Steps 1-3 for one block; returns the faces still independent afterwards."""
-    faces = numpy.concatenate([stale, fresh])
-    _join(run, faces, range(len(run.clusters.keys)))
-    pool = numpy.array([f for f in faces if f not in run.placed], dtype=numpy.int64)
-    created = _link(run, pool, numpy.isin(pool, fresh))
-    leftover = numpy.array([f for f in pool if f not in run.placed], dtype=numpy.int64)
-    if created and len(leftover):
-        _join(run, leftover, created)
-    return numpy.array([f for f in leftover if f not in run.placed], dtype=numpy.int64)
+def _unplaced(run: _Run, faces: numpy.ndarray) -> numpy.ndarray:
+    return numpy.array([f for f in faces.tolist() if f not in run.placed], dtype=numpy.int64)
 
 
 # -- step 1 and 3: nearest centroid within ``join`` --------------------------------------------
@@ -223,6 +232,9 @@ def _join(run: _Run, faces: numpy.ndarray, which: Sequence[int]) -> None:
     """Place ``faces`` in their nearest cluster among ``which`` (cluster indices)."""
     which = list(which)
     if not which or not len(faces):
+        return
+    if len(faces) * len(which) > EXACT_PAIRS:
+        _join_indexed(run, faces, which)
         return
     right = _right(run.clusters.centroids(which))
     limit = run.thresholds.join**2
@@ -237,6 +249,78 @@ def _join(run: _Run, faces: numpy.ndarray, which: Sequence[int]) -> None:
         if not losers:
             return
         proposals = _retry(run, numpy.array(losers), which, right, limit)
+
+
+def _join_indexed(run: _Run, faces: numpy.ndarray, which: list[int]) -> None:
+    """Step 1/3 through an ANN index over the centroids: each face's ``JOIN_NEIGHBOURS``
+    nearest clusters (exact distances, nearest first) are its proposals, and a face refused
+    for a same-file conflict proposes the next of its list that does not hold its file."""
+    limit = run.thresholds.join**2
+    centroids = run.clusters.centroids(which)
+    neighbours, dist2 = ann_neighbours(centroids, run.faces.emb[faces], JOIN_NEIGHBOURS)
+    rank = dict.fromkeys(faces.tolist(), 0)
+    row_of = {int(f): row for row, f in enumerate(faces)}
+
+    def proposal(face: int) -> tuple[float, int, int] | None:
+        row = row_of[face]
+        taken = run.clusters.by_file.get(int(run.faces.files[face]), set())
+        while rank[face] < neighbours.shape[1]:
+            col, d = int(neighbours[row, rank[face]]), float(dist2[row, rank[face]])
+            if col < 0 or not d < limit:
+                return None
+            if which[col] not in taken:
+                return (d, face, which[col])
+            rank[face] += 1
+        return None
+
+    proposals = [p for f in faces.tolist() if (p := proposal(f)) is not None]
+    for _ in range(MAX_ROUNDS):
+        losers = _accept(run, proposals)
+        if not losers:
+            return
+        proposals = [p for f in losers if (p := proposal(f)) is not None]
+
+
+def ann_neighbours(
+    base: numpy.ndarray, queries: numpy.ndarray, k: int
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The ``k`` approximate nearest ``base`` rows of each query: positions (-1 where fewer
+    were found) and exact squared distances, nearest first. The HNSW graph (faiss) is built
+    on a fixed random orthogonal projection to ``INDEX_DIM`` dimensions, which keeps
+    distances within a few percent (Johnson-Lindenstrauss) at half the cost; the distances
+    returned are recomputed on the full embeddings. Queries run in chunks so that the
+    intermediate arrays stay small."""
+    import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
+
+    base = numpy.ascontiguousarray(base, dtype=numpy.float32)
+    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
+    project = _projection(base.shape[1])
+    index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(numpy.ascontiguousarray(base @ project))
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+    k = min(k, len(base))
+    positions = numpy.empty((len(queries), k), dtype=numpy.int64)
+    dist2 = numpy.empty((len(queries), k), dtype=numpy.float32)
+    step = max(1, CHUNK_ENTRIES // (k * base.shape[1]))
+    for start in range(0, len(queries), step):
+        chunk = queries[start : start + step]
+        _, found = index.search(numpy.ascontiguousarray(chunk @ project), k)
+        exact = numpy.square(base[found] - chunk[:, None, :]).sum(axis=2)
+        exact[found < 0] = numpy.inf
+        order = numpy.argsort(exact, axis=1, kind="stable")
+        positions[start : start + step] = numpy.take_along_axis(found, order, axis=1)
+        dist2[start : start + step] = numpy.take_along_axis(exact, order, axis=1)
+    return positions, dist2
+
+
+def _projection(dim: int) -> numpy.ndarray:
+    """A fixed random orthogonal ``dim`` x ``INDEX_DIM`` matrix (identity if not larger)."""
+    if dim <= INDEX_DIM:
+        return numpy.eye(dim, dtype=numpy.float32)
+    gaussian = numpy.random.default_rng(PROJECTION_SEED).normal(size=(dim, dim))
+    q, _ = numpy.linalg.qr(gaussian)
+    return numpy.ascontiguousarray(q[:, :INDEX_DIM], dtype=numpy.float32)
 
 
 def _nearest(left: numpy.ndarray, right: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -286,13 +370,12 @@ def _retry(
 # -- step 2: link the pool's qualified faces into new clusters --------------------------------
 
 
-def _link(run: _Run, pool: numpy.ndarray, is_fresh: numpy.ndarray) -> list[int]:
+def _link(run: _Run, pool: numpy.ndarray) -> list[int]:
     """New clusters from the qualified faces of ``pool``; returns their cluster indices."""
-    mask = run.faces.qualified[pool]
-    pool, is_fresh = pool[mask], is_fresh[mask]
+    pool = pool[run.faces.qualified[pool]]
     if len(pool) < run.thresholds.min_size:
         return []
-    a, b = _pool_edges(run.faces, pool, is_fresh, run.thresholds.link)
+    a, b = _pool_edges(run.faces, pool, run.thresholds.link)
     labels = _components(len(pool), a, b)
     created = []
     for members in _groups(labels):
@@ -305,43 +388,46 @@ def _link(run: _Run, pool: numpy.ndarray, is_fresh: numpy.ndarray) -> list[int]:
 
 
 def _pool_edges(
-    faces: _Faces, pool: numpy.ndarray, is_fresh: numpy.ndarray, link: float
+    faces: _Faces, pool: numpy.ndarray, link: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Edges (positions in ``pool``) between faces closer than ``link``. Fresh faces are
-    compared with the whole pool; carried-over faces with each other only once a fresh face
-    reaches them, since they found no group among themselves before."""
-    right = _right(faces.emb[pool])
-    rows = numpy.flatnonzero(is_fresh)
-    stale = numpy.flatnonzero(~is_fresh)
-    seen = numpy.zeros(len(pool), dtype=bool)
-    edges_a, edges_b = [], []
-    while len(rows):
-        a, b = _close_pairs(faces, pool, rows, right, link)
-        edges_a.append(a)
-        edges_b.append(b)
-        seen[rows] = True
-        reached = numpy.unique(numpy.concatenate([a, b]))
-        rows = reached[~seen[reached] & numpy.isin(reached, stale)]
-    if not edges_a:
-        return numpy.zeros(0, numpy.int64), numpy.zeros(0, numpy.int64)
-    return numpy.concatenate(edges_a), numpy.concatenate(edges_b)
+    """Edges (positions in ``pool``) between faces closer than ``link``, not of one file:
+    all of them (exactly) for a small pool, else those among each face's
+    ``LINK_NEIGHBOURS`` approximate nearest faces."""
+    if len(pool) ** 2 > EXACT_PAIRS:
+        return _indexed_pairs(faces, pool, link)
+    return _close_pairs(faces, pool, link)
 
 
 def _close_pairs(
-    faces: _Faces, pool: numpy.ndarray, rows: numpy.ndarray, right: numpy.ndarray, link: float
+    faces: _Faces, pool: numpy.ndarray, link: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Pairs (row, column) of pool positions closer than ``link``, not of one file."""
+    """Every pair (row, column) of pool positions closer than ``link``, not of one file."""
     limit = link**2
+    right = _right(faces.emb[pool])
     step = max(1, CHUNK_ENTRIES // len(pool))
     found_a, found_b = [], []
-    for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        r, c = numpy.nonzero(faces.left[pool[chunk]] @ right.T < limit)
-        a = chunk[r]
+    for start in range(0, len(pool), step):
+        r, c = numpy.nonzero(faces.left[pool[start : start + step]] @ right.T < limit)
+        a = r + start
         keep = faces.files[pool[a]] != faces.files[pool[c]]
         found_a.append(a[keep])
         found_b.append(c[keep])
     return numpy.concatenate(found_a), numpy.concatenate(found_b)
+
+
+def _indexed_pairs(
+    faces: _Faces, pool: numpy.ndarray, link: float
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Pairs of pool positions closer than ``link`` and not of one file, among each face's
+    approximate nearest neighbours (so at most ``LINK_NEIGHBOURS`` edges per face)."""
+    emb = faces.emb[pool]
+    neighbours, dist2 = ann_neighbours(emb, emb, LINK_NEIGHBOURS)
+    a = numpy.repeat(numpy.arange(len(pool)), neighbours.shape[1])
+    b, d = neighbours.ravel(), dist2.ravel()
+    keep = (b >= 0) & (d < link**2)
+    a, b = a[keep], b[keep]
+    keep = faces.files[pool[a]] != faces.files[pool[b]]  # also drops each face itself
+    return a[keep], b[keep]
 
 
 def _components(n: int, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
@@ -385,8 +471,7 @@ def _split_large(faces: _Faces, members: numpy.ndarray, link: float) -> list[num
     """A component too large to agglomerate (a chain through many people): re-link it at a
     tighter threshold and split the resulting components."""
     tighter = link * TIGHTEN
-    fresh = numpy.ones(len(members), dtype=bool)
-    a, b = _pool_edges(faces, members, fresh, tighter)
+    a, b = _pool_edges(faces, members, tighter)
     out: list[numpy.ndarray] = []
     for part in _groups(_components(len(members), a, b)):
         out.extend(_split(faces, members[part], link if len(part) <= MAX_COMPONENT else tighter))

@@ -241,16 +241,16 @@ def test_many_people_are_clustered_exactly() -> None:
     assert groups(result) == expected
 
 
-def test_blocks_and_large_component_splits_give_the_same_clusters(
+def test_index_and_large_component_splits_give_the_same_clusters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     people = People(seed=4)
     faces = [f for p in range(12) for f in people.faces(f"P{p:02d}", 4 + p % 3)]
     whole = groups(plan([], faces))
 
-    monkeypatch.setattr(clustering, "BLOCK_FACES", 7)
-    blocked = groups(plan([], faces))
-    monkeypatch.setattr(clustering, "BLOCK_FACES", 10_000)
+    monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)  # every step through the ANN index
+    indexed = groups(plan([], faces))
+    monkeypatch.undo()
     monkeypatch.setattr(clustering, "MAX_COMPONENT", 8)  # people have 4..6 faces
     calls: list[int] = []
     split_large = clustering._split_large
@@ -263,9 +263,121 @@ def test_blocks_and_large_component_splits_give_the_same_clusters(
     tight = groups(plan([], faces, Thresholds(link=0.9)))  # at 0.9 people chain together
 
     assert len(whole) == 12
-    assert blocked == whole
+    assert indexed == whole
     assert tight == whole
     assert calls and max(calls) > 8
+
+
+def library(seed: int, persons: int) -> tuple[list[Candidate], dict[str, str]]:
+    """A photo library like benchmarks/cluster_scale.py's: people with 1 or 3..15 faces,
+    shuffled and paired into photos (two faces per file), 20% of faces unqualified."""
+    people = People(seed=seed)
+    rng = np.random.default_rng(seed)
+    truth: dict[str, str] = {}
+    faces: list[Candidate] = []
+    for p in range(persons):
+        n = 1 if p % 10 == 0 else int(rng.integers(3, 16))
+        for _ in range(n):
+            face = people.face(f"P{p:04d}", "-", qualified=bool(rng.random() >= 0.2))
+            truth[face.figure_id] = f"P{p:04d}"
+            faces.append(face)
+    order = rng.permutation(len(faces))
+    faces = [faces[i] for i in order]
+    for i, face in enumerate(faces):
+        face.file_id = f"photo-{i // 2}"
+    return faces, truth
+
+
+def two_runs(faces: list[Candidate]) -> tuple[Plan, Plan]:
+    """A first run on 70% of ``faces`` and an incremental run on the rest plus the faces the
+    first run left independent, against the clusters the first run made."""
+    cut = len(faces) * 7 // 10
+    first = plan([], faces[:cut])
+    file_of = {f.figure_id: f.file_id for f in faces}
+    existing = [
+        ExistingCluster(
+            f"Cluster-{n.key}", n.centroid, len(n.figure_ids), {file_of[f] for f in n.figure_ids}
+        )
+        for n in first.new_clusters
+    ]
+    left = [f for f in faces[:cut] if first.assignments[f.figure_id] == INDEPENDENT]
+    return first, plan(existing, faces[cut:] + left)
+
+
+def test_index_path_gives_the_same_clusters_as_the_exact_path_on_a_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    faces, truth = library(seed=6, persons=300)  # ~2,700 faces
+    exact = two_runs(faces)
+    monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)
+    indexed = two_runs(faces)
+
+    assert len(faces) > 2_000
+    for e, i in zip(exact, indexed, strict=True):
+        assert i.assignments == e.assignments
+        assert [n.figure_ids for n in i.new_clusters] == [n.figure_ids for n in e.new_clusters]
+        assert i.similarity == pytest.approx(e.similarity)
+        assert_one_face_per_file(i, faces)
+        for members in groups(i):
+            assert len({truth[f] for f in members}) == 1  # one person per cluster
+    joined = indexed[1].updated
+    assert len(joined) > 50  # the second run really joined faces through the index
+
+
+def test_index_path_never_puts_two_faces_of_one_photo_in_one_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    people = People(seed=8)
+    existing = [people.cluster("Cluster-A", "A", 5)]
+    twins = [people.face("A", "group-photo"), people.face("A", "group-photo")]
+    same_file = [people.face("B", f"b-{i}") for i in range(4)]
+    same_file += [people.face("B", "b-0"), people.face("B", "b-1")]  # duplicates in b-0, b-1
+    faces = twins + same_file
+    exact = plan(existing, faces)
+    monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)
+
+    result = plan(existing, faces)
+
+    assert_one_face_per_file(result, faces)
+    assert sorted(result.assignments[f.figure_id] for f in twins) == ["Cluster-A", INDEPENDENT]
+    assert sum(len(m) for m in groups(result) if any(f.startswith("B-") for f in m)) == 6
+    assert result.assignments == exact.assignments
+
+
+def exact_entries(monkeypatch: pytest.MonkeyPatch, faces: list[Candidate]) -> int:
+    """Distance-matrix entries that ``plan([], faces)`` computes exactly (matrix products),
+    plus the faces it puts into or asks of an ANN index."""
+    count = [0]
+
+    def counted(name: str, size: Any) -> None:
+        real = getattr(clustering, name)
+
+        def spy(*args: Any) -> Any:
+            count[0] += size(*args)
+            return real(*args)
+
+        monkeypatch.setattr(clustering, name, spy)
+
+    counted("_nearest", lambda left, right: len(left) * len(right))
+    counted("_close_pairs", lambda faces, pool, link: len(pool) ** 2)
+    counted("_retry", lambda run, losers, which, right, limit: len(losers) * len(right))
+    counted("_split", lambda faces, members, link: len(members) ** 2)
+    counted("ann_neighbours", lambda base, queries, k: (len(base) + len(queries)) * k)
+    plan([], faces)
+    monkeypatch.undo()
+    return count[0]
+
+
+def test_a_first_run_grows_linearly_not_quadratically(monkeypatch: pytest.MonkeyPatch) -> None:
+    small, _ = library(seed=9, persons=100)
+    large, _ = library(seed=9, persons=400)
+    monkeypatch.setattr(clustering, "EXACT_PAIRS", 20_000)  # both runs are "large"
+    ratio_faces = len(large) / len(small)
+
+    ratio_work = exact_entries(monkeypatch, large) / exact_entries(monkeypatch, small)
+
+    assert 3.5 < ratio_faces < 4.5
+    assert ratio_work < 1.5 * ratio_faces  # quadratic would be ~16
 
 
 def test_output_is_deterministic_whatever_the_input_order() -> None:
