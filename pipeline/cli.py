@@ -318,6 +318,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return models_install.main([args.name, "--data-dir", str(settings.resolved_data_dir)])
 
 
+def cmd_kinds(args: argparse.Namespace) -> int:
+    """The job kinds (pipeline.jobs): the README's table with --markdown."""
+    from pipeline import jobs
+
+    if args.markdown:
+        print(jobs.markdown_table())
+        return EXIT_OK
+    for k in jobs.KINDS:
+        names = ", ".join((*k.actions, *(f"eas:{s}" for s in k.services)))
+        print(f"{k.task_type:<26} {k.queue:<10} {k.time_limit:>6}s  {names}")
+    return EXIT_OK
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.imm import json_schemas
 
@@ -387,6 +400,9 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["install"])
     models.add_argument("name", choices=["whisper-base"])
     models.set_defaults(func=cmd_models)
+    kinds = sub.add_parser("kinds", help="the job kinds: task types, actions, services, queues")
+    kinds.add_argument("--markdown", action="store_true", help="the README's table")
+    kinds.set_defaults(func=cmd_kinds)
     _notify_parsers(sub)
     return parser
 

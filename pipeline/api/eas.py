@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import eas_auth, projects
+from pipeline import eas_auth, jobs, projects
 from pipeline.api.services import Caller, Services
 from pipeline.api.task_actions import SyncTimeout, TaskFailed, submit, wait_for_task
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
@@ -41,6 +41,10 @@ SERVICES: dict[str, Service] = {}
 
 
 def register(name: str, service: Service) -> None:
+    """Add a service's protocol adapter; the service must be declared by its job kind."""
+    declared = jobs.BY_SERVICE.get(name)
+    if declared is None or declared.task_type != service.task_type:
+        raise ValueError(f"EAS service {name!r} is not declared for {service.task_type} in jobs.")
     SERVICES[name] = service
 
 

@@ -54,4 +54,4 @@ def test_k8s_pools_and_keda_cover_every_queue() -> None:
     scaled = {
         t["metadata"]["listName"] for s in _docs(k8s / "keda.yaml") for t in s["spec"]["triggers"]
     }
-    assert scaled == set(QUEUES) - {"notify"}  # notify jobs are tiny: no scaler of their own
+    assert scaled == set(QUEUES)
