@@ -94,6 +94,11 @@ HIGHLIGHT_SPEC = RequestSpec(
     max_sources=10,
 )
 
+# Model Hub image services take images inline (base64) or by URI; the API stages inline
+# images in the caller's EAS bucket so the task request stays small.
+IMAGE_SPEC = RequestSpec(media=frozenset({"image"}), max_sources=100)
+SIMILARITY_SPEC = RequestSpec(media=frozenset({"image"}), max_sources=2)
+
 KINDS: tuple[JobKind, ...] = (
     JobKind(
         "FileCompression",
@@ -175,6 +180,21 @@ KINDS: tuple[JobKind, ...] = (
         actions=("CreateSpeechRecognitionTask",),
         services=("asr",),
         spec=ASR_SPEC,
+    ),
+    JobKind(
+        "ImageClassification",
+        "image",
+        "workers.image_models:classify",
+        actions=("CreateImageClassificationTask",),
+        services=("image_classification",),
+        spec=IMAGE_SPEC,
+    ),
+    JobKind(
+        "ImageSimilarity",
+        "image",
+        "workers.image_models:similarity",
+        services=("image_similarity",),
+        spec=SIMILARITY_SPEC,
     ),
 )
 

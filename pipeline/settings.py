@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # Speech: a CTranslate2 Whisper model directory (larger models); empty → the whisper-base
     # installed by `openimm models install whisper-base` in the data dir, else PocketSphinx.
     whisper_model_dir: str = ""
+    # Images larger than this many pixels are refused before decoding (pixel bombs).
+    image_max_pixels: int = 40_000_000
     # Media models: inputs larger or longer (in what is processed) are refused up front.
     media_max_bytes: int = 4 << 30
     media_max_seconds: float = 4 * 3600

@@ -18,6 +18,7 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
     eas,
     figure_actions,
     file_actions,
+    image_actions,
     media_actions,
     mns,
     notify_actions,
@@ -112,6 +113,8 @@ def error_body(request: Request, code: str, message: str) -> dict[str, str]:
 async def _imm_error(request: Request, exc: ImmError) -> Response:
     if mns.is_mns_path(request.url.path):
         return mns.error_response(request, exc)
+    if eas.is_eas_path(request.url.path):
+        return eas.error_response(request, exc)
     return JSONResponse(error_body(request, exc.code, exc.message), status_code=exc.http_status)
 
 

@@ -5,7 +5,12 @@ a worker pool and appears in ListTasks (project ``OPENIMM_EAS_PROJECT``, created
 for the caller); the HTTP call waits for it within ``OPENIMM_PREDICT_TIMEOUT_SECONDS``.
 
 Services are registered in ``SERVICES``: each maps the Model Hub JSON input to a task request
-and the finished task back to the Model Hub JSON output.
+and the finished task back to the Model Hub JSON output. Every answer carries Model Hub's
+``request_id`` and ``success``; a failure (bad input, unknown service, failed task, timeout)
+is ``{"request_id", "success": false, "error_code": <int>, "error_msg": …}`` as the seeds
+document, plus openimm's earlier ``"result": "[Code] message"`` for existing callers.
+``error_code`` is the HTTP status of the error (400 bad input, 401/403 authentication, 404
+unknown service, 500 internal, 501 model not installed, 503 unavailable, 504 timeout).
 """
 
 from __future__ import annotations
@@ -59,13 +64,35 @@ def _diagnostic_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
 
 
 def _diagnostic_output(task: Task) -> dict[str, Any]:
-    return {"result": "", "success": True, "task_id": task.id}
+    return {"result": "", "task_id": task.id}
 
 
 # Benchmarks and drills (OPENIMM_DIAGNOSTICS=1 only), and the protocol's own tests.
 register("diagnostic", Service("Diagnostic", _diagnostic_request, _diagnostic_output))
 
 router = APIRouter()
+
+
+def is_eas_path(path: str) -> bool:
+    return path.startswith("/api/predict/")
+
+
+def failure(request_id: str, code: str, message: str, status: int) -> dict[str, Any]:
+    """Model Hub's error body (``error_code`` is the HTTP status of the error)."""
+    return {
+        "request_id": request_id,
+        "success": False,
+        "error_code": status,
+        "error_msg": f"[{code}] {message}",
+        "result": f"[{code}] {message}",
+    }
+
+
+def error_response(request: Request, exc: ImmError) -> JSONResponse:
+    """An error raised while handling a predict call, in the Model Hub shape."""
+    rid = getattr(request.state, "request_id", "")
+    body = failure(rid, exc.code, exc.message, exc.http_status)
+    return JSONResponse(body, status_code=exc.http_status)
 
 
 @router.post("/api/predict/{service}")
@@ -124,9 +151,18 @@ def _run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) 
     request = spec.build(payload, svc)
     project = _ensure_project(svc, caller.owner)
     common = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
-    created = submit(svc, caller, project, spec.task_type, request, common)
     try:
+        created = submit(svc, caller, project, spec.task_type, request, common)
         task = wait_for_task(svc, caller, created["TaskId"], svc.settings.predict_timeout_seconds)
     except (TaskFailed, SyncTimeout) as exc:  # Model Hub reports failures in the body
-        return {"result": f"[{exc.code}] {exc.message}", "success": False}
-    return spec.output(task)
+        return failure(caller.request_id, exc.code, exc.message, exc.http_status)
+    finally:
+        _drop_staged(svc, request)
+    return {"request_id": caller.request_id, "success": True, **spec.output(task)}
+
+
+def _drop_staged(svc: Services, request: dict[str, Any]) -> None:
+    """Delete the inline inputs a service staged in the object store for this call."""
+    for uri in request.get("Staged", ()):
+        bucket, _, key = uri.removeprefix("oss://").partition("/")
+        svc.store.delete(bucket, key)

@@ -131,7 +131,7 @@ def _highlight_request(body: dict[str, Any], svc: Services) -> dict[str, Any]:
 def oss_output(task: Task) -> dict[str, Any]:
     """Model Hub output of the video services: where the result was written."""
     uri = (task.result.get("Output") or {}).get("URI") or task.result.get("TargetURI", "")
-    return {"oss_path": uri, "result": "", "success": True}
+    return {"oss_path": uri, "result": ""}
 
 
 eas.register("video_highlight", eas.Service("Highlight", _highlight_request, oss_output))

@@ -1,0 +1,73 @@
+"""Model Hub image models (seed 000): ImageNet classification and image similarity.
+
+Processors of the ``ImageClassification`` and ``ImageSimilarity`` job kinds. Both run
+``workers.models.imagenet.ImageNetModel`` (MobileNetV2), loaded once per worker process on the
+pool's device; a task's images go through the network together, in chunks of ``CHUNK``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy
+from PIL import Image
+
+from workers import imaging, models
+from workers.context import JobContext
+from workers.models.imagenet import ImageNetModel
+
+CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB
+TOP_K = 5
+
+
+def _images(ctx: JobContext, uris: list[str]) -> Iterator[Image.Image]:
+    for i, uri in enumerate(uris):
+        path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
+        rgb, _ = imaging.load_image(path)
+        yield Image.fromarray(rgb)
+
+
+def _labels(probs: numpy.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
+    top = numpy.argsort(probs)[::-1][:k]
+    return [
+        {"LabelName": names[i], "LabelConfidence": round(float(probs[i]), 6), "ClassId": int(i)}
+        for i in top
+    ]
+
+
+def classify(ctx: JobContext) -> dict[str, Any]:
+    """``{"Images": [{URI, Class, ClassName, Labels[top-k]}]}``; with ``AllProbs`` (the EAS
+    service) also ``ClassProbs``: every class name → probability, as Model Hub returns."""
+    from workers.models.imagenet import class_names
+
+    uris = [s["URI"] for s in ctx.request["Sources"]]
+    top_k = int(ctx.request.get("TopK") or TOP_K)
+    model = models.get(ImageNetModel, ctx.device)
+    names = class_names()
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(uris), CHUNK):
+        batch = uris[start : start + CHUNK]
+        for uri, result in zip(batch, model.classify(list(_images(ctx, batch))), strict=True):
+            item: dict[str, Any] = {
+                "URI": uri,
+                "Class": result.index,
+                "ClassName": result.name,
+                "Labels": _labels(result.probs, names, top_k),
+            }
+            if ctx.request.get("AllProbs"):
+                item["ClassProbs"] = {n: float(p) for n, p in zip(names, result.probs, strict=True)}
+            out.append(item)
+        ctx.progress(int(95 * (start + len(batch)) / len(uris)))
+    return {"Images": out}
+
+
+def similarity(ctx: JobContext) -> dict[str, Any]:
+    """Cosine similarity of the two images' embeddings, scaled to 0-100 (100 = the same
+    image; Model Hub: below 80 means different images), and the L2 distance of the
+    normalised embeddings (0…2)."""
+    uris = [ctx.request["ImageA"], ctx.request["ImageB"]]
+    embeddings = models.get(ImageNetModel, ctx.device).embed(list(_images(ctx, uris)))
+    cosine = float(numpy.clip(embeddings[0] @ embeddings[1], -1.0, 1.0))
+    distance = float(numpy.linalg.norm(embeddings[0] - embeddings[1]))
+    return {"Similarity": round(100.0 * max(0.0, cosine), 4), "L2Distance": round(distance, 6)}
