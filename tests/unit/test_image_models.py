@@ -24,7 +24,7 @@ from workers.models.base import InferenceModel, ModelCard, ModelFile
 from workers.models.imagenet import CARD, ImageNetModel, class_names
 
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-from eas_prediction import PredictClient  # noqa: E402
+from eas_prediction import PredictClient
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 needs_model = pytest.mark.skipif(
