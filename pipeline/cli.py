@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.settings import Settings, load_settings
 
@@ -312,10 +313,43 @@ def cmd_people(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from workers import models_install
+    """The model store: list | verify [NAME] | install NAME (workers.models.store)."""
+    from pipeline.errors import ModelNotInstalled
+    from workers.models import store
 
     settings = _settings(args)
-    return models_install.main([args.name, "--data-dir", str(settings.resolved_data_dir)])
+    try:
+        if args.action == "list":
+            return _print_models(store.entries(settings), args.json)
+        if args.action == "verify":
+            problems = store.verify(settings, args.name or "")
+            for name, problem in problems.items():
+                print(f"{name:<22} {problem or 'ok'}")
+            return EXIT_OK if not any(problems.values()) else EXIT_FAILURE
+        if not args.name:
+            print("usage: openimm models install NAME (see: openimm models list)", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{args.name} installed and verified in {store.install(settings, args.name)}")
+    except ModelNotInstalled as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_models(entries: list[Any], as_json: bool) -> int:
+    if as_json:
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return EXIT_OK
+    print(f"{'MODEL':<22} {'INSTALLED':<9} {'SIZE':>9}  {'DEVICES':<9} SOURCE / LICENCE")
+    for e in entries:
+        mark = "yes" if e.installed else "no"
+        print(f"{e.name:<22} {mark:<9} {e.size / 1e6:>7.1f}MB  {','.join(e.devices):<9} {e.source}")
+        print(f"{'':<53} {e.licence}")
+        if not e.installed:
+            print(f"{'':<53} missing: {e.problem}; install: {e.install}")
+    return EXIT_OK
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
@@ -396,9 +430,10 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--project", default="photos")
     people.add_argument("--json", action="store_true", help="full FigureCluster objects")
     people.set_defaults(func=cmd_people)
-    models = sub.add_parser("models", help="install a model: openimm models install whisper-base")
-    models.add_argument("action", choices=["install"])
-    models.add_argument("name", choices=["whisper-base"])
+    models = sub.add_parser("models", help="the model store: list | verify [NAME] | install NAME")
+    models.add_argument("action", nargs="?", default="list", choices=["list", "verify", "install"])
+    models.add_argument("name", nargs="?", default="")
+    models.add_argument("--json", action="store_true", help="list as JSON (files, SHA-256, …)")
     models.set_defaults(func=cmd_models)
     kinds = sub.add_parser("kinds", help="the job kinds: task types, actions, services, queues")
     kinds.add_argument("--markdown", action="store_true", help="the README's table")

