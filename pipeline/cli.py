@@ -45,14 +45,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.server import run_worker, supervise_worker
 
     settings = _settings(args)
+    pool = args.pool or settings.worker_pool
     if not args.no_supervise:
         child = ["-Q", args.queues, "-c", str(args.concurrency or settings.worker_concurrency)]
-        return supervise_worker(settings, child + (["-n", args.hostname] if args.hostname else []))
+        child += ["--pool", pool] + (["-n", args.hostname] if args.hostname else [])
+        return supervise_worker(settings, child)
     return run_worker(
         settings,
         queues=args.queues,
         concurrency=args.concurrency or settings.worker_concurrency,
         hostname=args.hostname,
+        pool=pool,
     )
 
 
@@ -393,6 +396,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-Q", "--queues", default="all", help="comma-separated queues or 'all'")
     worker.add_argument("-c", "--concurrency", type=int, help="OPENIMM_WORKER_CONCURRENCY")
     worker.add_argument("-n", "--hostname", default=None, help="worker node name")
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "threads"],
+        help="OPENIMM_WORKER_POOL; threads for batching kinds (image services)",
+    )
     worker.add_argument(
         "--no-supervise",
         action="store_true",

@@ -58,6 +58,15 @@ class RequestSpec:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of a kind's single-input tasks inside a worker process (Triton's
+    ``max_batch_size`` / ``max_queue_delay``); effective in ``--pool threads`` pools."""
+
+    max_size: int = 16
+    max_delay_ms: float = 5.0
+
+
+@dataclass(frozen=True)
 class JobKind:
     """One job kind (see the module docstring)."""
 
@@ -70,6 +79,7 @@ class JobKind:
     event: str = ""  # notification type; "" → imm:Task:<task_type>
     listed: bool = True  # False: ListTasks shows it only when TaskTypes names it
     spec: RequestSpec = field(default_factory=RequestSpec)
+    batching: Batching | None = None  # None: every task runs the model on its own
 
     @property
     def event_type(self) -> str:
@@ -188,6 +198,7 @@ KINDS: tuple[JobKind, ...] = (
         actions=("CreateImageClassificationTask",),
         services=("image_classification",),
         spec=IMAGE_SPEC,
+        batching=Batching(),
     ),
     JobKind(
         "ImageSimilarity",
@@ -195,6 +206,7 @@ KINDS: tuple[JobKind, ...] = (
         "workers.image_models:similarity",
         services=("image_similarity",),
         spec=SIMILARITY_SPEC,
+        batching=Batching(),
     ),
 )
 

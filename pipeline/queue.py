@@ -29,6 +29,15 @@ def queue_for(task_type: str, settings: Settings) -> str:
     return settings.queue_routes.get(task_type) or ROUTES.get(task_type, jobs.DEFAULT_QUEUE)
 
 
+def batching_queues(settings: Settings) -> list[str]:
+    """Queues that carry only batching kinds (after OPENIMM_QUEUE_ROUTES): pools for them run
+    jobs in threads so concurrent requests share a forward pass."""
+    kinds_on: dict[str, list[bool]] = {}
+    for kind in jobs.KINDS:
+        kinds_on.setdefault(queue_for(kind.task_type, settings), []).append(bool(kind.batching))
+    return sorted(q for q, flags in kinds_on.items() if all(flags))
+
+
 def all_queues(settings: Settings) -> list[str]:
     return sorted(set(QUEUES) | set(settings.queue_routes.values()))
 

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # this on Redis is redelivered to a second worker (its result is still stored once).
     visibility_timeout_seconds: int = 0
     worker_concurrency: int = 2
+    worker_pool: str = "prefork"  # "threads" for pools of batching kinds (image services)
+    batch_pool_threads: int = 16  # concurrent jobs of serve's threads pool (batching queues)
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)

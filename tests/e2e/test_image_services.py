@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction.exception import PredictException
 
-from tests.e2e.stack import Stack
+from pipeline.client import ImmClient
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.e2e.test_media import PROJECT, eas, imm_call, wait_task
+from tests.realservices import PostgresServer, RedisServer
 from workers.models.imagenet import CARD
 
 pytestmark = [
@@ -97,3 +100,38 @@ def test_classification_task_through_the_imm_sdk(
     assert coffee["URI"] == photos[0] and coffee["ClassName"] == "espresso"
     assert len(coffee["Labels"]) == 3 and coffee["Labels"][0]["LabelName"] == "espresso"
     assert 281 <= cat["Class"] <= 285 and "ClassProbs" not in cat
+
+
+def test_a_threads_pool_batches_concurrent_requests(
+    postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """16 concurrent predict calls against a ``--pool threads`` worker: every call is its own
+    task with its own answer, and forward passes were shared (some task reports BatchSize >
+    1, which a model run per task never does)."""
+    stack = launch(
+        tmp_path,
+        database_url=postgres_server.create_database("e2e_batch"),
+        broker_url=redis_server.url(15),
+        worker=False,
+    )
+    try:
+        stack._start("batch", "worker", "-Q", "image", "-c", "8", "--pool", "threads")
+        wait_until(lambda: "ready" in stack.log("batch"), 60, what="threads pool ready")
+        names = ["coffee.jpg", "chelsea.jpg"] * 8
+        with ThreadPoolExecutor(16) as pool:
+            outs = list(
+                pool.map(lambda n: eas(stack, "image_classification", {"image": b64(n)}), names)
+            )
+        assert [o["class_name"] == "espresso" for o in outs] == [n == "coffee.jpg" for n in names]
+        imm = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
+        listed = imm.call("ListTasks", ProjectName="eas", TaskTypes=["ImageClassification"])
+        assert len(listed["Tasks"]) == 16
+        sizes = [
+            imm.call(
+                "GetTask", ProjectName="eas", TaskType="ImageClassification", TaskId=t["TaskId"]
+            )["BatchSize"]
+            for t in listed["Tasks"]
+        ]
+        assert max(sizes) > 1, sizes
+    finally:
+        stack.stop_all()
