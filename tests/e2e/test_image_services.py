@@ -135,3 +135,45 @@ def test_a_threads_pool_batches_concurrent_requests(
         assert max(sizes) > 1, sizes
     finally:
         stack.stop_all()
+
+
+def test_image_management_indexing_labels_images_searchably(
+    stack: Stack, sdk: ImmSdk, photos: list[str]
+) -> None:
+    """Official:ImageManagement runs the classifier at index time: each image gets IMM
+    ``Labels`` (levels 1-3 with parents) that SimpleQuery finds on ``Labels.LabelName``."""
+    from alibabacloud_imm20200930 import models as m
+
+    sdk.create_project(m.CreateProjectRequest(project_name="gallery"))
+    sdk.create_dataset(
+        m.CreateDatasetRequest(
+            project_name="gallery", dataset_name="pics", template_id="Official:ImageManagement"
+        )
+    )
+    reply = sdk.batch_index_file_meta(
+        m.BatchIndexFileMetaRequest(
+            project_name="gallery", dataset_name="pics", files=[m.InputFile(uri=u) for u in photos]
+        )
+    ).body
+    assert reply.event_id
+
+    def indexed() -> m.File | None:
+        files = sdk.get_file_meta(
+            m.GetFileMetaRequest(project_name="gallery", dataset_name="pics", uri=photos[0])
+        ).body.files
+        return files[0] if files else None
+
+    def found_files() -> list[m.File] | None:
+        query = m.SimpleQuery(field="Labels.LabelName", operation="eq", value="espresso")
+        body = sdk.simple_query(
+            m.SimpleQueryRequest(project_name="gallery", dataset_name="pics", query=query)
+        ).body
+        return body.files or None
+
+    coffee = wait_until(indexed, 120, 0.5, "coffee.jpg indexed")
+    labels = {
+        (label.label_name, label.label_level, label.parent_label_name) for label in coffee.labels
+    }
+    assert ("espresso", 3, "Food and drink") in labels and ("Food", 1, "") in labels
+    hits = wait_until(found_files, 60, 0.5, "SimpleQuery by label")
+    assert [f.uri for f in hits] == [photos[0]]

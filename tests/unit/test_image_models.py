@@ -167,3 +167,34 @@ def test_engine_module_imports_no_torch() -> None:
     code = "import workers.models.imagenet, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_label_groups_cover_every_class_once_with_the_right_boundaries() -> None:
+    from workers.models.imagenet import LABEL_GROUPS, label_group
+
+    ids = sorted(i for ids, _, _ in LABEL_GROUPS for i in ids)
+    assert ids == list(range(1000))
+    names = class_names()
+    for index, group in [
+        (0, "Fish"),
+        (151, "Dog"),
+        (268, "Dog"),
+        (281, "Cat"),
+        (967, "Food and drink"),
+    ]:
+        assert label_group(index)[0] == group, names[index]
+    assert label_group(980) == ("Landscape", "Scenery") and names[980] == "volcano"
+
+
+@needs_model
+def test_imm_labels_have_levels_and_parents() -> None:
+    from workers.models.imagenet import imm_labels
+
+    (coffee,) = models.get(ImageNetModel).classify([photo("coffee.jpg")])
+    labels = imm_labels(coffee.probs)
+    by_name = {label["LabelName"]: label for label in labels}
+    assert by_name["espresso"]["LabelLevel"] == 3
+    assert by_name["espresso"]["ParentLabelName"] == "Food and drink"
+    assert by_name["Food and drink"]["ParentLabelName"] == "Food"
+    assert by_name["Food"]["LabelLevel"] == 1 and by_name["Food"]["ParentLabelName"] == ""
+    assert all(0 <= label["LabelConfidence"] <= 1 and label["Language"] == "en" for label in labels)

@@ -64,6 +64,90 @@ CARD = ModelCard(
 )
 
 
+# IMM's label levels over ImageNet-1k: level 3 is the class itself, level 2 its group and
+# level 1 the group's category. ImageNet orders its classes by WordNet, so each group is a
+# run of ids (checked against the class names; tests/unit/test_image_models.py).
+LABEL_GROUPS: tuple[tuple[range, str, str], ...] = (
+    (range(0, 7), "Fish", "Animal"),
+    (range(7, 25), "Bird", "Animal"),
+    (range(25, 33), "Amphibian", "Animal"),
+    (range(33, 69), "Reptile", "Animal"),
+    (range(69, 80), "Invertebrate", "Animal"),
+    (range(80, 101), "Bird", "Animal"),
+    (range(101, 107), "Mammal", "Animal"),
+    (range(107, 127), "Invertebrate", "Animal"),
+    (range(127, 147), "Bird", "Animal"),
+    (range(147, 151), "Marine mammal", "Animal"),
+    (range(151, 269), "Dog", "Animal"),
+    (range(269, 281), "Wild canine", "Animal"),
+    (range(281, 286), "Cat", "Animal"),
+    (range(286, 294), "Big cat", "Animal"),
+    (range(294, 298), "Bear", "Animal"),
+    (range(298, 300), "Mammal", "Animal"),
+    (range(300, 327), "Insect", "Animal"),
+    (range(327, 330), "Invertebrate", "Animal"),
+    (range(330, 339), "Rodent and rabbit", "Animal"),
+    (range(339, 354), "Hoofed mammal", "Animal"),
+    (range(354, 365), "Mammal", "Animal"),
+    (range(365, 385), "Primate", "Animal"),
+    (range(385, 389), "Mammal", "Animal"),
+    (range(389, 398), "Fish", "Animal"),
+    (range(398, 924), "Object", "Object"),
+    (range(924, 970), "Food and drink", "Food"),
+    (range(970, 981), "Landscape", "Scenery"),
+    (range(981, 984), "Person", "Person"),
+    (range(984, 991), "Plant", "Plant"),
+    (range(991, 998), "Fungus", "Plant"),
+    (range(998, 1000), "Object", "Object"),
+)
+
+
+def label_group(index: int) -> tuple[str, str]:
+    """(level-2 group, level-1 category) of an ImageNet class id."""
+    for ids, group, category in LABEL_GROUPS:
+        if index in ids:
+            return group, category
+    raise ValueError(f"ImageNet class id out of range: {index}")
+
+
+def imm_labels(probs: numpy.ndarray, threshold: float = 0.1, top: int = 5) -> list[dict[str, Any]]:
+    """IMM ``Labels`` of one image: classes above ``threshold`` (at most ``top``, level 3),
+    their groups (level 2) and categories (level 1), each with the summed probability of its
+    classes; ``LabelConfidence`` in 0..1, ``Language`` en."""
+    names = class_names()
+    order = [int(i) for i in numpy.argsort(probs)[::-1][:top] if probs[i] >= threshold]
+    if not order:
+        order = [int(numpy.argmax(probs))]  # an image always gets its best guess
+    group_probs: dict[str, float] = {}
+    category_probs: dict[str, float] = {}
+    for i in range(NUM_CLASSES):
+        group, category = label_group(i)
+        group_probs[group] = group_probs.get(group, 0.0) + float(probs[i])
+        category_probs[category] = category_probs.get(category, 0.0) + float(probs[i])
+    labels: list[dict[str, Any]] = []
+    seen: set[tuple[int, str]] = set()
+
+    def add(name: str, level: int, parent: str, confidence: float) -> None:
+        if (level, name) not in seen:
+            seen.add((level, name))
+            labels.append(
+                {
+                    "LabelName": name,
+                    "LabelLevel": level,
+                    "ParentLabelName": parent,
+                    "LabelConfidence": round(min(1.0, confidence), 4),
+                    "Language": "en",
+                }
+            )
+
+    for i in order:
+        group, category = label_group(i)
+        add(category, 1, "", category_probs[category])
+        add(group, 2, category, group_probs[group])
+        add(names[i], 3, group, float(probs[i]))
+    return sorted(labels, key=lambda label: (label["LabelLevel"], -label["LabelConfidence"]))
+
+
 @dataclass(frozen=True)
 class Classification:
     """Top class and the probability of every class (softmax over the 1000 logits)."""
