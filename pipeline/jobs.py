@@ -46,6 +46,7 @@ class RequestSpec:
     targets: Mapping[str, tuple[str, ...]] = field(default_factory=_frozen)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=_frozen)
     max_sources: int = 1
+    max_pixels: int = 0  # inline images above this are refused (0: the global image limit)
 
     def target_suffixes(self, media: str = "") -> tuple[str, ...]:
         """Suffixes a TargetURI may end in for ``media`` (all of them when empty)."""
@@ -105,9 +106,15 @@ HIGHLIGHT_SPEC = RequestSpec(
 )
 
 # Model Hub image services take images inline (base64) or by URI; the API stages inline
-# images in the caller's EAS bucket so the task request stays small.
-IMAGE_SPEC = RequestSpec(media=frozenset({"image"}), max_sources=100)
-SIMILARITY_SPEC = RequestSpec(media=frozenset({"image"}), max_sources=2)
+# images in the caller's EAS bucket so the task request stays small. The models see 224 px:
+# inline images above 25 MP are refused (a phone photo is 12-24 MP).
+IMAGE_SERVICE_MAX_PIXELS = 25_000_000
+IMAGE_SPEC = RequestSpec(
+    media=frozenset({"image"}), max_sources=100, max_pixels=IMAGE_SERVICE_MAX_PIXELS
+)
+SIMILARITY_SPEC = RequestSpec(
+    media=frozenset({"image"}), max_sources=2, max_pixels=IMAGE_SERVICE_MAX_PIXELS
+)
 
 KINDS: tuple[JobKind, ...] = (
     JobKind(

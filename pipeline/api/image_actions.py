@@ -4,8 +4,8 @@ openimm task ``CreateImageClassificationTask`` for a batch of images by URI.
 
 EAS inputs are Model Hub's: ``{"image": "<base64>"}`` (or ``{"input": {"url": …}}`` for an
 ``oss://``, ``file://`` or ``http(s)://`` image) and ``{"imagea": b64, "imageb": b64}``.
-Inline images are checked here (valid base64, a decodable image header, at most
-``OPENIMM_IMAGE_MAX_PIXELS``) and staged in the caller's EAS bucket under ``inputs/``, so the
+Inline images are checked here (valid base64, a decodable image header, at most the kind's
+``max_pixels`` and ``OPENIMM_IMAGE_MAX_PIXELS``) and staged in the caller's EAS bucket under ``inputs/``, so the
 task row stays small; the staged copies are deleted when the call returns.
 """
 
@@ -43,8 +43,7 @@ def check_image_bytes(data: bytes, field: str, max_pixels: int) -> str:
         raise InvalidArgument(f"{field}: {fmt or 'this'} images are not supported.")
     if width * height > max_pixels:
         raise InvalidArgument(
-            f"{field} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
-            "(OPENIMM_IMAGE_MAX_PIXELS)."
+            f"{field} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}."
         )
     return IMAGE_FORMATS[fmt]
 
@@ -60,10 +59,11 @@ def _decode(value: Any, field: str) -> bytes:
 
 def _stage(svc: Services, inline: dict[str, Any]) -> list[str]:
     """Check every inline image first, then store them: a bad one leaves nothing behind."""
+    limit = min(jobs.IMAGE_SERVICE_MAX_PIXELS, svc.settings.image_max_pixels)
     checked = []
     for field, value in inline.items():
         data = _decode(value, field)
-        checked.append((data, check_image_bytes(data, field, svc.settings.image_max_pixels)))
+        checked.append((data, check_image_bytes(data, field, limit)))
     bucket, uris = svc.settings.eas_output_bucket, []
     for data, suffix in checked:
         key = f"inputs/{uuid.uuid4().hex}{suffix}"
