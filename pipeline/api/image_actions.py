@@ -5,8 +5,8 @@ openimm task ``CreateImageClassificationTask`` for a batch of images by URI.
 EAS inputs are Model Hub's: ``{"image": "<base64>"}`` (or ``{"input": {"url": …}}`` for an
 ``oss://``, ``file://`` or ``http(s)://`` image) and ``{"imagea": b64, "imageb": b64}``.
 Inline images are checked here (valid base64, a decodable image header, at most the kind's
-``max_pixels`` and ``OPENIMM_IMAGE_MAX_PIXELS``) and staged in the caller's EAS bucket under ``inputs/``, so the
-task row stays small; the staged copies are deleted when the call returns.
+``max_pixels`` and ``OPENIMM_IMAGE_MAX_PIXELS``) and staged in the caller's EAS bucket under
+``inputs/``, so the task row stays small; the staged copies are deleted when the call returns.
 """
 
 from __future__ import annotations
