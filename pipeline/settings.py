@@ -12,14 +12,12 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Per task type hard time limits in seconds. A task that exceeds its limit ends Failed with
-# Code "TaskTimeLimitExceeded". Overridable with OPENIMM_TIME_LIMITS='{"FileCompression": 60}'.
-DEFAULT_TIME_LIMITS: dict[str, int] = {
-    "FileCompression": 3600,
-    "Noop": 60,
-    "Sleep": 600,
-    "Poison": 60,
-}
+from pipeline import jobs
+
+# Per task type time limits in seconds, from the job-kind declarations. A task that exceeds
+# its limit ends Failed with Code "TaskTimeLimitExceeded". Overridable with
+# OPENIMM_TIME_LIMITS='{"FileCompression": 60}'.
+DEFAULT_TIME_LIMITS: dict[str, int] = {k.task_type: k.time_limit for k in jobs.KINDS}
 # Margin between the longest task time limit and the broker's visibility timeout, so a
 # long-running task is never redelivered to a second worker while the first still runs it.
 VISIBILITY_MARGIN_SECONDS = 600
@@ -94,6 +92,8 @@ class Settings(BaseSettings):
     warm_workers: bool = True
     # Embedded (filesystem) broker: how often idle workers look for new jobs.
     broker_poll_interval_seconds: float = 0.05
+    worker_pool: str = "prefork"  # "threads" for pools of batching kinds (image services)
+    batch_pool_threads: int = 16  # concurrent jobs of serve's threads pool (batching queues)
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
@@ -189,7 +189,8 @@ class Settings(BaseSettings):
         return [Path(p).expanduser().resolve() for p in self.file_roots.split(",") if p.strip()]
 
     def time_limit(self, task_type: str) -> int:
-        return int(self.time_limits.get(task_type, DEFAULT_TIME_LIMITS.get(task_type, 3600)))
+        default = DEFAULT_TIME_LIMITS.get(task_type, jobs.DEFAULT_TIME_LIMIT)
+        return int(self.time_limits.get(task_type, default))
 
     @property
     def heartbeat_interval(self) -> float:

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Table, and_, case, func, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline import paging
+from pipeline import jobs, paging
 from pipeline.errors import (
     IdempotentParameterMismatch,
     InvalidParameter,
@@ -30,23 +30,15 @@ from pipeline.models import Event, Project, Task
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "Running", "Succeeded", "Failed", "Cancelled"
 STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
-# IMM names the FaceClustering task's event "FigureClustering" (reference §1.2).
-EVENT_TYPE_NAMES = {
-    "FaceClustering": "FigureClustering",
-    "PointCloudCompress": "PointCloudCompression",
-}
-# IndexFileMeta / BatchIndexFileMeta run as internal tasks (retries, outbox, ListTasks when
-# asked by type) but announce themselves as IMM's FileMeta events, with IMM's content shape.
-# Both are "imm:FileMeta:Index": seed 004's sample of a BatchIndexFileMeta call says so.
-FILE_META_EVENTS = {
-    "FileMetaIndex": "imm:FileMeta:Index",
-    "FileMetaBatchIndex": "imm:FileMeta:Index",
-}
 # GetTask/notification ``Message`` of a Succeeded task: "" (reference §2.4, MediaConvert) except
-# where IMM's samples show a text (seed 004: FigureClustering says "Success").
-SUCCESS_MESSAGES: dict[str, str] = {"FaceClustering": "Success"}
-# Jobs that IMM does not list as tasks: ListTasks shows them only when asked by type.
-INTERNAL_TASK_TYPES = frozenset({*FILE_META_EVENTS, "ImageFigureClusterSearch"})
+# where IMM's samples show a text (declared per kind: seed 004's FigureClustering says "Success").
+SUCCESS_MESSAGES: dict[str, str] = {
+    k.task_type: k.success_message for k in jobs.KINDS if k.success_message
+}
+# Jobs that IMM does not list as tasks (IndexFileMeta/BatchIndexFileMeta run as internal tasks
+# for retries, outbox and progress): ListTasks shows them only when asked by type.
+INTERNAL_TASK_TYPES = jobs.UNLISTED_TYPES
+FILE_META_PREFIX = "imm:FileMeta:"
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 # The worker hot path (claim, finalize) uses Core statements on these tables: no ORM identity
 # map or entity construction per job.
@@ -69,9 +61,9 @@ class NewTask:
 
 
 def event_type(task_type: str) -> str:
-    if task_type in FILE_META_EVENTS:
-        return FILE_META_EVENTS[task_type]
-    return f"imm:Task:{EVENT_TYPE_NAMES.get(task_type, task_type)}"
+    """The notification type of a task type's completion (from its job-kind declaration)."""
+    declared = jobs.BY_TYPE.get(task_type)
+    return declared.event_type if declared else f"imm:Task:{task_type}"
 
 
 def _request_hash(spec: NewTask) -> str:
@@ -435,7 +427,7 @@ def _content_head(task: Any) -> dict[str, Any]:
 
 def message_content(task: Any) -> dict[str, Any]:
     """Layer 3 of the IMM notification: the common keys, then task-specific results."""
-    if task["task_type"] in FILE_META_EVENTS:
+    if event_type(task["task_type"]).startswith(FILE_META_PREFIX):
         return _file_meta_content(task)
     content: dict[str, Any] = {
         **_content_head(task),

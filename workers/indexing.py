@@ -30,12 +30,25 @@ FACE_TEMPLATES = frozenset(
         "Official:AllFunction",
     }
 )
+# Templates whose operators include image labels (reference §3.2: ImageManagement = "size,
+# location, faces, labels"; Cognition adds semantic understanding on top).
+LABEL_TEMPLATES = frozenset(
+    {"Official:ImageManagement", "Official:CognitionImageManagement", "Official:AllFunction"}
+)
 # IMM's group-formation rule for figure clustering (reference §3.6).
 MIN_FACE_PX = 75
 MAX_POSE_DEGREES = 30.0
 MIN_QUALITY = 0.8
 # Faces of one person across sampled video frames closer than this are one figure.
 VIDEO_TRACK_DISTANCE = 0.45
+
+
+@dataclass(frozen=True)
+class Operators:
+    """What the dataset's template runs at index time beyond the basic meta."""
+
+    faces: bool = False
+    labels: bool = False
 
 
 @dataclass
@@ -48,21 +61,22 @@ class Outcome:
 
 def process(ctx: JobContext) -> Transactional:
     request = ctx.request
-    with_faces = request.get("TemplateId", "") in FACE_TEMPLATES
+    template = request.get("TemplateId", "")
+    ops = Operators(faces=template in FACE_TEMPLATES, labels=template in LABEL_TEMPLATES)
     outcomes = []
     entries = request["Files"]
     for n, entry in enumerate(entries):
-        outcomes.append(_index_one(ctx, entry, n, with_faces))
+        outcomes.append(_index_one(ctx, entry, n, ops))
         ctx.progress(int(90 * (n + 1) / len(entries)))
     return Transactional(lambda session: _store(session, ctx.request, outcomes))
 
 
-def _index_one(ctx: JobContext, entry: dict[str, Any], n: int, with_faces: bool) -> Outcome:
+def _index_one(ctx: JobContext, entry: dict[str, Any], n: int, ops: Operators) -> Outcome:
     uri = entry["URI"]
     out = Outcome(uri=uri, user=entry)
     try:
         local = ctx.media.fetch(uri, ctx.workdir / f"in{n}")
-        out.indexed = analyse(ctx, local, uri, with_faces)
+        out.indexed = analyse(ctx, local, uri, ops)
         out.indexed.user = entry
     except ImmError as exc:
         out.error = _file_error(exc)
@@ -80,7 +94,7 @@ def _file_error(exc: ImmError) -> str:
     return f"[{exc.code}] {exc.message}"
 
 
-def analyse(ctx: JobContext, path: Path, uri: str, with_faces: bool) -> files.Indexed:
+def analyse(ctx: JobContext, path: Path, uri: str, ops: Operators) -> files.Indexed:
     doc = probe.basics(path, uri)
     kind = doc["MediaType"]
     if kind == "image":
@@ -91,15 +105,29 @@ def analyse(ctx: JobContext, path: Path, uri: str, with_faces: bool) -> files.In
         else:
             doc.update(probe.ffprobe(path))
         kind = doc["MediaType"]
-    if with_faces and kind not in ("image", "video"):
+    if ops.faces and kind not in ("image", "video"):
         raise InvalidArgument(
             f"Unsupported file type {doc['ContentType']}: the dataset's template indexes "
             "images and videos."
         )
     faces = None
-    if with_faces:
+    if ops.faces:
         faces = _image_faces(ctx, path) if kind == "image" else _video_faces(ctx, path)
+    if ops.labels and kind == "image":
+        doc["Labels"] = _image_labels(ctx, path)
     return files.Indexed(uri=uri, media_type=kind, size=doc["Size"], doc=doc, faces=faces)
+
+
+def _image_labels(ctx: JobContext, path: Path) -> list[dict[str, Any]]:
+    """IMM ``Labels`` (levels 1-3) from the ImageNet classifier (workers.models.imagenet)."""
+    from PIL import Image
+
+    from workers import imaging, models
+    from workers.models.imagenet import ImageNetModel, imm_labels
+
+    rgb, _ = imaging.load_image(path)
+    (result,) = models.get(ImageNetModel, ctx.device).classify([Image.fromarray(rgb)])
+    return imm_labels(result.probs)
 
 
 def _maybe_media(path: Path, doc: dict[str, Any]) -> str:

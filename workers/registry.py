@@ -11,24 +11,14 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import jobs
 from pipeline.errors import InvalidArgument
 from workers.context import JobContext, Transactional
 
 Processor = Callable[[JobContext], dict[str, Any] | Transactional]
 
-PROCESSORS: dict[str, str] = {
-    "FileCompression": "workers.compression:process",
-    "Diagnostic": "workers.diagnostic:process",
-    "FileMetaIndex": "workers.indexing:process",
-    "FileMetaBatchIndex": "workers.indexing:process",
-    "FaceClustering": "workers.figure_clustering:process",
-    "FigureClustersMerging": "workers.figure_clustering:merge",
-    "FacesSearching": "workers.face_search:process",
-    "ImageFigureClusterSearch": "workers.face_search:search_clusters",
-    "Highlight": "workers.highlights:process",
-    "VideoSuperResolution": "workers.superres:process",
-    "SpeechRecognition": "workers.speech:process",
-}
+# Derived from the job-kind declarations (pipeline.jobs): task type → "module:function".
+PROCESSORS: dict[str, str] = {k.task_type: k.processor for k in jobs.KINDS}
 
 
 def load(task_type: str) -> Processor:

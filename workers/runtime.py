@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ class WorkerState:
 
 
 _state: WorkerState | None = None
+_state_lock = threading.Lock()  # a threads pool's jobs may ask for the state at once
 
 
 def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
@@ -81,9 +83,12 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
 
 
 def state(settings: Settings) -> WorkerState:
-    if _state is None or _state.name.rsplit(":", 1)[1] != str(os.getpid()):
-        return init_process(settings)
-    return _state
+    """This process's state; built on first use where no ``worker_process_init`` ran (a
+    threads pool, or after a fork)."""
+    with _state_lock:
+        if _state is None or _state.name.rsplit(":", 1)[1] != str(os.getpid()):
+            return init_process(settings)
+        return _state
 
 
 def run(task_id: str, settings: Settings) -> str:

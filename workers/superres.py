@@ -8,13 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline import jobs
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
 from workers import probe
 from workers.context import JobContext, limits, seconds
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+# The request contract shared with the API (pipeline.jobs.SR_SPEC).
+IMAGE_SUFFIXES = jobs.SR_SPEC.target_suffixes("image")
+VIDEO_SUFFIXES = jobs.SR_SPEC.target_suffixes("video")
 
 
 def process(ctx: JobContext) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
     eas,
     figure_actions,
     file_actions,
+    image_actions,
     media_actions,
     mns,
     notify_actions,

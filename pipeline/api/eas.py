@@ -5,7 +5,12 @@ a worker pool and appears in ListTasks (project ``OPENIMM_EAS_PROJECT``, created
 for the caller); the HTTP call waits for it within ``OPENIMM_PREDICT_TIMEOUT_SECONDS``.
 
 Services are registered in ``SERVICES``: each maps the Model Hub JSON input to a task request
-and the finished task back to the Model Hub JSON output.
+and the finished task back to the Model Hub JSON output. Every answer carries Model Hub's
+``request_id`` and ``success``; a failure (bad input, unknown service, failed task, timeout)
+is ``{"request_id", "success": false, "error_code": <int>, "error_msg": …}`` as the seeds
+document, plus openimm's earlier ``"result": "[Code] message"`` for existing callers.
+``error_code`` is the HTTP status of the error (400 bad input, 401/403 authentication, 404
+unknown service, 500 internal, 501 model not installed, 503 unavailable, 504 timeout).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import auth, eas_auth, projects
+from pipeline import auth, eas_auth, jobs, projects
 from pipeline.api import rpc, wire
 from pipeline.api.services import Caller, Services
 from pipeline.api.task_actions import SyncTimeout, TaskFailed, submit, wait_for_task
@@ -43,6 +48,10 @@ SERVICES: dict[str, Service] = {}
 
 
 def register(name: str, service: Service) -> None:
+    """Add a service's protocol adapter; the service must be declared by its job kind."""
+    declared = jobs.BY_SERVICE.get(name)
+    if declared is None or declared.task_type != service.task_type:
+        raise ValueError(f"EAS service {name!r} is not declared for {service.task_type} in jobs.")
     SERVICES[name] = service
 
 
@@ -62,13 +71,37 @@ def _diagnostic_request(body: dict[str, Any], svc: Services, _caller: Caller) ->
 
 
 def _diagnostic_output(task: Task) -> dict[str, Any]:
-    return {"result": "", "success": True, "task_id": task.id}
+    return {"result": "", "task_id": task.id}
 
 
 # Benchmarks and drills (OPENIMM_DIAGNOSTICS=1 only), and the protocol's own tests.
 register("diagnostic", Service("Diagnostic", _diagnostic_request, _diagnostic_output))
 
 router = APIRouter()
+
+
+def is_eas_path(path: str) -> bool:
+    return path.startswith("/api/predict/")
+
+
+def failure(request_id: str, code: str, message: str, status: int) -> dict[str, Any]:
+    """Model Hub's error body (``error_code`` is the HTTP status of the error)."""
+    return {
+        "request_id": request_id,
+        "success": False,
+        "error_code": status,
+        "error_msg": f"[{code}] {message}",
+        "result": f"[{code}] {message}",
+    }
+
+
+def error_response(request: Request, exc: ImmError) -> JSONResponse:
+    """An error raised while handling a predict call: Model Hub's shape (``success: false``,
+    ``error_code``, ``error_msg``) with the IMM error fields beside it."""
+    rid = getattr(request.state, "request_id", "")
+    body = failure(rid, exc.code, exc.message, exc.http_status)
+    imm = {"Code": exc.code, "Message": exc.message, "RequestId": rid}
+    return JSONResponse({**body, **imm}, status_code=exc.http_status)
 
 
 @router.post("/api/predict/{service}")
@@ -112,17 +145,6 @@ async def _authenticate(
     return owner
 
 
-def error_response(request: Request, exc: ImmError) -> JSONResponse:
-    """Model Hub's error shape (``success: false``) with the IMM error fields beside it."""
-    rid = getattr(request.state, "request_id", "")
-    body = {"success": False, "result": f"[{exc.code}] {exc.message}", "Code": exc.code}
-    return JSONResponse({**body, "Message": exc.message, "RequestId": rid}, exc.http_status)
-
-
-def is_eas_path(path: str) -> bool:
-    return path.startswith("/api/predict/")
-
-
 def _ensure_project(svc: Services, owner: str) -> str:
     name = svc.settings.eas_project
     with svc.db.session() as s:
@@ -143,9 +165,19 @@ def _run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) 
     request = spec.build(payload, svc, caller)
     project = _ensure_project(svc, caller.owner)
     common = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
-    created = submit(svc, caller, project, spec.task_type, request, common)
     try:
+        created = submit(svc, caller, project, spec.task_type, request, common)
         task = wait_for_task(svc, caller, created["TaskId"], svc.settings.predict_timeout_seconds)
     except (TaskFailed, SyncTimeout) as exc:  # Model Hub reports failures in the body
-        return {"result": f"[{exc.code}] {exc.message}", "success": False}
-    return spec.output(task)
+        return failure(caller.request_id, exc.code, exc.message, exc.http_status)
+    finally:
+        _drop_staged(svc, caller, request)
+    return {"request_id": caller.request_id, "success": True, **spec.output(task)}
+
+
+def _drop_staged(svc: Services, caller: Caller, request: dict[str, Any]) -> None:
+    """Delete the inline inputs a service staged in the caller's bucket for this call."""
+    store = svc.store_for(caller.owner)
+    for uri in request.get("Staged", ()):
+        bucket, _, key = uri.removeprefix("oss://").partition("/")
+        store.delete(bucket, key)

@@ -8,6 +8,7 @@ import re
 import uuid
 from typing import Any
 
+from pipeline import jobs
 from pipeline.api import eas
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -17,8 +18,10 @@ from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
 from pipeline.params import Params, bounded_int, parse_int
 
-MAX_HIGHLIGHT_SOURCES = 10
-HIGHLIGHT_CONTAINERS = ("mp4", "mov", "mkv", "ts", "flv")
+# The request contracts are the job-kind declarations' (pipeline.jobs), shared with the workers.
+HIGHLIGHT = jobs.HIGHLIGHT_SPEC
+MAX_HIGHLIGHT_SOURCES = HIGHLIGHT.max_sources
+HIGHLIGHT_CONTAINERS = HIGHLIGHT.choices["Container"]
 
 
 def play_duration_seconds(value: Any) -> float | None:
@@ -84,7 +87,7 @@ def create_highlight_task(svc: Services, caller: Caller, p: Params) -> dict[str,
     kind = p.str("Type", required=True)
     if kind != "Retrieval":
         raise InvalidParameter("Type", "Only Retrieval is supported.")
-    mode = p.choice("Mode", ("Average", "Scene"), default="Average")
+    mode = p.choice("Mode", HIGHLIGHT.choices["Mode"], default=HIGHLIGHT.default("Mode"))
     if p.str("Edit"):
         raise InvalidParameter("Edit", "Edit is only used by Compose, which is not supported.")
     topic = (p.json("Highlight", dict) or {}).get("Content", "")
@@ -132,7 +135,7 @@ def _highlight_request(body: dict[str, Any], svc: Services, caller: Caller) -> d
 def oss_output(task: Task) -> dict[str, Any]:
     """Model Hub output of the video services: where the result was written."""
     uri = (task.result.get("Output") or {}).get("URI") or task.result.get("TargetURI", "")
-    return {"oss_path": uri, "result": "", "success": True}
+    return {"oss_path": uri, "result": ""}
 
 
 eas.register("video_highlight", eas.Service("Highlight", _highlight_request, oss_output))
@@ -140,8 +143,8 @@ eas.register("video_highlight", eas.Service("Highlight", _highlight_request, oss
 
 # ---- super-resolution and speech (openimm extensions, same task model) ----------------------
 
-SR_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".mp4", ".m4v", ".mov", ".mkv")
-TRANSCRIPT_SUFFIXES = (".json", ".srt", ".vtt")
+SR_SUFFIXES = jobs.SR_SPEC.target_suffixes()
+TRANSCRIPT_SUFFIXES = jobs.ASR_SPEC.target_suffixes()
 LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
@@ -165,9 +168,10 @@ def _target(
 @action("CreateVideoSuperResolutionTask", COMMON_TASK_PARAMS + " SourceURI TargetURI Scale")
 def create_video_super_resolution_task(svc: Services, caller: Caller, p: Params) -> dict[str, Any]:
     project_name, source = _project_and_source(svc, caller, p)
-    scale = p.int("Scale", default=2)
-    if scale not in (2, 3, 4):
-        raise InvalidParameter("Scale", "It must be 2, 3 or 4.")
+    scales = jobs.SR_SPEC.choices["Scale"]
+    scale = p.int("Scale", default=jobs.SR_SPEC.default("Scale"))
+    if scale not in scales:
+        raise InvalidParameter("Scale", f"It must be one of {', '.join(map(str, scales))}.")
     request = {
         "SourceURI": source,
         "TargetURI": _target(svc, caller, p, SR_SUFFIXES, required=True),
@@ -190,7 +194,7 @@ def create_speech_recognition_task(svc: Services, caller: Caller, p: Params) -> 
         "SourceURI": source,
         "TargetURI": _target(svc, caller, p, TRANSCRIPT_SUFFIXES, required=False),
         "Language": _language(p),
-        "Engine": p.choice("Engine", ("whisper", "sphinx")),
+        "Engine": p.choice("Engine", jobs.ASR_SPEC.choices["Engine"]),
     }
     return submit(svc, caller, project_name, "SpeechRecognition", request, _common(p))
 

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline import netpolicy, projects, queue, tasks, zipnames
+from pipeline import jobs, netpolicy, projects, queue, tasks, zipnames
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -70,6 +70,7 @@ def submit(
 ) -> dict[str, Any]:
     """Write the Running task row, then enqueue it. If the broker refuses, the row is removed
     again so the client sees an error and nothing half-created remains."""
+    jobs.kind(task_type)  # an undeclared kind is a programming error, never queued
     spec = tasks.NewTask(
         task_type=task_type,
         queue=queue.queue_for(task_type, svc.settings),

@@ -54,7 +54,7 @@ def test_k8s_pools_and_keda_cover_every_queue() -> None:
     scaled = {
         t["metadata"]["listName"] for s in _docs(k8s / "keda.yaml") for t in s["spec"]["triggers"]
     }
-    assert scaled == set(QUEUES) - {"notify"}  # notify jobs are tiny: no scaler of their own
+    assert scaled == set(QUEUES)
 
 
 def test_prometheus_sends_the_metrics_token_compose_sets() -> None:

@@ -1,0 +1,172 @@
+"""Image classification through openimm's EAS service against the raw model, in one run.
+
+    .venv/bin/python benchmarks/image_classification.py [--images 200] [--requests 160]
+
+Raw baseline: the same MobileNetV2 engine (``workers.models.imagenet``) called in a loop in
+this process, one image per call. Service: the official ``eas-prediction`` client posting
+``{"image": <base64>}`` to ``image_classification`` on real ``openimm api`` + ``openimm
+worker -Q image`` processes (PostgreSQL + Redis), with 1, 8 and 32 concurrent clients.
+Prints throughput ratios (service / raw), p50 latency overhead at 1 client, top-1 agreement
+between the service and the raw model over every image, and a top-5 check on the scene photos
+of ``shared/data/images`` whose names have an ImageNet class (no ImageNet-labelled set is
+available offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+from eas_prediction import PredictClient, StringRequest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.e2e.stack import KEY_SECRET, Stack, free_port, make_env  # noqa: E402
+from tests.realservices import start_postgres, start_redis  # noqa: E402
+from workers import models  # noqa: E402
+from workers.models.imagenet import ImageNetModel, class_names  # noqa: E402
+
+FOLDERS = ("coco", "images", "faces", "faces2", "headpose")
+# Scene photos of shared/data/images whose subject is an ImageNet-1k class (by clean name).
+SCENES = {
+    "barn": {"barn"},
+    "beach": {"seashore", "sandbar", "lakeshore"},
+    "coast": {"seashore", "promontory", "cliff", "sandbar", "breakwater"},
+    "fountain": {"fountain"},
+    "lighthouse": {"lighthouse", "breakwater", "promontory"},
+    "pagoda": {"pagoda", "stupa"},
+    "underwater_coral_reef": {"coral reef"},
+    "volcano": {"volcano"},
+    "mountain": {"alp", "valley", "volcano"},
+    "canyon": {"cliff", "valley", "cliff dwelling"},
+    "badlands": {"cliff", "valley", "cliff dwelling", "alp"},
+    "abbey": {"monastery", "church", "castle", "palace"},
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load_images(limit: int) -> list[tuple[str, bytes]]:
+    found = []
+    for folder in FOLDERS:
+        for path in sorted((SHARED / folder).glob("*")):
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                image = Image.open(path).convert("RGB")
+                image.thumbnail((640, 640))  # Model Hub callers send photos, not originals
+                buffer = io.BytesIO()
+                image.save(buffer, "JPEG", quality=90)
+                found.append((f"{folder}/{path.name}", buffer.getvalue()))
+    return found[:limit]
+
+
+def run_raw(images: list[tuple[str, bytes]]) -> tuple[float, list[float], dict[str, list[str]]]:
+    model = models.get(ImageNetModel)
+    model.classify([Image.open(io.BytesIO(images[0][1]))])  # load + warm up
+    latencies, top5 = [], {}
+    start = time.perf_counter()
+    for name, data in images:
+        t0 = time.perf_counter()
+        result = model.classify([Image.open(io.BytesIO(data))])[0]
+        latencies.append((time.perf_counter() - t0) * 1000)
+        top5[name] = [class_names()[i] for i in result.probs.argsort()[::-1][:5]]
+    return len(images) / (time.perf_counter() - start), latencies, top5
+
+
+def client(stack: Stack) -> PredictClient:
+    c = PredictClient(f"http://{stack.endpoint}", "image_classification")
+    c.set_token(KEY_SECRET)
+    c.set_timeout(120_000)
+    c.init()
+    return c
+
+
+def run_service(
+    stack: Stack, images: list[tuple[str, bytes]], clients: int, requests: int
+) -> tuple[float, list[float], dict[str, str]]:
+    bodies = [(n, json.dumps({"image": base64.b64encode(d).decode()})) for n, d in images]
+    pool = [client(stack) for _ in range(clients)]
+    answers: dict[str, str] = {}
+
+    def call(i: int) -> float:
+        name, body = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        out = json.loads(pool[i % clients].predict(StringRequest(body)).response_data)
+        assert out["success"], out
+        answers[name] = out["class_name"]
+        return (time.perf_counter() - t0) * 1000
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as executor:
+        latencies = list(executor.map(call, range(requests)))
+    return requests / (time.perf_counter() - start), latencies, answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=160)
+    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
+    args = parser.parse_args()
+    images = load_images(args.images)
+    raw_tp, raw_lat, raw_top5 = run_raw(images)
+    print(
+        f"\n{len(images)} images; raw model loop: {raw_tp:.1f} images/s, p50 "
+        f"{statistics.median(raw_lat):.1f} ms\n"
+    )
+
+    pg, rd = start_postgres(), start_redis()
+    data = Path(tempfile.mkdtemp(prefix="openimm-bench-img-"))
+    port = free_port()
+    env = make_env(data, port, database_url=pg.create_database("bench"), broker_url=rd.url(0))
+    stack = Stack(data_dir=data, env=env, port=port)
+    try:
+        stack.run("migrate")
+        stack.start_api()
+        stack.start_worker(queues="image", concurrency=args.concurrency)
+        run_service(stack, images[:8], 2, 8)  # warm up: model load in every pool process
+        agreement: dict[str, str] = {}
+        for clients in (1, 8, 32):
+            tp, lat, answers = run_service(stack, images, clients, args.requests)
+            agreement.update(answers)
+            overhead = statistics.median(lat) - statistics.median(raw_lat)
+            print(
+                f"{clients:>2} clients: {tp:6.1f} req/s = {tp / raw_tp:.2f}x raw   p50 "
+                f"{statistics.median(lat):7.1f} ms  p99 {pct(lat, 0.99):7.1f} ms   "
+                f"p50 overhead over raw {overhead:6.1f} ms"
+            )
+        _, _, answers = run_service(stack, images, 8, len(images))
+        agreement.update(answers)
+    finally:
+        stack.stop_all()
+        pg.stop()
+        rd.stop()
+    same = sum(agreement[n] == raw_top5[n][0] for n in agreement)
+    print(f"\ntop-1 agreement service vs raw: {same}/{len(agreement)} images")
+    scene_hits = [
+        (name, any(c in SCENES[key] for c in top5))
+        for name, top5 in raw_top5.items()
+        for key in SCENES
+        if name.startswith(f"images/{key}_sun")
+    ]
+    hits = sum(hit for _, hit in scene_hits)
+    print(f"scene photos with a matching ImageNet class in the top 5: {hits}/{len(scene_hits)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Dynamic batching: concurrent submissions within the delay share one call of the model
+function, each caller gets its own output, a failing batch fails only its own callers, and
+the size bound holds."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from workers.batching import BatchPolicy, DynamicBatcher
+
+
+class Recorder:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self.lock:
+            self.sizes.append(len(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"bad item {self.fail_on}")
+        return [i * 10 for i in items]
+
+
+def test_concurrent_submissions_share_batches_and_get_their_own_outputs() -> None:
+    fn = Recorder()
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=8, max_delay=0.2))
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> int:
+        barrier.wait()
+        return batcher.submit(i)
+
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(call, range(8)))
+    assert outputs == [i * 10 for i in range(8)]
+    assert sum(fn.sizes) == 8 and len(fn.sizes) < 8  # some inputs shared a forward pass
+    assert batcher.items == 8 and batcher.batches == len(fn.sizes)
+
+
+def test_batches_never_exceed_the_size_bound() -> None:
+    fn = Recorder()
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=3, max_delay=0.2))
+    assert batcher.map(list(range(10))) == [i * 10 for i in range(10)]
+    assert max(fn.sizes) <= 3 and sum(fn.sizes) == 10
+
+
+def test_a_failing_batch_fails_its_callers_only() -> None:
+    fn = Recorder(fail_on=2)
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=4, max_delay=0.0))
+    with pytest.raises(ValueError, match="bad item 2"):
+        batcher.map([1, 2])
+    assert batcher.submit(5) == 50  # the batcher thread survived the failure
+
+
+def test_a_lone_submission_waits_at_most_the_delay() -> None:
+    import time
+
+    batcher = DynamicBatcher(Recorder(), BatchPolicy(max_size=16, max_delay=0.05))
+    start = time.monotonic()
+    assert batcher.submit(1) == 10
+    assert time.monotonic() - start < 5  # bounded by the delay, not by max_size arrivals

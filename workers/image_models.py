@@ -1,0 +1,111 @@
+"""Model Hub image models (seed 000): ImageNet classification and image similarity.
+
+Processors of the ``ImageClassification`` and ``ImageSimilarity`` job kinds. Both run
+``workers.models.imagenet.ImageNetModel`` (MobileNetV2), loaded once per worker process on the
+pool's device. A task's own images go through the network together (chunks of ``CHUNK``); the
+images of concurrent tasks in one process (a ``--pool threads`` pool, one task per thread) are
+batched together by ``workers.batching`` under the kind's declared policy.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy
+from PIL import Image
+
+from pipeline import jobs
+from workers import imaging, models
+from workers.batching import BatchPolicy, DynamicBatcher
+from workers.context import JobContext
+from workers.models.imagenet import Classification, ImageNetModel
+
+CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB
+TOP_K = 5
+
+
+def _images(ctx: JobContext, uris: list[str]) -> Iterator[Image.Image]:
+    for i, uri in enumerate(uris):
+        path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
+        rgb, _ = imaging.load_image(path)
+        yield Image.fromarray(rgb)
+
+
+def _labels(probs: numpy.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
+    top = numpy.argsort(probs)[::-1][:k]
+    return [
+        {"LabelName": names[i], "LabelConfidence": round(float(probs[i]), 6), "ClassId": int(i)}
+        for i in top
+    ]
+
+
+def _policy(task_type: str) -> BatchPolicy:
+    declared = jobs.kind(task_type).batching or jobs.Batching(max_size=1)
+    return BatchPolicy(declared.max_size, declared.max_delay_ms / 1000)
+
+
+@functools.cache
+def classifier(device: str) -> DynamicBatcher[Image.Image, Classification]:
+    """This process's batcher of single images for classification on ``device``."""
+    model = models.get(ImageNetModel, device)
+    return DynamicBatcher(model.classify, _policy("ImageClassification"))
+
+
+@functools.cache
+def embedder(device: str) -> DynamicBatcher[Image.Image, numpy.ndarray]:
+    """This process's batcher of single images for embeddings on ``device``."""
+    model = models.get(ImageNetModel, device)
+    return DynamicBatcher(lambda images: list(model.embed(images)), _policy("ImageSimilarity"))
+
+
+def _classify(ctx: JobContext, images: list[Image.Image]) -> tuple[list[Classification], int]:
+    if len(images) == 1:  # an EAS call: share the forward pass with concurrent tasks
+        return classifier(ctx.device).run(images)
+    return models.get(ImageNetModel, ctx.device).classify(images), len(images)
+
+
+def classify(ctx: JobContext) -> dict[str, Any]:
+    """``{"Images": [{URI, Class, ClassName, Labels[top-k]}], "BatchSize"}``; with
+    ``AllProbs`` (the EAS service) also ``ClassProbs``: every class name → probability, as
+    Model Hub returns. ``BatchSize``: the most images one forward pass held for this task
+    (> 1 for a single image when concurrent requests were batched with it)."""
+    from workers.models.imagenet import class_names
+
+    uris = [s["URI"] for s in ctx.request["Sources"]]
+    top_k = int(ctx.request.get("TopK") or TOP_K)
+    names = class_names()
+    out: list[dict[str, Any]] = []
+    batch_size = 0
+    for start in range(0, len(uris), CHUNK):
+        batch = uris[start : start + CHUNK]
+        results, size = _classify(ctx, list(_images(ctx, batch)))
+        batch_size = max(batch_size, size)
+        for uri, result in zip(batch, results, strict=True):
+            item: dict[str, Any] = {
+                "URI": uri,
+                "Class": result.index,
+                "ClassName": result.name,
+                "Labels": _labels(result.probs, names, top_k),
+            }
+            if ctx.request.get("AllProbs"):
+                item["ClassProbs"] = {n: float(p) for n, p in zip(names, result.probs, strict=True)}
+            out.append(item)
+        ctx.progress(int(95 * (start + len(batch)) / len(uris)))
+    return {"Images": out, "BatchSize": batch_size}
+
+
+def similarity(ctx: JobContext) -> dict[str, Any]:
+    """Cosine similarity of the two images' embeddings, scaled to 0-100 (100 = the same
+    image; Model Hub: below 80 means different images), and the L2 distance of the
+    normalised embeddings (0…2)."""
+    uris = [ctx.request["ImageA"], ctx.request["ImageB"]]
+    embeddings, batch_size = embedder(ctx.device).run(list(_images(ctx, uris)))
+    cosine = float(numpy.clip(embeddings[0] @ embeddings[1], -1.0, 1.0))
+    distance = float(numpy.linalg.norm(embeddings[0] - embeddings[1]))
+    return {
+        "Similarity": round(100.0 * max(0.0, cosine), 4),
+        "L2Distance": round(distance, 6),
+        "BatchSize": batch_size,
+    }
