@@ -101,10 +101,6 @@ def verify(
     raise EasSignatureMismatch()
 
 
-def replay_key(headers: dict[str, str]) -> str:
-    return "eas:" + headers.get("authorization", "").partition(" ")[2].strip()
-
-
 def _check_date(date: str, now: datetime, max_skew: int, offsets: list[timedelta]) -> None:
     try:
         sent = parsedate_to_datetime(date)
