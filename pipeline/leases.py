@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline import queue
@@ -55,7 +55,7 @@ def release(session: Session, task_ids: Iterable[str], now: datetime) -> None:
             TASKS.c.status == RUNNING,
             TASKS.c.lease_expires_at < now,
         )
-        .values(lease_expires_at=None, worker="")
+        .values(lease_expires_at=None, worker="", heartbeat_at=now)
     )
 
 
@@ -100,6 +100,10 @@ class Reaper:
         return len(rows) + restored
 
     def _unclaimed(self, task_ids: set[str]) -> set[str]:
+        """Running, unleased, and not queued again by this reaper within the last lease
+        (``release`` stamps ``heartbeat_at``): the dead worker's old delivery of a task just
+        re-enqueued is left to expire, rather than sent a second time."""
+        quiet_since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
         with self.db.session() as s:
             return set(
                 s.scalars(
@@ -107,6 +111,7 @@ class Reaper:
                         TASKS.c.id.in_(sorted(task_ids)),
                         TASKS.c.status == RUNNING,
                         TASKS.c.lease_expires_at.is_(None),
+                        func.coalesce(TASKS.c.heartbeat_at, TASKS.c.start_time) < quiet_since,
                     )
                 )
             )
