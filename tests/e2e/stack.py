@@ -16,6 +16,7 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 from alibabacloud_tea_openapi.models import Config
 
 KEY_ID, KEY_SECRET = "LTAIe2eKey", "e2e-secret"
+METRICS_TOKEN = "e2e-metrics-token"
 STARTUP_TIMEOUT = 60.0
 
 
@@ -122,6 +123,7 @@ def make_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
             "OPENIMM_HOST": "127.0.0.1",
             "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}",
             "OPENIMM_DIAGNOSTICS": "1",
+            "OPENIMM_METRICS_TOKEN": METRICS_TOKEN,
         }
     )
     env.update({f"OPENIMM_{k.upper()}": v for k, v in settings.items()})
