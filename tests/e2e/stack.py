@@ -17,6 +17,7 @@ from alibabacloud_tea_openapi.models import Config
 
 KEY_ID, KEY_SECRET = "LTAIe2eKey", "e2e-secret"
 ACCOUNT_ID = "1413397765600042"  # the third OPENIMM_ACCESS_KEYS field: TopicOwner, OwnerId
+METRICS_TOKEN = "e2e-metrics-token"
 STARTUP_TIMEOUT = 180.0  # generous: a worker pool preloads its models before it is ready
 
 
@@ -123,6 +124,7 @@ def make_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
             "OPENIMM_HOST": "127.0.0.1",
             "OPENIMM_ACCESS_KEYS": f"{KEY_ID}:{KEY_SECRET}:{ACCOUNT_ID}",
             "OPENIMM_DIAGNOSTICS": "1",
+            "OPENIMM_METRICS_TOKEN": METRICS_TOKEN,
         }
     )
     env.update({f"OPENIMM_{k.upper()}": v for k, v in settings.items()})

@@ -13,7 +13,7 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 
 from pipeline import pools
 from pipeline.settings import Settings
-from tests.e2e.stack import Stack, wait_until
+from tests.e2e.stack import METRICS_TOKEN, Stack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -71,7 +71,9 @@ def test_metrics_expose_depth_outcomes_and_durations(stack: Stack, sdk: ImmSdk) 
         return body.status == "Succeeded"
 
     wait_until(succeeded, 60, what="task succeeded")
-    text = httpx.get(f"http://{stack.endpoint}/metrics", timeout=10).text
+    auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    assert httpx.get(f"http://{stack.endpoint}/metrics", timeout=10).status_code == 403
+    text = httpx.get(f"http://{stack.endpoint}/metrics", headers=auth, timeout=10).text
     assert 'openimm_queue_depth{queue="archive"} 0.0' in text
     assert 'openimm_tasks{status="Succeeded",task_type="FileCompression"}' in text
     assert 'openimm_task_duration_seconds_count{task_type="FileCompression"}' in text
