@@ -16,9 +16,12 @@ Two defences against server-side request forgery:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 8192
 MAX_HOST_LENGTH = 253
 MAX_POOLS = 64  # distinct (scheme, address, port, name) connection pools kept alive
+PARSED_CACHE = 4096  # parsed endpoint URLs kept (webhook endpoints repeat on every POST)
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,12 @@ def _refuse(url: str, why: str) -> InvalidArgument:
     return InvalidArgument(f"Invalid URL {url[:200]!r}: {why}.")
 
 
+@functools.lru_cache(maxsize=PARSED_CACHE)
 def parse_http_url(url: str) -> HttpTarget:
     """``url`` as an ``HttpTarget``; ``InvalidArgument`` for anything but a plain
-    ``http(s)://host[:port]/path?query`` (the fragment, never sent, is dropped)."""
+    ``http(s)://host[:port]/path?query`` (the fragment, never sent, is dropped).
+
+    Cached: a pure function of ``url``, on the delivery hot path once per POST."""
     if len(url) > MAX_URL_LENGTH:
         raise _refuse(url, f"longer than {MAX_URL_LENGTH} characters")
     if any(not 0x21 <= ord(c) <= 0x7E for c in url):
@@ -153,6 +160,8 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     ``allow_private``), ``InvalidArgument`` if it does not resolve."""
     if not host:
         raise InvalidArgument("The URL has no host.")
+    if _ip(host) is not None:  # a literal: nothing to look up
+        return _checked_addresses(host, [host], allow_private)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
@@ -160,6 +169,10 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise InvalidArgument(f"The host {host!r} cannot be resolved.")
+    return _checked_addresses(host, addresses, allow_private)
+
+
+def _checked_addresses(host: str, addresses: list[str], allow_private: bool) -> list[str]:
     for address in addresses:
         if not allow_private and is_private(address):
             raise ForbiddenURI(
@@ -196,24 +209,19 @@ def _checked(base: type[HTTPConnection], allow_private: bool) -> type[HTTPConnec
 class PinnedHTTP:
     """A urllib3 client that only talks to checked, pinned addresses.
 
-    Pools are kept per (scheme, address, port, TLS name), so keep-alive connections are
-    reused across requests exactly as with a plain ``PoolManager``; only the name → address
-    step moved here. No redirects, no retries, no proxy.
+    Connection pools are kept per (scheme, address, port, TLS name), the most recently used
+    ``MAX_POOLS`` of them, so keep-alive connections are reused across requests exactly as
+    with a plain ``PoolManager``; only the name → address step moved here. No redirects, no
+    retries, no proxy.
     """
 
     def __init__(self, *, allow_private: bool, maxsize: int, timeout: urllib3.Timeout) -> None:
         self.allow_private = allow_private
-        self.manager = urllib3.PoolManager(
-            num_pools=MAX_POOLS, maxsize=maxsize, retries=False, timeout=timeout
-        )
-        http_conn = _checked(HTTPConnection, allow_private)
-        https_conn = _checked(HTTPSConnection, allow_private)
-        self.manager.pool_classes_by_scheme = {
-            "http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
-            "https": type(
-                "CheckedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}
-            ),
-        }
+        self.maxsize, self.timeout = maxsize, timeout
+        self._http_conn = _checked(HTTPConnection, allow_private)
+        self._https_conn = _checked(HTTPSConnection, allow_private)
+        self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
 
     def request(
         self,
@@ -228,12 +236,7 @@ class PinnedHTTP:
         ``kwargs`` go to urllib3's ``urlopen`` (``timeout``, ``preload_content``)."""
         target = parse_http_url(url) if isinstance(url, str) else url
         address = resolve(target.host, target.port, self.allow_private)[0]
-        pool_kwargs = {}
-        if target.scheme == "https" and not target.is_ip:
-            pool_kwargs = {"server_hostname": target.host, "assert_hostname": target.host}
-        pool = self.manager.connection_from_host(
-            address, target.port, target.scheme, pool_kwargs=pool_kwargs
-        )
+        pool = self._pool(target, address)
         return pool.urlopen(
             method,
             target.target,
@@ -245,5 +248,41 @@ class PinnedHTTP:
             **kwargs,
         )
 
+    def _pool(self, target: HttpTarget, address: str) -> HTTPConnectionPool:
+        tls_name = target.host if target.scheme == "https" and not target.is_ip else ""
+        key = (target.scheme, address, target.port, tls_name)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            pool = self._new_pool(target.scheme, address, target.port, tls_name)
+            self._pools[key] = pool
+            if len(self._pools) > MAX_POOLS:
+                self._pools.popitem(last=False)[1].close()  # in-flight requests finish
+        return pool
+
+    def _new_pool(self, scheme: str, address: str, port: int, tls_name: str) -> Any:
+        common: dict[str, Any] = {"maxsize": self.maxsize, "timeout": self.timeout}
+        if scheme == "http":
+            pool = HTTPConnectionPool(address, port, retries=False, **common)
+            pool.ConnectionCls = self._http_conn
+            return pool
+        # SNI and the certificate check use the name; the socket goes to the checked address.
+        tls = HTTPSConnectionPool(
+            address,
+            port,
+            retries=False,
+            assert_hostname=tls_name or None,
+            server_hostname=tls_name or None,
+            **common,
+        )
+        tls.ConnectionCls = self._https_conn  # type: ignore[assignment]
+        return tls
+
     def clear(self) -> None:
-        self.manager.clear()
+        """Close every pool (and its idle connections)."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            pool.close()
