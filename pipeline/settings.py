@@ -67,8 +67,6 @@ class Settings(BaseSettings):
     # Each worker process loads the models of the queues it serves at start, not on its
     # first job (workers.warmup); off only to measure what a cold first job costs.
     warm_workers: bool = True
-    # Embedded (filesystem) broker: how often idle workers look for new jobs.
-    broker_poll_interval_seconds: float = 0.05
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
