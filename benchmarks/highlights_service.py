@@ -9,9 +9,8 @@ no service around it) in the same run.
 Each clip length gets a freshly started stack, so its first call is the first job of that
 pool process (what the 8-10 s clips of the report paid); the later calls are the steady
 state. Unless ``--no-compare``, everything runs twice: on stacks started with
-``OPENIMM_WARM_WORKERS=0 OPENIMM_BROKER_POLL_INTERVAL_SECONDS=1`` (the behaviour before: no
-warm-up, kombu's 1 s polling of the embedded broker) and with the defaults, so the before/
-after figures come from one run on one machine. (The API's faster re-reading of a waiting
+``OPENIMM_WARM_WORKERS=0`` (the behaviour before: no warm-up) and with the defaults, so the
+before/after figures come from one run on one machine. (The API's faster re-reading of a waiting
 task, 0.25 s → 0.05 s cap, is in both.)
 """
 
@@ -93,7 +92,6 @@ def stack_at(data_dir: Path, warm: bool) -> Iterator[Stack]:
         broker_url="",
         worker=False,
         warm_workers="1" if warm else "0",
-        broker_poll_interval_seconds="0.05" if warm else "1.0",  # kombu's default before
     )
     try:
         stack.start_worker(queues="highlight", concurrency=1)

@@ -56,9 +56,6 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
-            # kombu polls a virtual transport's queues every second by default: up to 1 s
-            # of dead time before each job starts (Redis pushes instead).
-            "polling_interval": settings.broker_poll_interval_seconds,
         }
     timeout = settings.visibility_timeout
     return {

@@ -90,8 +90,6 @@ class Settings(BaseSettings):
     # Each worker process loads the models of the queues it serves at start, not on its
     # first job (workers.warmup); off only to measure what a cold first job costs.
     warm_workers: bool = True
-    # Embedded (filesystem) broker: how often idle workers look for new jobs.
-    broker_poll_interval_seconds: float = 0.05
     worker_pool: str = "prefork"  # "threads" for pools of batching kinds (image services)
     batch_pool_threads: int = 16  # concurrent jobs of serve's threads pool (batching queues)
     embedded_workers: int = 1
