@@ -16,6 +16,7 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction.exception import PredictException
 
+from pipeline.buckets import eas_bucket
 from pipeline.client import ImmClient
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
 from tests.e2e.test_media import PROJECT, eas, imm_call, wait_task
@@ -53,7 +54,7 @@ def test_classification_service_answers_in_model_hub_shape(stack: Stack, photos:
     by_url = eas(stack, "image_classification", {"input": {"url": photos[1]}})
     assert 281 <= int(by_url["class"]) <= 285  # a cat
     # the staged inline image is gone once the call returned
-    staged = stack.data_dir / "oss" / "eas-outputs" / "inputs"
+    staged = stack.data_dir / "oss" / eas_bucket("eas-outputs", KEY_ID) / "inputs"
     assert not staged.exists() or not any(staged.iterdir())
 
 

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pipeline.buckets import eas_bucket
 from pipeline.errors import ModelNotInstalled
 from pipeline.models import Task
 from pipeline.settings import Settings
@@ -145,7 +146,8 @@ def test_bad_input_gets_model_hub_errors_and_writes_nothing(
     services = app_client.app.state.services  # type: ignore[attr-defined]
     with services.db.session() as s:
         assert s.query(Task).count() == 0
-    assert not list(services.store.list(settings.eas_output_bucket))
+    staging = eas_bucket(settings.eas_output_bucket, KEY[0])  # the caller's own EAS bucket
+    assert not list(services.raw_store.list(staging))
 
 
 def test_classification_task_refuses_bad_sources(imm: object) -> None:

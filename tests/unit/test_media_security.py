@@ -148,6 +148,6 @@ def test_indexing_a_playlist_reads_no_metadata(playlist: Path) -> None:
     from workers import indexing
 
     ctx = SimpleNamespace(settings=Settings())
-    indexed = indexing.analyse(ctx, playlist, "oss://b/list.m3u8", False)  # type: ignore[arg-type]
+    indexed = indexing.analyse(ctx, playlist, "oss://b/list.m3u8", indexing.Operators())  # type: ignore[arg-type]
     assert indexed.media_type == "other"
     assert "Duration" not in indexed.doc and "VideoStreams" not in indexed.doc
