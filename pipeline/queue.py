@@ -17,7 +17,7 @@ from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
 
-from pipeline import jobs
+from pipeline import fsbroker, jobs
 from pipeline.settings import Settings
 
 RUN_TASK = "openimm.run"  # the one Celery task; the task type picks the processor
@@ -70,6 +70,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app. No I/O beyond creating the embedded broker folders."""
+    fsbroker.register()  # the embedded broker's transport (atomic message files)
     app = Celery("openimm", broker=settings.celery_broker_url, set_as_current=False)
     app.conf.update(
         broker_transport_options=_transport_options(settings),

@@ -176,7 +176,7 @@ class Settings(BaseSettings):
         # The embedded broker is kombu's filesystem transport: it needs no server, serves
         # separate worker processes and, unlike sqla+sqlite, supports fanout, so remote control
         # (CancelTask revoke, pool grow/shrink, inspect) works the same as on Redis.
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "openimm-fs://"  # pipeline.fsbroker: atomic message files
 
     @property
     def oss_root(self) -> Path:

@@ -4,6 +4,7 @@ broker depth, and the embedded restart recovery."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,36 @@ def test_unclaimed_redis_delivery_of_a_dead_worker_goes_back(
     assert queue.restore_unclaimed(app, settings, unclaimed, older_than=30) == 1
     assert asked == [{"Diagnostic-old"}]  # the fresh delivery is left to its live worker
     assert raw.llen("default") == 1 and raw.hkeys("unacked") == [b"tag-new"]
+
+
+def test_embedded_broker_never_shows_a_half_written_message(tmp_path: Path) -> None:
+    """A worker polling the queue folder while a message is being written must not take it:
+    the file appears (by rename) only once complete. (kombu's own filesystem transport creates
+    the file empty and then writes it; a poll in between took it, failed to decode it and the
+    message was lost.)"""
+    from kombu import Connection
+
+    from pipeline import fsbroker
+
+    settings = Settings(data_dir=tmp_path)
+    queue.make_celery(settings)  # registers the transport, makes the broker folders
+    with Connection("openimm-fs://", transport_options=queue._transport_options(settings)) as c:
+        channel = c.default_channel
+        polled: list[object] = []
+        real_dumps = fsbroker.dumps
+
+        def dumps_while_polled(payload: object) -> str:
+            try:  # another worker polls while the file is open for writing
+                polled.append(channel._get("archive"))
+            except Exception as exc:
+                polled.append(type(exc).__name__)
+            return str(real_dumps(payload))
+
+        fsbroker.dumps = dumps_while_polled  # type: ignore[assignment]
+        try:
+            channel._put("archive", {"body": "x" * 100_000})
+        finally:
+            fsbroker.dumps = real_dumps  # type: ignore[assignment]
+        assert polled == ["Empty"]  # nothing visible mid-write
+        assert channel._get("archive") == {"body": "x" * 100_000}
+        assert not os.listdir(settings.broker_folder / "queue")
