@@ -23,6 +23,9 @@ def client(stack: Stack, service: str, token: str = KEY_SECRET) -> PredictClient
     c = PredictClient(f"http://{stack.endpoint}", service)
     c.set_token(token)
     c.set_retry_count(1)
+    # The client's default 5 s read timeout is shorter than a job queued while the pool's
+    # processes still warm their models (workers.warmup) on a loaded 2-core machine.
+    c.set_timeout(60_000)
     c.init()
     return c
 
