@@ -27,15 +27,15 @@ ALIAS = "openimm-fs"
 TMP_PREFIX = ".put-"  # no "." before the queue name: _get's "<queue>.msg" match skips it
 
 
-class Channel(filesystem.Channel):  # type: ignore[misc]
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+class Channel(filesystem.Channel):
+    def _put(self, queue: Any, message: Any, **kwargs: Any) -> None:
         """Write the message under a temporary name, then rename it into the queue."""
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = Path(self.data_folder_out)
         tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with tmp.open("wb") as handle:
-                handle.write(str_to_bytes(dumps(payload)))
+                handle.write(str_to_bytes(dumps(message)))
                 handle.flush()
                 os.fsync(handle.fileno())  # a message survives a crash once it is visible
             os.replace(tmp, folder / name)
@@ -43,7 +43,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
             tmp.unlink(missing_ok=True)
             raise ChannelError(f"Cannot add a message to {folder}") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
         """Take the oldest message of ``queue``: rename it out of the queue folder (one reader
         wins), read it, delete it."""
         wanted = f"{queue}.msg"
@@ -66,7 +66,7 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
         raise Empty()
 
 
-class Transport(filesystem.Transport):  # type: ignore[misc]
+class Transport(filesystem.Transport):
     Channel = Channel
     driver_type = "filesystem"
     driver_name = "filesystem"
