@@ -79,7 +79,8 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         app.state.registry = registry
         # Synchronous calls hear their task's end from the outbox trigger (PostgreSQL); on
         # SQLite, `openimm serve`'s dispatcher thread wakes them (pipeline.notify.dispatcher).
-        tasks_heard = None if services.db.is_sqlite else wake.task_listener(services.db.url)
+        listen = settings.sync_wait_push and not services.db.is_sqlite
+        tasks_heard = wake.task_listener(services.db.url) if listen else None
         app.state.task_listener = tasks_heard
         yield
         if tasks_heard is not None:
