@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     batch_pool_threads: int = 16  # concurrent jobs of serve's threads pool (batching queues)
     embedded_workers: int = 1
     predict_timeout_seconds: float = 300.0
+    # Synchronous calls are woken by push when their task ends; they also re-read the task
+    # this often, as a fallback for wake-ups that cannot reach them (SQLite across processes).
+    sync_wait_fallback_seconds: float = Field(default=1.0, gt=0)
+    sync_wait_push: bool = True  # off only to measure what re-reading alone costs
     eas_project: str = "eas"  # project that EAS predict calls are recorded in (per owner)
     # Stem of each owner's Model Hub output bucket, <stem>-<hash of owner> (pipeline.buckets).
     eas_output_bucket: str = "eas-outputs"

@@ -41,6 +41,7 @@ from pipeline.db import Database
 from pipeline.errors import AuthError, ImmError, ServiceUnavailable
 from pipeline.ids import request_id
 from pipeline.metrics import OpenimmCollector
+from pipeline.notify import wake
 from pipeline.notify.store import open_message_store
 from pipeline.outages import OutageLog, dependency_of
 from pipeline.replay import open_replay_cache
@@ -76,7 +77,14 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         registry = CollectorRegistry()
         registry.register(OpenimmCollector(settings, services.db, services.celery))
         app.state.registry = registry
+        # Synchronous calls hear their task's end from the outbox trigger (PostgreSQL); on
+        # SQLite, `openimm serve`'s dispatcher thread wakes them (pipeline.notify.dispatcher).
+        listen = settings.sync_wait_push and not services.db.is_sqlite
+        tasks_heard = wake.task_listener(services.db.url) if listen else None
+        app.state.task_listener = tasks_heard
         yield
+        if tasks_heard is not None:
+            tasks_heard.close()
         services.messages.close()
         services.db.dispose()
 

@@ -10,9 +10,16 @@ from pipeline import jobs, netpolicy, projects, queue, tasks, zipnames
 from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.errors import ImmError, InvalidArgument, InvalidParameter, ServiceUnavailable
+from pipeline.errors import (
+    ImmError,
+    InvalidArgument,
+    InvalidParameter,
+    ServiceUnavailable,
+    StatusConflict,
+)
 from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
+from pipeline.notify import wake
 from pipeline.outages import dependency_of
 from pipeline.params import Params
 from pipeline.storage import parse_oss_prefix, parse_oss_uri, resolve_file_uri
@@ -21,9 +28,6 @@ log = logging.getLogger("openimm.api")
 USER_DATA_MAX_BYTES = 2048
 TAGS_MAX_BYTES = 8192
 MAX_SOURCES = 100
-# Synchronous front doors re-read their task this often: a late look adds straight to the
-# caller's latency (a 0.25 s cap cost short clips ~0.1 s each), a row read is ~1 ms.
-SYNC_POLL_FIRST_SECONDS, SYNC_POLL_MAX_SECONDS = 0.01, 0.05
 COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
 
 
@@ -99,21 +103,29 @@ def submit(
 
 def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -> tasks.Task:
     """Block (in the request's worker thread) until a task ends; for IMM's synchronous calls
-    that openimm runs on the queue. A task still running at the timeout is cancelled."""
+    that openimm runs on the queue. A task still running at the timeout is cancelled.
+
+    Woken by push (``pipeline.notify.wake``, key ``task:<id>``) when the task's terminal
+    event is written; the row stays the truth: the waiter is registered before each read, and
+    re-reads every ``OPENIMM_SYNC_WAIT_FALLBACK_SECONDS`` when no wake-up reaches it."""
     deadline = time.monotonic() + timeout
-    delay = SYNC_POLL_FIRST_SECONDS
-    while True:
-        with svc.db.session() as s:
-            task = s.get(tasks.Task, task_id)
-            assert task is not None
-            if task.status != tasks.RUNNING:
-                break
-            if time.monotonic() > deadline:
-                project = projects.get_project(s, caller.owner, task.project_name)
-                tasks.cancel(s, project, task_id)
+    with wake.HUB.waiting_thread(wake.task_key(task_id)) as waiter:
+        while True:
+            with svc.db.session() as s:
+                task = s.get(tasks.Task, task_id)
+                assert task is not None
+                if task.status != tasks.RUNNING:
+                    break
+                left = deadline - time.monotonic()
+                if left < 0:
+                    project = projects.get_project(s, caller.owner, task.project_name)
+                    try:
+                        tasks.cancel(s, project, task_id)
+                    except StatusConflict:  # it ended just now: the re-read returns it
+                        continue
+            if left < 0:  # raised after the commit: raising inside would roll the cancel back
                 raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
-        time.sleep(delay)
-        delay = min(delay * 1.5, SYNC_POLL_MAX_SECONDS)
+            waiter.wait(min(svc.settings.sync_wait_fallback_seconds, left + 0.001))
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task

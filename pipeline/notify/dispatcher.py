@@ -31,7 +31,7 @@ from pipeline.errors import ImmError
 from pipeline.ids import utcnow
 from pipeline.leases import Reaper
 from pipeline.models import Delivery, DeliveryAttempt, Event, Subscription, Topic
-from pipeline.notify import messages, queues, topics, webhooks
+from pipeline.notify import messages, queues, topics, wake, webhooks
 from pipeline.notify.policy import RetryPolicy
 from pipeline.notify.store import open_message_store
 from pipeline.outages import Backoff, OutageLog, dependency_of
@@ -107,7 +107,12 @@ class Dispatcher:
                 )
             for ev in events:
                 ev.published_at = now
-            return len(events)
+            ended = [ev.task_id for ev in events if ev.task_id]
+        # After commit (the task row was committed with its event): wake this process's
+        # synchronous calls — the in-process path of `openimm serve`, SQLite included.
+        for task_id in ended:
+            wake.HUB.notify(wake.task_key(task_id))
+        return len(events)
 
     def _deliveries_for(
         self, s: Session, ev: Event, now: datetime, cache: dict[tuple[str, str], list[int]]

@@ -11,8 +11,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
-import psycopg
-from sqlalchemy import func, make_url, select
+from sqlalchemy import func, select
 
 from pipeline.db import Database
 from pipeline.ids import utcnow
@@ -127,17 +126,12 @@ class DbMessageStore:
     def _ensure_listener(self) -> None:
         with self._lock:
             if self.listener is None:
-                self.listener = wake.Listener("mns-pg-listen", self._listen)
-
-    def _listen(self, listener: wake.Listener) -> None:
-        """PostgreSQL LISTEN on a dedicated connection (not one of the pool's)."""
-        dsn = make_url(self.db.url).set(drivername="postgresql")
-        with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as conn:
-            conn.execute(f"LISTEN {wake.CHANNEL}")
-            listener.ready.set()
-            while not listener.stop.is_set():
-                for note in conn.notifies(timeout=1.0):
-                    wake.dispatch(self.namespace, note.payload)
+                self.listener = wake.Listener(
+                    "mns-pg-listen",
+                    wake.pg_listen(
+                        self.db.url, wake.CHANNEL, lambda note: wake.dispatch(self.namespace, note)
+                    ),
+                )
 
     def close(self) -> None:
         if self.listener is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.api import task_actions
 from pipeline.settings import Settings
 from workers import faces, highlights, warmup
 
@@ -28,7 +27,3 @@ def test_queues_without_heavy_models_warm_nothing(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert warmup.warm(settings, ["archive", "default", "notify"]) < 0.5
     assert warmup.start(settings, ["highlight", "default"]) is None  # nothing per child
-
-
-def test_sync_waits_reread_quickly() -> None:
-    assert task_actions.SYNC_POLL_MAX_SECONDS <= 0.05  # was 0.25 s

@@ -1,0 +1,85 @@
+"""Synchronous calls wait for their task by push: ``wait_for_task`` sleeps on the hub and is
+woken, in ``openimm serve``, by the dispatcher thread reading the task's terminal event. The
+fallback re-read interval is set far beyond the test, so only the push can end the wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from pipeline import migrate, projects, tasks
+from pipeline.api.services import Caller, Services
+from pipeline.api.task_actions import SyncTimeout, wait_for_task
+from pipeline.db import Database
+from pipeline.models import Task
+from pipeline.notify import wake
+from pipeline.notify.dispatcher import Dispatcher
+from pipeline.settings import Settings
+from tests.e2e.stack import wait_until
+
+CALLER = Caller(owner="AK1", request_id="r")
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Services:
+    settings = Settings(data_dir=tmp_path, sync_wait_fallback_seconds=3600)
+    migrate.upgrade(settings.db_url)
+    db = Database.from_settings(settings)
+    with db.session() as s:
+        projects.create_project(s, "AK1", "p", {})
+    return cast(Services, SimpleNamespace(settings=settings, db=db))
+
+
+def _running_task(db: Database) -> str:
+    spec = tasks.NewTask(task_type="Diagnostic", queue="default", request={"Mode": "Noop"})
+    with db.session() as s:
+        task, _ = tasks.create(s, projects.get_project(s, "AK1", "p"), spec, request_id="r")
+        return task.id
+
+
+def _finish(db: Database, task_id: str) -> None:
+    with db.session() as s:
+        task = s.get(Task, task_id)
+        assert task is not None
+        assert tasks.finalize(s, task_id, tasks.SUCCEEDED, result={}, started_at=task.start_time)
+
+
+def test_the_dispatcher_wakes_a_waiting_call_when_its_task_ends(svc: Services) -> None:
+    task_id = _running_task(svc.db)
+    done: list[tuple[float, str]] = []
+
+    def waiting_call() -> None:
+        task = wait_for_task(svc, CALLER, task_id, timeout=30)
+        done.append((time.monotonic(), task.status))
+
+    waiter = threading.Thread(target=waiting_call)
+    waiter.start()
+    wait_until(lambda: wake.HUB.waiting_count() == 1, timeout=10, what="the call waits")
+    _finish(svc.db, task_id)
+    time.sleep(0.3)  # the row alone (no wake-up, fallback 1 h) does not end the wait
+    assert not done
+
+    woken_at = time.monotonic()
+    Dispatcher(svc.settings, svc.db).fan_out()  # the serve dispatcher's pass over the outbox
+    waiter.join(timeout=5)
+    assert done and done[0][1] == tasks.SUCCEEDED
+    assert done[0][0] - woken_at < 1.0
+    assert wake.HUB.waiting_count() == 0
+
+
+def test_a_task_that_never_ends_times_out_at_the_deadline_not_the_fallback(
+    svc: Services,
+) -> None:
+    task_id = _running_task(svc.db)
+    started = time.monotonic()
+    with pytest.raises(SyncTimeout):
+        wait_for_task(svc, CALLER, task_id, timeout=0.2)
+    assert time.monotonic() - started < 5
+    with svc.db.session() as s:
+        task = s.get(Task, task_id)
+        assert task is not None and task.status != tasks.RUNNING  # cancelled
