@@ -28,14 +28,15 @@ TMP_PREFIX = ".put-"  # no "." before the queue name: _get's "<queue>.msg" match
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: Any, message: Any, **kwargs: Any) -> None:
+    # kombu's virtual base names the argument ``message``, its filesystem channel ``payload``.
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Write the message under a temporary name, then rename it into the queue."""
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = Path(self.data_folder_out)
         tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with tmp.open("wb") as handle:
-                handle.write(str_to_bytes(dumps(message)))
+                handle.write(str_to_bytes(dumps(payload)))
                 handle.flush()
                 os.fsync(handle.fileno())  # a message survives a crash once it is visible
             os.replace(tmp, folder / name)

@@ -23,13 +23,15 @@ from workers.context import JobContext
 from workers.models.imagenet import Classification, ImageNetModel
 
 CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB
+REDUCE_TO = 2 * 256  # decode JPEGs at no less than twice the model's resize target
 TOP_K = 5
 
 
 def _images(ctx: JobContext, uris: list[str]) -> Iterator[Image.Image]:
     for i, uri in enumerate(uris):
         path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
-        rgb, _ = imaging.load_image(path)
+        # The network sees 224 px of a 256 px shorter side: a big JPEG is decoded reduced.
+        rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=REDUCE_TO)
         yield Image.fromarray(rgb)
 
 

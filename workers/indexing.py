@@ -125,7 +125,7 @@ def _image_labels(ctx: JobContext, path: Path) -> list[dict[str, Any]]:
     from workers import imaging, models
     from workers.models.imagenet import ImageNetModel, imm_labels
 
-    rgb, _ = imaging.load_image(path)
+    rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=512)
     (result,) = models.get(ImageNetModel, ctx.device).classify([Image.fromarray(rgb)])
     return imm_labels(result.probs)
 

@@ -151,3 +151,18 @@ def test_indexing_a_playlist_reads_no_metadata(playlist: Path) -> None:
     indexed = indexing.analyse(ctx, playlist, "oss://b/list.m3u8", indexing.Operators())  # type: ignore[arg-type]
     assert indexed.media_type == "other"
     assert "Duration" not in indexed.doc and "VideoStreams" not in indexed.doc
+
+
+def test_a_big_jpeg_is_decoded_at_reduced_size_when_the_caller_needs_less(tmp_path: Path) -> None:
+    """Image models need ~256 px: a 6000x4000 JPEG is decoded at a DCT scale that keeps the
+    shorter side >= the request (here 1/4: 1500x1000), never the full 24 MP."""
+    from PIL import Image
+
+    from workers import imaging
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4000), "red").save(path, quality=80)
+    full, _ = imaging.load_image(path)
+    reduced, info = imaging.load_image(path, reduce_to=512)
+    assert full.shape == (4000, 6000, 3)
+    assert reduced.shape == (1000, 1500, 3) and (info.width, info.height) == (1500, 1000)
