@@ -107,13 +107,20 @@ class RedisReplayCache:
 
 
 def open_replay_cache(settings: Settings, db: Database) -> ReplayCache:
-    """The backend for ``settings``: as asked (``db``/``memory``), else Redis when configured,
-    else the database when it is a server (PostgreSQL: maybe several API processes), else
-    memory (embedded SQLite: one API process, and no write transaction on every GET)."""
+    """The backend for ``settings``: as asked (``db``/``memory``), else Redis when there is one
+    (``OPENIMM_REDIS_URL``, or a Redis broker: one SET NX per signed request is cheaper than a
+    database INSERT on the create path), else the database when it is a server (PostgreSQL:
+    maybe several API processes), else memory (embedded SQLite: one API process, and no write
+    transaction on every GET)."""
     if settings.replay_cache == "memory":
         return MemoryReplayCache()
     if settings.replay_cache == "db":
         return DbReplayCache(db)
-    if settings.redis_url:
-        return RedisReplayCache.from_url(settings.redis_url)
+    redis_url = settings.redis_url or _redis_broker(settings.broker_url)
+    if redis_url:
+        return RedisReplayCache.from_url(redis_url)
     return MemoryReplayCache() if db.is_sqlite else DbReplayCache(db)
+
+
+def _redis_broker(url: str) -> str:
+    return url if url.startswith(("redis://", "rediss://")) else ""

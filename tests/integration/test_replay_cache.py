@@ -70,6 +70,8 @@ def test_the_backend_follows_the_settings(
     postgres = Database.from_settings(Settings(database_url=fresh_database))
     assert isinstance(open_replay_cache(Settings(redis_url=redis_url), db), RedisReplayCache)
     assert isinstance(open_replay_cache(Settings(), postgres), DbReplayCache)
+    broker = Settings(broker_url=redis_url)  # a Redis broker serves as the cache's Redis
+    assert isinstance(open_replay_cache(broker, postgres), RedisReplayCache)
     assert isinstance(open_replay_cache(Settings(), db), MemoryReplayCache)  # embedded
     memory = Settings(redis_url=redis_url, replay_cache="memory")
     assert isinstance(open_replay_cache(memory, db), MemoryReplayCache)
