@@ -213,6 +213,23 @@ class ServiceUnavailable(ImmError):
     retry_after_seconds = 1  # the Retry-After header: outages openimm rides out are short
 
 
+class QueueUnavailable(ServiceUnavailable):
+    """The task queue is unavailable; the task was not created. Retry later."""
+
+
+class TaskFailed(ImmError):
+    """The operation failed."""
+
+    http_status = 400
+
+
+class SyncTimeout(ImmError):
+    """The operation timed out."""
+
+    code = "OperationTimeout"
+    http_status = 504
+
+
 class ContentDigestMismatch(InvalidArgument):
     """The body's SHA-256 differs from the signed x-acs-content-sha256; nothing was stored."""
 

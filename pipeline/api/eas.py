@@ -27,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import auth, eas_auth, jobs, projects
 from pipeline.api import wire
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import SyncTimeout, TaskFailed, submit, wait_for_task
-from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound
+from pipeline.api.task_actions import submit, wait_for_task
+from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound, SyncTimeout, TaskFailed
 from pipeline.ids import utcnow
 from pipeline.models import Task
 from pipeline.params import bounded_int, loads

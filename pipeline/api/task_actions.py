@@ -11,11 +11,12 @@ from pipeline.api import views
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
 from pipeline.errors import (
-    ImmError,
     InvalidArgument,
     InvalidParameter,
-    ServiceUnavailable,
+    QueueUnavailable,
     StatusConflict,
+    SyncTimeout,
+    TaskFailed,
 )
 from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
@@ -29,10 +30,6 @@ USER_DATA_MAX_BYTES = 2048
 TAGS_MAX_BYTES = 8192
 MAX_SOURCES = 100
 COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
-
-
-class QueueUnavailable(ServiceUnavailable):
-    """The task queue is unavailable; the task was not created. Retry later."""
 
 
 def _notification(p: Params) -> dict[str, Any]:
@@ -129,19 +126,6 @@ def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task
-
-
-class TaskFailed(ImmError):
-    """The operation failed."""
-
-    http_status = 400
-
-
-class SyncTimeout(ImmError):
-    """The operation timed out."""
-
-    code = "OperationTimeout"
-    http_status = 504
 
 
 @action("GetTask", "ProjectName TaskType TaskId RequestDefinition")

@@ -14,8 +14,9 @@ import pytest
 
 from pipeline import migrate, projects, tasks
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import SyncTimeout, wait_for_task
+from pipeline.api.task_actions import wait_for_task
 from pipeline.db import Database
+from pipeline.errors import SyncTimeout
 from pipeline.models import Task
 from pipeline.notify import wake
 from pipeline.notify.dispatcher import Dispatcher
