@@ -28,8 +28,8 @@ from pipeline.errors import (
 )
 from pipeline.ids import utcnow
 from pipeline.models import MnsMessage, MnsQueue
+from pipeline.notify.limits import check_name, check_quota
 from pipeline.notify.messages import md5_upper
-from pipeline.notify.topics import check_name, check_quota
 from pipeline.params import parse_int
 
 DEAD_LETTER_SUFFIX = "-deadletter"

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,28 +20,16 @@ from pipeline.errors import (
     ForbiddenURI,
     InvalidArgument,
     InvalidParameter,
-    QuotaExceeded,
     ResourceAlreadyExists,
     ResourceNotFound,
 )
 from pipeline.ids import utcnow
 from pipeline.models import Subscription, Topic
 from pipeline.notify import messages, policy, webhooks
+from pipeline.notify.limits import check_name, check_quota
+from pipeline.notify.queues import get_queue
 
-# MNS names: letters, digits and '-', starting with a letter, at most 256 characters.
-TOPIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,255}$")
-QUOTA_CODES = {  # MNS's error codes for its quotas
-    "queues per owner": "QueueNumExceeded",
-    "topics per owner": "TopicNumExceeded",
-    "subscriptions per topic": "SubscriptionNumExceeded",
-}
 QUEUE_ENDPOINT_RE = re.compile(r"^acs:mns:[^:]*:([^:]+):queues/([A-Za-z][A-Za-z0-9-]{0,255})$")
-
-
-def check_name(kind: str, name: str) -> str:
-    if not TOPIC_NAME_RE.match(name or ""):
-        raise InvalidParameter(kind, "Use 1-256 letters, digits or '-', starting with a letter.")
-    return name
 
 
 def get_topic(session: Session, owner: str, name: str) -> Topic:
@@ -49,19 +37,6 @@ def get_topic(session: Session, owner: str, name: str) -> Topic:
     if topic is None:
         raise ResourceNotFound("topic", name)
     return topic
-
-
-def check_quota(session: Session, count: Select[Any], quota: int | None, what: str) -> None:
-    """Refuse a create once ``count`` (rows the owner already has) reached ``quota``. The
-    count and the insert are not atomic: concurrent creates may overshoot by a few."""
-    if quota is None:
-        return
-    have = session.scalar(count) or 0
-    if have >= quota:
-        raise QuotaExceeded(
-            f"The {what} quota ({quota}) is used up; delete some or ask the operator to raise it.",
-            mns_code=QUOTA_CODES[what],
-        )
 
 
 def create_topic(session: Session, owner: str, name: str, *, quota: int | None = None) -> Topic:
@@ -105,8 +80,6 @@ def _check_endpoint(
     if target is not None:
         if target[0] not in (owner, account_id):
             raise InvalidParameter("Endpoint", "The queue must belong to the topic's owner.")
-        from pipeline.notify.queues import get_queue
-
         get_queue(session, owner, target[1])
         return
     if not endpoint.lower().startswith(("http://", "https://")):
