@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import auth, eas_auth, jobs, projects
 from pipeline.api import wire
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import submit, wait_for_task
+from pipeline.api.submission import submit, wait_for_task
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound, SyncTimeout, TaskFailed
 from pipeline.ids import utcnow
 from pipeline.models import Task

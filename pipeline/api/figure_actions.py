@@ -8,12 +8,12 @@ from pipeline import figures
 from pipeline.api.file_actions import DATASET, _dataset
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import (
+from pipeline.api.submission import (
     COMMON_TASK_PARAMS,
-    _common,
-    _time_range,
     check_uri,
+    common_params,
     submit,
+    time_range,
     wait_for_task,
 )
 from pipeline.errors import InvalidParameter, LimitExceeded
@@ -25,7 +25,7 @@ MAX_MERGE_SOURCES = 100
 def _dataset_task(
     svc: Services, caller: Caller, p: Params, task_type: str, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    common = _common(p)
+    common = common_params(p)
     with svc.db.session() as s:
         project, dataset = _dataset(s, caller, p)
         names = (project.name, dataset.name)
@@ -74,8 +74,8 @@ def query_figure_clusters(svc: Services, caller: Caller, p: Params) -> dict[str,
         rows, token, total = figures.query(
             s,
             dataset,
-            create_range=_time_range(p, "CreateTimeRange"),
-            update_range=_time_range(p, "UpdateTimeRange"),
+            create_range=time_range(p, "CreateTimeRange"),
+            update_range=time_range(p, "UpdateTimeRange"),
             custom_labels=tuple(labels.split("=", 1)) if labels else None,  # type: ignore[arg-type]
             sort=sort,
             desc=order == "desc",

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from pipeline import figures, files, projects, query
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import USER_DATA_MAX_BYTES, _notification, check_uri, submit
+from pipeline.api.submission import USER_DATA_MAX_BYTES, check_uri, notification, submit
 from pipeline.errors import ImmError, InvalidParameter, LimitExceeded
 from pipeline.models import Dataset, Project
 from pipeline.params import Params
@@ -50,7 +50,7 @@ def _index(svc: Services, caller: Caller, p: Params, entries: list[Any], kind: s
     common = {
         "user_data": p.str("UserData", max_bytes=USER_DATA_MAX_BYTES),
         "tags": {},
-        "notification": _notification(p),
+        "notification": notification(p),
         "client_token": p.str("ClientToken") or None,
     }
     result = submit(svc, caller, names[0], kind, request, common, dataset_name=names[1])

@@ -23,7 +23,7 @@ from pipeline import jobs
 from pipeline.api import eas
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_uri, submit
+from pipeline.api.submission import COMMON_TASK_PARAMS, check_uri, common_params, submit
 from pipeline.buckets import eas_bucket
 from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
@@ -149,4 +149,4 @@ def create_image_classification_task(svc: Services, caller: Caller, p: Params) -
     project_name = p.name("ProjectName")
     top_k = p.int("TopK", default=5, minimum=1, maximum=MAX_TOP_K)
     request = {"Sources": _sources(svc, caller, p), "TopK": top_k}
-    return submit(svc, caller, project_name, "ImageClassification", request, _common(p))
+    return submit(svc, caller, project_name, "ImageClassification", request, common_params(p))

@@ -12,7 +12,13 @@ from pipeline import jobs
 from pipeline.api import eas
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import COMMON_TASK_PARAMS, _common, check_target, check_uri, submit
+from pipeline.api.submission import (
+    COMMON_TASK_PARAMS,
+    check_target,
+    check_uri,
+    common_params,
+    submit,
+)
 from pipeline.buckets import eas_bucket
 from pipeline.errors import InvalidArgument, InvalidParameter
 from pipeline.models import Task
@@ -98,7 +104,7 @@ def create_highlight_task(svc: Services, caller: Caller, p: Params) -> dict[str,
         "Output": _highlight_output(svc, caller, p),
         "Highlight": {"Content": str(topic)[:100]},
     }
-    return submit(svc, caller, project_name, "Highlight", request, _common(p))
+    return submit(svc, caller, project_name, "Highlight", request, common_params(p))
 
 
 # ---- Model Hub services ---------------------------------------------------------------------
@@ -177,7 +183,7 @@ def create_video_super_resolution_task(svc: Services, caller: Caller, p: Params)
         "TargetURI": _target(svc, caller, p, SR_SUFFIXES, required=True),
         "Scale": scale,
     }
-    return submit(svc, caller, project_name, "VideoSuperResolution", request, _common(p))
+    return submit(svc, caller, project_name, "VideoSuperResolution", request, common_params(p))
 
 
 def _language(p: Params) -> str:
@@ -196,7 +202,7 @@ def create_speech_recognition_task(svc: Services, caller: Caller, p: Params) -> 
         "Language": _language(p),
         "Engine": p.choice("Engine", jobs.ASR_SPEC.choices["Engine"]),
     }
-    return submit(svc, caller, project_name, "SpeechRecognition", request, _common(p))
+    return submit(svc, caller, project_name, "SpeechRecognition", request, common_params(p))
 
 
 def _micros(seconds: float | None) -> int | None:

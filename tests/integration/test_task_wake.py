@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from pipeline import projects, tasks
 from pipeline.api.app import create_app
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import wait_for_task
+from pipeline.api.submission import wait_for_task
 from pipeline.notify.wake import HUB
 from pipeline.settings import Settings
 from tests.conftest import KEY

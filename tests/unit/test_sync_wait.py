@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import migrate, projects, tasks
 from pipeline.api.services import Caller, Services
-from pipeline.api.task_actions import wait_for_task
+from pipeline.api.submission import wait_for_task
 from pipeline.db import Database
 from pipeline.errors import SyncTimeout
 from pipeline.models import Task
