@@ -34,7 +34,7 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction import PredictClient, StringRequest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.e2e.stack import KEY_SECRET, Stack, free_port, make_env  # noqa: E402
+from tests.e2e.stack import KEY_SECRET, Stack, free_port, make_env, wait_until  # noqa: E402
 from tests.realservices import start_postgres, start_redis  # noqa: E402
 from workers import models  # noqa: E402
 from workers.models.imagenet import ImageNetModel, class_names  # noqa: E402
@@ -121,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--requests", type=int, default=160)
-    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="jobs the pool runs at once")
+    parser.add_argument("--prefork", action="store_true", help="a prefork pool (no batching)")
     args = parser.parse_args()
     images = load_images(args.images)
     raw_tp, raw_lat, raw_top5 = run_raw(images)
@@ -138,7 +139,11 @@ def main() -> None:
     try:
         stack.run("migrate")
         stack.start_api()
-        stack.start_worker(queues="image", concurrency=args.concurrency)
+        # The image queue's pool runs jobs in threads so concurrent requests share forward
+        # passes (workers.batching); --prefork measures one process per job instead.
+        pool = "prefork" if args.prefork else "threads"
+        stack._start("image", "worker", "-Q", "image", "-c", str(args.concurrency), "--pool", pool)
+        wait_until(lambda: "ready" in stack.log("image"), 180, what="image pool ready")
         run_service(stack, images[:8], 2, 8)  # warm up: model load in every pool process
         agreement: dict[str, str] = {}
         for clients in (1, 8, 32):
