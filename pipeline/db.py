@@ -6,6 +6,7 @@ Only this module and ``pipeline.models`` touch SQLAlchemy engine details; servic
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,14 +20,31 @@ from pipeline.settings import Settings
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets the API read while a worker writes; busy_timeout waits for the writer lock
-    # instead of failing with "database is locked" when API and workers commit together.
+    # busy_timeout first, so every later statement waits for a writer instead of failing.
+    # WAL lets the API read while a worker writes. The mode is stored in the file, so it is
+    # switched once: the switch needs an exclusive lock, and when several connections open at
+    # once SQLite can answer SQLITE_BUSY to it without calling the busy handler (seen in CI as
+    # "database is locked" from 8 threads on a fresh file). Hence: read the mode, and switch
+    # with a short retry only when it is not WAL yet.
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    _ensure_wal(cursor)
     cursor.close()
+
+
+def _ensure_wal(cursor: Any, attempts: int = 50) -> None:
+    for attempt in range(attempts):
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
