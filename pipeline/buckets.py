@@ -98,6 +98,11 @@ class BucketPolicy:
     store: ObjectStore
     settings: Settings
     _first: list[str | None] = field(default_factory=list, repr=False)
+    # bucket → owner, for buckets this process has seen owned. A bucket's owner never changes
+    # while a process runs (rows are only ever inserted), so an owner using their own bucket
+    # costs no database round trip per request; grants are not cached, so an unshare by the
+    # operator takes effect at once.
+    _holders: dict[str, str] = field(default_factory=dict, repr=False)
 
     def require(self, owner: str, bucket: str, access: str, *, claim: bool = True) -> bool:
         """Raise ``BucketAccessDenied`` unless ``owner`` may ``access`` (read|write) the
@@ -118,6 +123,8 @@ class BucketPolicy:
         raise _denied(bucket, owner, "the bucket belongs to another owner.")
 
     def _lookup(self, bucket: str, owner: str) -> tuple[str | None, str | None]:
+        if self._holders.get(bucket) == owner:
+            return owner, None
         query = (
             select(Bucket.owner, BucketGrant.access)
             .outerjoin(
@@ -127,7 +134,10 @@ class BucketPolicy:
         )
         with self.db.session() as s:
             row = s.execute(query).one_or_none()
-        return (None, None) if row is None else (row[0], row[1])
+        if row is None:
+            return None, None
+        self._holders[bucket] = row[0]
+        return row[0], row[1]
 
     def _settle(self, owner: str, bucket: str, access: str, *, claim: bool = True) -> str | None:
         """Give an unowned bucket its owner: the first key if the store already has it (it

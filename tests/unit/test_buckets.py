@@ -367,3 +367,28 @@ def test_s3_buckets_follow_the_same_table(settings: Settings) -> None:
             policy.require("AK1", "fresh", buckets.WRITE)
         stub.assert_no_pending_responses()
     db.dispose()
+
+
+def test_an_owner_using_their_own_bucket_costs_no_query_after_the_first(
+    settings: Settings,
+) -> None:
+    from sqlalchemy import event
+
+    from pipeline import migrate
+
+    settings.resolved_data_dir.mkdir(parents=True)
+    migrate.upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    policy = buckets.BucketPolicy(db, LocalStore(settings.oss_root), settings)
+    policy.require("AK1", "mine", buckets.WRITE)
+    queries: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    for _ in range(3):
+        assert policy.require("AK1", "mine", buckets.READ)
+        assert policy.require("AK1", "mine", buckets.WRITE)
+    assert queries == []
+    # another owner is still checked against the table (grants are never cached)
+    with pytest.raises(BucketAccessDenied):
+        policy.require("AK2", "mine", buckets.READ)
+    assert queries
+    db.dispose()
