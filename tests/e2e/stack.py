@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from alibabacloud_imm20200930.client import Client as ImmSdk
@@ -151,6 +152,27 @@ def launch(
     if dispatcher:
         stack.start_dispatcher()
     return stack
+
+
+def sdk_call(sdk: ImmSdk, action: str, query: dict[str, str]) -> dict[str, Any]:
+    """One RPC call through the official SDK's generic ``call_api`` (same signer and transport
+    as its typed methods), for what the typed models lack: extension actions, ``ClientToken``."""
+    from alibabacloud_tea_openapi import utils_models as om
+    from darabonba.runtime import RuntimeOptions
+
+    spec = om.Params(
+        action=action,
+        version="2020-09-30",
+        protocol="HTTP",
+        pathname="/",
+        method="POST",
+        auth_type="AK",
+        style="RPC",
+        req_body_type="formData",
+        body_type="json",
+    )
+    response = sdk.call_api(spec, om.OpenApiRequest(query=query), RuntimeOptions())
+    return dict(response["body"])
 
 
 def imm_sdk(endpoint: str, secret: str = KEY_SECRET) -> ImmSdk:

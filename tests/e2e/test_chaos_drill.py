@@ -19,16 +19,14 @@ from pathlib import Path
 import pytest
 from alibabacloud_imm20200930 import models as m
 from alibabacloud_imm20200930.client import Client as ImmSdk
-from alibabacloud_tea_openapi import utils_models as open_api_util_models
 from alibabacloud_tea_openapi.utils import Utils
-from darabonba.runtime import RuntimeOptions
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from pipeline.client import ImmClient
 from pipeline.models import Event, Task
 from schemas.events import MnsEnvelope
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, sdk_call, wait_until
 from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
 from tests.unit.test_notify import Receiver
 
@@ -38,17 +36,6 @@ RATE = 15.0
 PG_OUTAGE_SECONDS = 3.0
 RETRY_FOR_SECONDS = 90.0
 INPUT_BYTES = 1 << 20
-CREATE_COMPRESSION = open_api_util_models.Params(
-    action="CreateFileCompressionTask",
-    version="2020-09-30",
-    protocol="HTTPS",
-    pathname="/",
-    method="POST",
-    auth_type="AK",
-    style="RPC",
-    req_body_type="formData",
-    body_type="json",
-)
 
 
 @pytest.fixture
@@ -115,12 +102,8 @@ class Traffic:
         deadline = time.monotonic() + RETRY_FOR_SECONDS
         while True:
             try:
-                response = self.sdk().call_api(
-                    CREATE_COMPRESSION,
-                    open_api_util_models.OpenApiRequest(query=Utils.query(query)),
-                    RuntimeOptions(),
-                )
-                return str(response["body"]["TaskId"])
+                body = sdk_call(self.sdk(), "CreateFileCompressionTask", Utils.query(query))
+                return str(body["TaskId"])
             except Exception as exc:
                 self._record(exc)
                 if time.monotonic() > deadline:

@@ -20,7 +20,7 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 from eas_prediction import PredictClient, StringRequest
 
 from pipeline.buckets import eas_bucket
-from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, wait_until
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, sdk_call, wait_until
 from tests.mediagen import ffmpeg, planted_video, speech_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -150,25 +150,9 @@ def speech(stack: Stack) -> str:
 
 
 def imm_call(stack: Stack, action: str, **params: object) -> dict[str, Any]:
-    """Extension actions have no typed method in the IMM SDK: call them through the official
-    SDK's generic ``call_api`` (same signer, same RPC protocol) as an SDK user would."""
-    from alibabacloud_tea_openapi import models as om
-    from darabonba.runtime import RuntimeOptions
-
-    sdk = imm_sdk(stack.endpoint)
+    """Extension actions have no typed method in the IMM SDK: call them as an SDK user would."""
     query = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
-    spec = om.Params(
-        action=action,
-        version="2020-09-30",
-        protocol="HTTP",
-        pathname="/",
-        method="POST",
-        auth_type="AK",
-        style="RPC",
-        req_body_type="formData",
-        body_type="json",
-    )
-    return dict(sdk.call_api(spec, om.OpenApiRequest(query=query), RuntimeOptions())["body"])
+    return sdk_call(imm_sdk(stack.endpoint), action, query)
 
 
 def test_speech_recognition_task(stack: Stack, sdk: ImmSdk, project: str, speech: str) -> None:
