@@ -12,7 +12,8 @@ and CPU seconds (CPU sums both cores; on a shared machine wall time grows with t
 time much less). Peak RSS is the process's high-water mark after each size (the synthetic
 faces included).
 
-``--db-faces N`` also runs the DB-inclusive path (``workers.figure_clustering.cluster_dataset``:
+``--db-faces N`` also runs the DB-inclusive path
+(``workers.processors.figure_clustering.cluster_dataset``:
 load faces, plan, write figures/clusters/file index in one transaction) on N synthetic faces
 stored through ``pipeline.files.store_indexed`` into SQLite (or ``--db-url``), and prints which
 share of it is the algorithm.
@@ -46,7 +47,7 @@ import numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers import clustering  # noqa: E402
+from workers.models import clustering  # noqa: E402
 
 DIM = 128
 CENTRE_NORM = 0.65
@@ -148,9 +149,9 @@ def peak_rss_mb() -> float:
 
 
 def load_baseline(rev: str) -> ModuleType:
-    """``workers/clustering.py`` as it was at git revision ``rev``, as a module."""
+    """``workers/models/clustering.py`` as it was at git revision ``rev``, as a module."""
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:workers/clustering.py"],
+        ["git", "-C", str(ROOT), "show", f"{rev}:workers/models/clustering.py"],
         check=True,
         capture_output=True,
         text=True,
@@ -297,7 +298,7 @@ def run_db(n: int, url: str) -> None:
     """First clustering run of ``n`` faces through the database, as the worker runs it."""
     from pipeline import files, migrate, projects
     from pipeline.db import Database
-    from workers import figure_clustering
+    from workers.processors import figure_clustering
 
     url = url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'scale.db'}"
     migrate.upgrade(url)
