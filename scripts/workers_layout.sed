@@ -2,8 +2,11 @@
 # Apply to code written against the flat layout, then let ruff re-sort the imports:
 #   sed -E -i -f scripts/workers_layout.sed $(git grep -lE 'workers' -- '*.py' '*.md' Makefile)
 #   ruff check --fix --select I . && ruff format .
-# Needs GNU sed -E. Glue modules (celery_app, runtime, heartbeat, context, registry, batching,
-# warmup, device, scrub) and workers.models.{base,store,imagenet} keep their names.
+# Needs GNU sed -E. A parenthesised multi-line "from workers import (…)" is not split: write
+# it on one line first. Code that used figure_clustering's private helpers (_existing,
+# _candidates, _create_clusters) now gets those rows from pipeline.figure_store.
+# Glue modules (celery_app, runtime, heartbeat, context, registry, batching, warmup, device,
+# scrub) and workers.models.{base,store,imagenet} keep their names.
 #
 #   workers.compression        -> workers.processors.compression
 #   workers.diagnostic         -> workers.processors.diagnostic

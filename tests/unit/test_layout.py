@@ -4,6 +4,8 @@ processor lives in ``workers.processors``, every model engine keeps its card nex
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,38 @@ def test_every_engine_with_weights_has_its_card_in_its_own_module() -> None:
     assert len({c.name for c in cards}) == len(cards)
     for engine in InferenceModel.__subclasses__():
         assert engine.card in cards, engine.__name__
+
+
+OLD_IMPORTS = """\
+from workers import compression, diagnostic, indexing, figure_clustering, face_search
+from workers import highlights, superres, speech, image_models, sr_video, runtime
+from workers import ffmpeg_io, imaging, probe, faces, headpose, asr, clustering
+from workers import sr_model, models_install
+from workers import models_install as whisper
+from workers.figure_clustering import cluster_dataset, merge_clusters
+from workers.sr_model import SCALES
+"""
+
+
+@pytest.mark.skipif(shutil.which("sed") is None, reason="needs sed")
+def test_the_layout_sed_script_maps_every_old_module() -> None:
+    # Given imports written against the flat layout
+    script = ROOT / "scripts" / "workers_layout.sed"
+    # When the mapping script rewrites them
+    new = subprocess.run(
+        ["sed", "-E", "-f", str(script)], input=OLD_IMPORTS, capture_output=True, text=True
+    ).stdout
+    # Then every line imports, under its old name
+    namespace: dict[str, object] = {}
+    exec(new, namespace)
+    old_names = [
+        "compression",
+        "asr",
+        "sr_model",
+        "models_install",
+        "whisper",
+        "merge_clusters",
+        "SCALES",
+    ]
+    assert all(name in namespace for name in old_names)
+    assert "workers import faces" not in new and "workers.sr_model" not in new
