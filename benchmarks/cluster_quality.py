@@ -1,4 +1,4 @@
-"""Figure-clustering quality on a labelled face folder: openimm's ``workers.clustering.plan``
+"""Figure-clustering quality on a labelled face folder: openimm's ``workers.models.clustering.plan``
 (run as IMM runs it: a first run on a random half, then an incremental run on the rest plus the
 faces left independent) against dlib's Chinese whispers on the same embeddings.
 
@@ -35,7 +35,7 @@ import numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers import clustering  # noqa: E402
+from workers.models import clustering  # noqa: E402
 
 DEFAULT_DIRS = (Path("/work/shared/data/faces"), Path("/work/shared/data/faces2"))
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -59,7 +59,7 @@ def embed_folder(folder: Path) -> tuple[dict[str, list[clustering.Candidate]], s
     ``<file>#<rank>``) per pose estimator ("new", "old": same embeddings, qualified by IMM's
     rule on that estimator's angles and FaceQuality) and which face pipeline made them."""
     try:
-        from workers.faces import get_analyzer, load_image, model_files
+        from workers.models.faces import get_analyzer, load_image, model_files
     except ImportError:
         raw = _embed_raw_dlib(folder)
         return {"new": raw}, "raw dlib (HOG, qualified = box > 75 px only)"
@@ -94,7 +94,7 @@ def embed_folder(folder: Path) -> tuple[dict[str, list[clustering.Candidate]], s
             )
             ok = _qualified(face.width, face.height, angles, quality)
             out["old"].append(_candidate(path, rank, face.embedding, ok))
-    return out, "workers.faces (IMM rule: box > 75 px, |angles| < 30, FaceQuality > 0.8)"
+    return out, "workers.models.faces (IMM rule: box > 75 px, |angles| < 30, FaceQuality > 0.8)"
 
 
 def _qualified(width: int, height: int, angles: tuple[float, float, float], quality: float) -> bool:

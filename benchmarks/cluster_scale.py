@@ -12,10 +12,11 @@ and CPU seconds (CPU sums both cores; on a shared machine wall time grows with t
 time much less). Peak RSS is the process's high-water mark after each size (the synthetic
 faces included).
 
-``--db-faces N`` also runs the DB-inclusive path (``workers.figure_clustering.cluster_dataset``:
-load faces, plan, write figures/clusters/file index in one transaction) on N synthetic faces
-stored through ``pipeline.files.store_indexed`` into SQLite (or ``--db-url``), and prints which
-share of it is the algorithm.
+``--db-faces N`` also runs the DB-inclusive path
+(``workers.processors.figure_clustering.cluster_dataset``: load faces, plan, write
+figures/clusters/file index in one transaction) on N synthetic faces stored through
+``pipeline.files.store_indexed`` into SQLite (or ``--db-url``), and prints which share of it is
+the algorithm.
 
 Synthetic data: identities are random directions of norm 0.65 in 128-d (two identities lie
 ~0.92 apart); a face adds noise of norm 0.2..0.33, so two faces of one person lie ~0.3..0.47
@@ -46,7 +47,7 @@ import numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers import clustering  # noqa: E402
+from workers.models import clustering  # noqa: E402
 
 DIM = 128
 CENTRE_NORM = 0.65
@@ -148,13 +149,16 @@ def peak_rss_mb() -> float:
 
 
 def load_baseline(rev: str) -> ModuleType:
-    """``workers/clustering.py`` as it was at git revision ``rev``, as a module."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:workers/clustering.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """The clustering module as it was at git revision ``rev``, as a module (it was
+    ``workers/clustering.py`` before the workers/ split, ``workers/models/clustering.py`` since)."""
+    for where in ("workers/models/clustering.py", "workers/clustering.py"):
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:{where}"], capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "clustering_baseline.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("clustering_baseline", path)
@@ -297,7 +301,7 @@ def run_db(n: int, url: str) -> None:
     """First clustering run of ``n`` faces through the database, as the worker runs it."""
     from pipeline import files, migrate, projects
     from pipeline.db import Database
-    from workers import figure_clustering
+    from workers.processors import figure_clustering
 
     url = url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'scale.db'}"
     migrate.upgrade(url)

@@ -1,5 +1,5 @@
-"""Indexing throughput: openimm's per-file indexing work (``workers.indexing.analyse``: hash,
-sniffing, EXIF/size probe, EXIF-aware decode, faces with pose/quality and the stored figure
+"""Indexing throughput: openimm's per-file indexing work (``workers.processors.indexing.analyse``:
+hash, sniffing, EXIF/size probe, EXIF-aware decode, faces with pose/quality and the stored figure
 records) per photo against dlib called directly, on the same photos in the same run.
 
     .venv/bin/python benchmarks/faces_throughput.py [--dir /work/shared/data/faces]
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.settings import Settings  # noqa: E402
-from workers import indexing  # noqa: E402
-from workers.faces import get_analyzer, load_image, model_files  # noqa: E402
+from workers.models.faces import get_analyzer, load_image, model_files  # noqa: E402
+from workers.processors import indexing  # noqa: E402
 
 DEFAULT_DIR = Path("/work/shared/data/faces")
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")

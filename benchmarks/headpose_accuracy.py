@@ -1,4 +1,4 @@
-"""Head-pose accuracy of ``workers.faces`` on AFLW2000-3D samples with fitted yaw/pitch/roll,
+"""Head-pose accuracy of ``workers.models.faces`` on AFLW2000-3D samples with fitted yaw/pitch/roll,
 with the estimator openimm had before issue 11 as the baseline, in the same run.
 
     .venv/bin/python benchmarks/headpose_accuracy.py [--dir /work/shared/data/headpose]
@@ -12,7 +12,7 @@ image flipped left-right must give the opposite yaw). Targets for |yaw| <= 45: y
 pitch and roll MAE <= 8 degrees; mirror |yaw + yaw_mirrored| <= 2 degrees. The labels are
 3DMM fits (a few degrees of their own error). Sign convention: the dataset's README
 (yaw > 0 towards the image's left, pitch > 0 up, roll > 0 clockwise), the one
-``workers.headpose`` uses.
+``workers.models.headpose`` uses.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import old_headpose  # noqa: E402
-from workers.faces import Face, FaceAnalyzer, load_image, model_files  # noqa: E402
+from workers.models.faces import Face, FaceAnalyzer, load_image, model_files  # noqa: E402
 
 DEFAULT_DIR = Path("/work/shared/data/headpose")
 BANDS = ((0.0, 15.0), (15.0, 30.0), (30.0, 45.0), (45.0, 90.0))

@@ -1,8 +1,8 @@
 """Video highlights through the EAS service end to end: time ÷ clip duration for 5 s, 10 s
 and 60 s clips, measured as a user sees it — the ``eas-prediction`` client calling a real
 ``openimm api`` with a real ``openimm worker`` pool (embedded SQLite + filesystem broker, no
-servers), against ``workers.highlights`` called in-process on the same clip (the work itself,
-no service around it) in the same run.
+servers), against ``workers.processors.highlights`` called in-process on the same clip (the work
+itself, no service around it) in the same run.
 
     nice -n 10 .venv/bin/python benchmarks/highlights_service.py [--repeats 5] [--no-compare]
 
@@ -37,7 +37,7 @@ from eas_prediction import PredictClient, StringRequest  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from tests.e2e.stack import KEY_SECRET, Stack, launch, wait_until  # noqa: E402
 from tests.mediagen import planted_video  # noqa: E402
-from workers import highlights  # noqa: E402
+from workers.processors import highlights  # noqa: E402
 
 LENGTHS = (5, 10, 60)
 

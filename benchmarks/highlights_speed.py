@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.settings import Settings  # noqa: E402
 from tests.mediagen import ffmpeg, planted_video  # noqa: E402
-from workers import highlights  # noqa: E402
+from workers.processors import highlights  # noqa: E402
 
 TARGET = 0.15
 

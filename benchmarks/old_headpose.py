@@ -15,8 +15,8 @@ import math
 import cv2
 import numpy
 
-from workers import faces
-from workers.headpose import toward_camera
+from workers.models import faces
+from workers.models.headpose import toward_camera
 
 LANDMARKS = (30, 8, 36, 45, 48, 54)
 MODEL = numpy.array(

@@ -4,8 +4,8 @@
 
 Quality: every HR image of Set5 and Set14 (``shared/data/sr/hr_images.csv``) is cropped to a
 multiple of the scale, downscaled with Pillow's bicubic (the degradation the weights were
-trained for, ``workers.sr_model.bicubic_downscale``) and brought back by Pillow's bicubic and by
-the network. PSNR is measured on BT.601 Y with ``scale`` border pixels shaved, as the SR
+trained for, ``workers.models.superres.bicubic_downscale``) and brought back by Pillow's bicubic
+and by the network. PSNR is measured on BT.601 Y with ``scale`` border pixels shaved, as the SR
 literature does. Targets (SRCNN level): Set5 x2 >= 36.0 dB, Set5 x4 >= 30.0 dB.
 
 Throughput: a 5 s 640x360 clip (ffmpeg testsrc2 with a sine track) is upscaled x2 to
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy
 from PIL import Image
 
-from workers import sr_model, sr_video
+from workers.models import superres as sr_model
+from workers.processors import sr_video
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr"
 SETS = ("Set5", "Set14")

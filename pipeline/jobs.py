@@ -122,21 +122,21 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "FileCompression",
         "archive",
-        "workers.compression:process",
+        "workers.processors.compression:process",
         actions=("CreateFileCompressionTask",),
         spec=RequestSpec(max_sources=100),
     ),
     JobKind(
         "Diagnostic",
         DEFAULT_QUEUE,
-        "workers.diagnostic:process",
+        "workers.processors.diagnostic:process",
         actions=("CreateDiagnosticTask",),
         services=("diagnostic",),
     ),
     JobKind(
         "FileMetaIndex",
         "index",
-        "workers.indexing:process",
+        "workers.processors.indexing:process",
         actions=("IndexFileMeta",),
         event="imm:FileMeta:Index",
         listed=False,
@@ -144,7 +144,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "FileMetaBatchIndex",
         "index",
-        "workers.indexing:process",
+        "workers.processors.indexing:process",
         actions=("BatchIndexFileMeta",),
         event="imm:FileMeta:Index",  # seed 004's sample of a BatchIndexFileMeta call
         listed=False,
@@ -153,7 +153,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "FaceClustering",
         "cluster",
-        "workers.figure_clustering:process",
+        "workers.processors.figure_clustering:process",
         actions=("CreateFigureClusteringTask",),
         event="imm:Task:FigureClustering",  # IMM's name for this type's event (reference §1.2)
         task_id_prefix="CreateFigureClusteringTask",  # seed 004's TaskId
@@ -162,26 +162,26 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "FigureClustersMerging",
         "cluster",
-        "workers.figure_clustering:merge",
+        "workers.processors.figure_clustering:merge",
         actions=("CreateFigureClustersMergingTask",),
     ),
     JobKind(
         "FacesSearching",
         "cluster",
-        "workers.face_search:process",
+        "workers.processors.face_search:process",
         actions=("CreateFacesSearchingTask",),
     ),
     JobKind(
         "ImageFigureClusterSearch",
         "cluster",
-        "workers.face_search:search_clusters",
+        "workers.processors.face_search:search_clusters",
         actions=("SearchImageFigureCluster",),
         listed=False,
     ),
     JobKind(
         "Highlight",
         "highlight",
-        "workers.highlights:process",
+        "workers.processors.highlights:process",
         actions=("CreateHighlightTask",),
         services=("video_highlight",),
         spec=HIGHLIGHT_SPEC,
@@ -189,7 +189,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "VideoSuperResolution",
         "sr",
-        "workers.superres:process",
+        "workers.processors.superres:process",
         actions=("CreateVideoSuperResolutionTask",),
         services=("video_super_resolution",),
         spec=SR_SPEC,
@@ -197,7 +197,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "SpeechRecognition",
         "asr",
-        "workers.speech:process",
+        "workers.processors.speech:process",
         actions=("CreateSpeechRecognitionTask",),
         services=("asr",),
         spec=ASR_SPEC,
@@ -205,7 +205,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "ImageClassification",
         "image",
-        "workers.image_models:classify",
+        "workers.processors.image_models:classify",
         actions=("CreateImageClassificationTask",),
         services=("image_classification",),
         spec=IMAGE_SPEC,
@@ -214,7 +214,7 @@ KINDS: tuple[JobKind, ...] = (
     JobKind(
         "ImageSimilarity",
         "image",
-        "workers.image_models:similarity",
+        "workers.processors.image_models:similarity",
         services=("image_similarity",),
         spec=SIMILARITY_SPEC,
         batching=Batching(),

@@ -1,4 +1,4 @@
-"""Train the super-resolution weights in ``workers/weights/sr_x{2,3,4}.pt`` on a CPU.
+"""Train the super-resolution weights in ``workers/models/weights/sr_x{2,3,4}.pt`` on a CPU.
 
     nice -n 19 .venv/bin/python scripts/train_sr.py [--data DIR] [--out DIR] [--scales 2,3,4]
 
@@ -11,7 +11,7 @@ Training data (all offline, none of it from the Set5/Set14 test sets):
   and ``big_buck_bunny_0_30.webm`` (animation), halved to wash out codec artefacts.
 
 Every source is also used at 3/4 and 1/2 size (scale augmentation). Low-resolution inputs are
-made by ``workers.sr_model.bicubic_downscale``, the same degradation the benchmark uses.
+made by ``workers.models.superres.bicubic_downscale``, the same degradation the benchmark uses.
 Random patches with flips and 90-degree rotations, Adam with cosine decay, L1 loss on Y.
 x2 trains from scratch; x3 and x4 start from the x2 head and body. Seeds are fixed: two runs
 on the same machine gave bit-identical weights (oneDNN's summation order may differ on
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers import sr_model
+from workers.models import superres as sr_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXCLUDED = {"astronaut.png"}  # the unit tests measure on it

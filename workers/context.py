@@ -78,7 +78,7 @@ class JobContext:
 
 def limits(ctx: JobContext, path: Path, processed_seconds: float | None) -> None:
     """The settings' size and duration limits for a media job's input."""
-    from workers.probe import check_media_limits
+    from workers.media.probe import check_media_limits
 
     check_media_limits(
         path,

@@ -31,19 +31,19 @@ Warmer = Callable[[Settings], None]
 
 
 def _faces(settings: Settings) -> None:
-    from workers import faces
+    from workers.models import faces
 
     analyzer = faces.get_analyzer(settings.face_detector, settings.face_max_side)
     analyzer.analyze(np.zeros((96, 96, 3), dtype=np.uint8))  # loads the dlib models
 
 
 def _highlights(settings: Settings) -> None:
-    from workers import highlights
+    from workers.processors import highlights
 
     highlights.audio_activity(np.zeros(highlights.AUDIO_RATE, dtype=np.float32))  # numba JIT
     import cv2  # noqa: F401
 
-    from workers import faces
+    from workers.models import faces
 
     faces.get_analyzer(settings.face_detector, highlights.DECODE_WIDTH).analyze(
         np.zeros((96, 96, 3), dtype=np.uint8)
@@ -53,8 +53,8 @@ def _highlights(settings: Settings) -> None:
 def _speech(settings: Settings) -> None:
     from pathlib import Path
 
-    from workers import asr
-    from workers.models_install import whisper_model_dir
+    from workers.models import asr
+    from workers.models.whisper_base import whisper_model_dir
 
     configured = Path(settings.whisper_model_dir) if settings.whisper_model_dir else None
     model_dir = whisper_model_dir(settings.resolved_data_dir, configured)  # assembles if new
@@ -64,7 +64,7 @@ def _speech(settings: Settings) -> None:
 def _speech_files(settings: Settings) -> None:
     from pathlib import Path
 
-    from workers.models_install import whisper_model_dir
+    from workers.models.whisper_base import whisper_model_dir
 
     configured = Path(settings.whisper_model_dir) if settings.whisper_model_dir else None
     whisper_model_dir(settings.resolved_data_dir, configured)  # assembles + verifies if new

@@ -16,7 +16,7 @@ from pipeline import files, migrate, projects
 from pipeline.db import Database
 from pipeline.models import Dataset, FigureCluster
 from pipeline.settings import Settings
-from workers import figure_clustering
+from workers.processors import figure_clustering
 
 pytestmark = pytest.mark.integration
 RNG = np.random.default_rng(3)

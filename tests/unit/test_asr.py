@@ -17,7 +17,8 @@ import pytest
 
 from benchmarks.asr_quality import wer
 from pipeline.errors import InvalidArgument, ModelNotInstalled
-from workers import asr, models_install
+from workers.models import asr
+from workers.models import whisper_base as models_install
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -1,4 +1,4 @@
-"""workers.clustering.plan on synthetic embeddings shaped like dlib's: person centres ~0.9
+"""workers.models.clustering.plan on synthetic embeddings shaped like dlib's: person centres ~0.9
 apart, faces of one person ~0.3 apart (dlib's same-person cut is 0.6)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers import clustering
-from workers.clustering import (
+from workers.models import clustering
+from workers.models.clustering import (
     INDEPENDENT,
     Candidate,
     ExistingCluster,

@@ -11,8 +11,8 @@ import pytest
 from pipeline.errors import InvalidArgument, ObjectNotFound, ResourceNotFound
 from pipeline.settings import Settings
 from pipeline.storage import LocalStore, MediaIO
-from workers import compression
 from workers.context import Cancelled, JobContext
+from workers.processors import compression
 
 
 def make_ctx(tmp_path: Path, request: dict[str, Any], report: Any = None) -> JobContext:

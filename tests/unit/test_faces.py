@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from pipeline.errors import InvalidArgument
-from workers.faces import Face, FaceAnalyzer, face_quality, get_analyzer, load_image
-from workers.imaging import sample_video_frames
+from workers.media.imaging import sample_video_frames
+from workers.models.faces import Face, FaceAnalyzer, face_quality, get_analyzer, load_image
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
 # Where Eileen Collins' face is in the 512x512 photo (left, top, right, bottom), generously.

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from pipeline import figures, files, migrate, projects, query
 from pipeline.db import Database
 from pipeline.errors import StatusConflict
+from pipeline.figure_store import merge_clusters
 from pipeline.models import Dataset, Figure, FigureCluster
-from workers.figure_clustering import cluster_dataset, merge_clusters
+from workers.processors.figure_clustering import cluster_dataset
 
 REQUEST = {"Owner": "o", "ProjectName": "p", "DatasetName": "d"}
 RNG = np.random.default_rng(7)

@@ -8,7 +8,7 @@ import itertools
 import numpy
 import pytest
 
-from workers import headpose
+from workers.models import headpose
 
 WIDTH, HEIGHT = 640, 480
 

@@ -13,7 +13,7 @@ import pytest
 from pipeline.errors import InvalidArgument
 from pipeline.settings import Settings
 from tests.mediagen import ffmpeg, planted_video
-from workers import highlights
+from workers.processors import highlights
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 

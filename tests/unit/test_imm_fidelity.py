@@ -19,7 +19,7 @@ from pipeline.notify.dispatcher import Dispatcher
 from pipeline.settings import Settings
 from schemas.events import ImmMessage, MnsEnvelope
 from tests.unit.test_notify import Receiver, drain, env, finished_task, receiver, subscribe
-from workers import probe
+from workers.media import probe
 
 __all__ = ["env", "receiver"]  # fixtures shared with test_notify
 

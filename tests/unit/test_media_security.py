@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InvalidArgument
-from workers import imaging, probe
+from workers.media import imaging, probe
 
 BOMB_SIDE = 12000
 TONE = "sine=frequency=440:sample_rate=16000"
@@ -37,7 +37,7 @@ def pixel_bomb(path: Path, width: int = BOMB_SIDE, height: int = BOMB_SIDE) -> P
 
 PEAK_SNIPPET = """
 import json, resource, sys
-from workers import imaging
+from workers.media import imaging
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     imaging.load_image(sys.argv[1])
@@ -119,7 +119,8 @@ def playlist(tmp_path: Path) -> Path:
 def test_playlists_are_refused_by_every_probe_and_decoder(playlist: Path) -> None:
     """Attack (item 7): an uploaded .m3u8 naming file:///… outside the roots was indexed with
     that file's metadata. Every ffmpeg/ffprobe entry point must refuse to follow it."""
-    from workers import asr, highlights, sr_video
+    from workers.models import asr
+    from workers.processors import highlights, sr_video
 
     attempts = {
         "probe": lambda: probe.ffprobe(playlist),
@@ -145,7 +146,7 @@ def test_indexing_a_playlist_reads_no_metadata(playlist: Path) -> None:
     from types import SimpleNamespace
 
     from pipeline.settings import Settings
-    from workers import indexing
+    from workers.processors import indexing
 
     ctx = SimpleNamespace(settings=Settings())
     indexed = indexing.analyse(ctx, playlist, "oss://b/list.m3u8", indexing.Operators())  # type: ignore[arg-type]
@@ -158,7 +159,7 @@ def test_a_big_jpeg_is_decoded_at_reduced_size_when_the_caller_needs_less(tmp_pa
     shorter side >= the request (here 1/4: 1500x1000), never the full 24 MP."""
     from PIL import Image
 
-    from workers import imaging
+    from workers.media import imaging
 
     path = tmp_path / "big.jpg"
     Image.new("RGB", (6000, 4000), "red").save(path, quality=80)

@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import ModelNotInstalled
 from pipeline.settings import Settings
-from workers.models import store
+from workers.models import store, superres
 from workers.models.base import ModelCard, ModelFile, sha256_file
 
 
@@ -25,8 +25,8 @@ def test_installed_model_files_match_their_cards(card: ModelCard) -> None:
 
 
 def test_committed_sr_weights_are_the_pinned_ones() -> None:
-    root = Path(__file__).resolve().parents[2] / "workers"
-    for item in store.SUPER_RESOLUTION.files:
+    root = Path(__file__).resolve().parents[2] / "workers" / "models"
+    for item in superres.CARD.files:
         assert sha256_file(root / item.path) == item.sha256, "update the card after retraining"
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.errors import InvalidArgument
 from tests.mediagen import ffmpeg
-from workers import probe
+from workers.media import probe
 
 
 @pytest.mark.parametrize(

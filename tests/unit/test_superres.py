@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg"),
 ]
 
-from workers import sr_model, sr_video  # noqa: E402
+from workers.models import superres as sr_model  # noqa: E402
+from workers.processors import sr_video  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
 MakeClip = Callable[..., Path]

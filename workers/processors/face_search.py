@@ -8,23 +8,23 @@ embeddings (FacesSearching) or with the cluster centroids (SearchImageFigureClus
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from pipeline import figures, projects
-from pipeline.models import Figure, FigureCluster, File
-from workers import clustering
+from pipeline import figure_store, figures, projects
 from workers.context import JobContext, Transactional
+from workers.models import clustering
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # Beyond this embedding distance two faces are not reported as similar at all.
 MAX_DISTANCE = 0.6
 
 
 def _source_faces(ctx: JobContext, uri: str, n: int) -> list[Any]:
-    from workers import faces
+    from workers.models import faces
 
     local = ctx.media.fetch(uri, ctx.workdir / f"src{n}")
     rgb, _info = faces.load_image(local, ctx.settings.image_max_pixels)
@@ -57,12 +57,7 @@ def _search_faces(
     session: Session, request: dict[str, Any], found: list[tuple[str, list[Any]]], limit: int
 ) -> dict[str, Any]:
     dataset = projects.job_dataset(session, request, lock=False)
-    rows = session.execute(
-        select(Figure.id, Figure.embedding, Figure.attrs, File.uri)
-        .join(File, File.id == Figure.file_id)
-        .where(Figure.dataset_id == dataset.id)
-        .order_by(Figure.id)
-    ).all()
+    rows = figure_store.dataset_faces(session, dataset)
     matrix = (
         np.stack([figures.embedding(r[1]) for r in rows])
         if rows
@@ -101,11 +96,7 @@ def search_clusters(ctx: JobContext) -> Transactional:
 
 def _match_clusters(session: Session, request: dict[str, Any], faces: list[Any]) -> dict[str, Any]:
     dataset = projects.job_dataset(session, request, lock=False)
-    rows = session.execute(
-        select(FigureCluster.id, FigureCluster.centroid)
-        .where(FigureCluster.dataset_id == dataset.id)
-        .order_by(FigureCluster.id)
-    ).all()
+    rows = figure_store.cluster_centroids(session, dataset)
     clusters = []
     for face in faces:
         if not rows:

@@ -1,7 +1,7 @@
 """CreateVideoSuperResolutionTask (openimm extension) and the ``video_super_resolution``
 service: upscale a photo or a video x2, x3 or x4 with the project's own CNN
-(``workers.sr_model``, weights in ``workers/weights``) and store the result at TargetURI.
-The output is built in the job's work directory and stored with one atomic put."""
+(``workers.models.superres``, weights in ``workers/models/weights``) and store the result at
+TargetURI. The output is built in the job's work directory and stored with one atomic put."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 from pipeline import jobs
 from pipeline.errors import InvalidArgument
 from pipeline.storage import parse_oss_uri
-from workers import probe
 from workers.context import JobContext, limits, seconds
+from workers.media import probe
 
 # The request contract shared with the API (pipeline.jobs.SR_SPEC).
 IMAGE_SUFFIXES = jobs.SR_SPEC.target_suffixes("image")
@@ -20,7 +20,7 @@ VIDEO_SUFFIXES = jobs.SR_SPEC.target_suffixes("video")
 
 
 def process(ctx: JobContext) -> dict[str, Any]:
-    from workers import sr_video  # torch loads in the worker, on first use
+    from workers.processors import sr_video  # torch loads in the worker, on first use
 
     request = ctx.request
     scale = int(request["Scale"])

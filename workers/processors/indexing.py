@@ -9,15 +9,17 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy.orm import Session
 
-from pipeline import figures, files, projects
+from pipeline import figure_store, files, projects
 from pipeline.errors import ImmError, InvalidArgument
-from workers import probe
 from workers.context import JobContext, Transactional
+from workers.media import probe
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("openimm.indexing")
 
@@ -122,7 +124,8 @@ def _image_labels(ctx: JobContext, path: Path) -> list[dict[str, Any]]:
     """IMM ``Labels`` (levels 1-3) from the ImageNet classifier (workers.models.imagenet)."""
     from PIL import Image
 
-    from workers import imaging, models
+    from workers import models
+    from workers.media import imaging
     from workers.models.imagenet import ImageNetModel, imm_labels
 
     rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=512)
@@ -143,13 +146,13 @@ def _maybe_media(path: Path, doc: dict[str, Any]) -> str:
 
 
 def _analyzer(ctx: JobContext) -> Any:
-    from workers import faces  # dlib loads on first use in this worker process
+    from workers.models import faces  # dlib loads on first use in this worker process
 
     return faces.get_analyzer(ctx.settings.face_detector, ctx.settings.face_max_side)
 
 
 def _image_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
-    from workers import faces
+    from workers.models import faces
 
     rgb, _info = faces.load_image(path, ctx.settings.image_max_pixels)
     return [_new_face(face) for face in _analyzer(ctx).analyze(rgb)]
@@ -157,7 +160,7 @@ def _image_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
 
 def _video_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
     """Faces from sampled frames; one figure per person (the best-quality sighting)."""
-    from workers import faces
+    from workers.models import faces
 
     frames = faces.sample_video_frames(
         path,
@@ -221,17 +224,9 @@ def _new_face(face: Any) -> files.NewFace:
 
 def _store(session: Session, request: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
     dataset = projects.job_dataset(session, request, lock=True)  # counters take turns
-    touched: set[str] = set()
-    for out in outcomes:
-        if out.indexed is None:
-            continue
-        try:
-            with session.begin_nested():  # a file over the dataset's limits fails alone
-                touched |= files.store_indexed(session, dataset, out.indexed)
-        except ImmError as exc:
-            out.error = f"[{exc.code}] {exc.message}"
-    removed = set(figures.refresh(session, touched))
-    figures.reindex_files(session, figures.affected_files(session, touched - removed))
+    errors = figure_store.store_indexed_files(session, dataset, [o.indexed for o in outcomes])
+    for out, error in zip(outcomes, errors, strict=True):
+        out.error = out.error or error
     failed = [o for o in outcomes if o.error]
     return {
         "Success": True,

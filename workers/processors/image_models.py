@@ -17,9 +17,10 @@ import numpy
 from PIL import Image
 
 from pipeline import jobs
-from workers import imaging, models
+from workers import models
 from workers.batching import BatchPolicy, DynamicBatcher
 from workers.context import JobContext
+from workers.media import imaging
 from workers.models.imagenet import Classification, ImageNetModel
 
 CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB

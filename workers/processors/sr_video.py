@@ -1,4 +1,4 @@
-"""Super-resolution of video and image files with the network in ``workers.sr_model``.
+"""Super-resolution of video and image files with the network in ``workers.models.superres``.
 
 A video streams through three processes at once: an ffmpeg decoder writes raw rgb24 frames
 to a pipe, this process upscales them in batches, and an ffmpeg encoder (libx264, yuv420p,
@@ -24,8 +24,9 @@ import numpy
 from PIL import Image
 
 from pipeline.errors import InvalidArgument
-from workers import ffmpeg_io, sr_model
-from workers.imaging import DEFAULT_MAX_PIXELS, load_image
+from workers.media import ffmpeg_io
+from workers.media.imaging import DEFAULT_MAX_PIXELS, load_image
+from workers.models import superres as sr_model
 
 FINISH_TIMEOUT_S = 600  # the encoder flushing its lookahead after the last frame
 X264 = {"c:v": "libx264", "preset": "veryfast", "crf": "18", "pix_fmt": "yuv420p"}

@@ -1,6 +1,7 @@
 """Incremental figure (face) clustering: where each face of a CreateFigureClusteringTask run goes.
 
-Pure algorithm over 128-d dlib embeddings; the caller (``workers.figure_clustering``) reads and
+Pure algorithm over 128-d dlib embeddings; the caller (``workers.processors.figure_clustering``)
+reads and
 writes the database. One call of :func:`plan` places the *candidates* (faces no run has seen
 yet, plus faces an earlier run left independent) against the *existing* clusters, which are
 never merged, renamed or emptied here.

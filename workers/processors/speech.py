@@ -1,5 +1,5 @@
 """CreateSpeechRecognitionTask (openimm extension) and the ``asr`` service: transcribe the
-audio of a media file with the engine that serves its language (``workers.asr``), store the
+audio of a media file with the engine that serves its language (``workers.models.asr``), store the
 transcript at TargetURI (JSON, SRT or VTT by its extension) and return the Model Hub form
 (segment start µs → sentences joined by ``;``) as the task result."""
 
@@ -16,8 +16,8 @@ FORMATS = (".json", ".srt", ".vtt")
 
 
 def process(ctx: JobContext) -> dict[str, Any]:
-    from workers import asr
-    from workers.models_install import whisper_model_dir
+    from workers.models import asr
+    from workers.models.whisper_base import whisper_model_dir
 
     request = ctx.request
     src = ctx.media.fetch(request["SourceURI"], ctx.workdir / "in")

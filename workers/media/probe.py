@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidArgument
-from workers import ffmpeg_io, imaging
+from workers.media import ffmpeg_io, imaging
 
 # (offset, magic, content type); checked in order. Enough for the formats users index; the
 # rest falls back to ffprobe (media) or application/octet-stream.
@@ -114,7 +114,7 @@ def basics(path: Path, uri: str) -> dict[str, Any]:
 
 def ffprobe(path: Path) -> dict[str, Any]:
     """Format and stream fields of a video/audio file; InvalidArgument if undecodable or not
-    a single-file container (playlists are refused: see ``workers.ffmpeg_io``)."""
+    a single-file container (playlists are refused: see ``workers.media.ffmpeg_io``)."""
     return _media_fields(ffmpeg_io.probe(path))
 
 

@@ -21,7 +21,7 @@ import numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import InvalidArgument
-from workers import ffmpeg_io
+from workers.media import ffmpeg_io
 
 EXIF_ORIENTATION = 0x0112
 PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")

