@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from pipeline import jobs
 from pipeline.console.pages import ConsoleError, call, render, try_call
 from pipeline.console.people import datasets, photo_view
 from pipeline.params import loads
@@ -109,6 +110,7 @@ async def _jobs_on(request: Request, project: str, uri: str) -> list[dict[str, A
         request,
         "ListTasks",
         ProjectName=project,
+        TaskTypes=[k.task_type for k in jobs.KINDS],  # the unlisted index tasks too
         Sort="StartTime",
         Order="desc",
         MaxResults="100",
@@ -127,6 +129,11 @@ async def file_page(request: Request, project: str, dataset: str, uri: str) -> R
     if isinstance(exif, str) and exif:
         with contextlib.suppress(ValueError):
             exif = json.loads(exif)
+    ids = sorted({f.get("FigureClusterId", "") for f in doc.get("Figures", [])} - {""})
+    named, _ = await try_call(
+        request, "BatchGetFigureCluster", ProjectName=project, DatasetName=dataset, ObjectIds=ids
+    )
+    names = {c["ObjectId"]: c.get("Name") or "Unnamed" for c in named.get("FigureClusters", [])}
     ocr = " ".join(str(o.get("Contents", "")) for o in doc.get("OCRContents", []) or [])
     return render(
         request,
@@ -137,6 +144,7 @@ async def file_page(request: Request, project: str, dataset: str, uri: str) -> R
         photo=photo_view(doc, "") if doc.get("MediaType") == "image" else {},
         exif=exif,
         ocr=ocr,
+        names=names,
         jobs=await _jobs_on(request, project, uri),
         nav="files",
     )

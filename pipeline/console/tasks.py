@@ -32,7 +32,7 @@ from pipeline.errors import ImmError
 router = APIRouter()
 PAGE = 50
 SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "": None}
-STREAM_SECONDS = 55.0  # the browser's EventSource reconnects by itself
+STREAM_SECONDS = 20.0  # short, so a server stop never waits long; EventSource reconnects
 STREAM_TICK = 0.7
 TASK_TYPES = tuple(k.task_type for k in jobs.KINDS)
 # TaskId is "<prefix>-<uuid4>" (pipeline.ids.task_id); GetTask wants the type back.

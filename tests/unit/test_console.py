@@ -350,3 +350,23 @@ def test_a_task_page_shows_request_and_attempts(app_client: TestClient, imm: Imm
     none = app_client.get("/console/tasks/rows", params={"tag": "run=b"})
     assert task not in none.text and "No tasks match" in none.text
     assert app_client.get(f"/console/tasks/{PROJECT}/NoSuch-{'0' * 36}").status_code == 404
+
+
+def test_files_search_and_a_files_page(
+    app_client: TestClient, imm: ImmClient, people: dict[str, Any]
+) -> None:
+    sign_in(app_client, KEY)
+    big = people["big"]
+    imm.call(
+        "UpdateFigureCluster",
+        ProjectName=PROJECT,
+        DatasetName=DATASET,
+        FigureCluster={"ObjectId": big["ObjectId"], "Name": "Ada"},
+    )
+    where = {"project": PROJECT, "dataset": DATASET}
+    every = app_client.get("/console/files", params=where)
+    assert every.status_code == 200 and every.text.count('class="card photo"') == 7
+    one = app_client.get("/console/files", params={**where, "text": "b2.jpg"})
+    assert one.text.count('class="card photo"') == 1 and "oss://photos-ak1/b2.jpg" in one.text
+    page = app_client.get("/console/files/view", params={**where, "uri": big["Cover"]["URI"]})
+    assert page.status_code == 200 and ">Ada</a>" in page.text

@@ -6,6 +6,10 @@ function refreshPartials() {
   document.querySelectorAll("[data-refresh]").forEach((el) => {
     const every = parseInt(el.dataset.every || "3000", 10);
     const tick = async () => {
+      // Not while the user is choosing something in it: the refresh would reset the choice.
+      if (el.contains(document.activeElement) && document.activeElement.matches("select, input, textarea")) {
+        setTimeout(tick, every); return;
+      }
       try {
         const res = await fetch(el.dataset.refresh, { headers: { "x-console-partial": "1" } });
         if (res.status === 401) { location.reload(); return; }
