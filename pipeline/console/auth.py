@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -31,6 +32,9 @@ SESSION_SECONDS = 12 * 3600
 CSRF_FIELD = "csrf"
 _DEV_KEY = secrets.token_bytes(32)  # keyless dev mode only: sessions end with the process
 _NO_SECRET = secrets.token_urlsafe(24)  # compared against when the key id is unknown
+# Failed sign-ins per client address (this process): guessing a secret stays slow.
+MAX_FAILURES, FAILURE_WINDOW = 10, 300.0
+_failures: dict[str, deque[float]] = defaultdict(deque)
 
 router = APIRouter()
 
@@ -153,10 +157,14 @@ async def signin(
     expected_token = request.cookies.get(SIGNIN_COOKIE, "")
     if not expected_token or not hmac.compare_digest(csrf.encode(), expected_token.encode()):
         raise ConsoleError("The sign-in form expired: reload the page and sign in again.", 403)
+    client = request.client.host if request.client else ""
+    if _too_many_failures(client):
+        raise ConsoleError("Too many failed sign-ins from here: wait a few minutes.", 429)
     keys = services(request).keys
     expected = keys.get(access_key_id, _NO_SECRET)
     matches = hmac.compare_digest(access_key_secret.encode(), expected.encode())
     if not (matches and access_key_id in keys):
+        _failures[client].append(time.monotonic())
         page = render(
             request,
             "signin.html",
@@ -179,6 +187,13 @@ async def signout(request: Request) -> Response:
     response: Response = redirect("/signin", notice="Signed out.")
     response.delete_cookie(COOKIE, path="/console")
     return response
+
+
+def _too_many_failures(client: str) -> bool:
+    recent = _failures[client]
+    while recent and recent[0] < time.monotonic() - FAILURE_WINDOW:
+        recent.popleft()
+    return len(recent) >= MAX_FAILURES
 
 
 def _safe_next(value: str) -> str:

@@ -69,7 +69,8 @@ def _media(out: dict[str, Any]) -> str | None:
 
 def _transcript(out: dict[str, Any]) -> list[tuple[float, str]] | None:
     """Model Hub ``asr`` output: {start µs: text}."""
-    rows = [(int(k) / 1e6, str(v)) for k, v in out.items() if str(k).isdigit()]
+    # Sentences of one segment are joined by ";" in Model Hub's answer.
+    rows = [(int(k) / 1e6, str(v).replace(";", " ")) for k, v in out.items() if str(k).isdigit()]
     return sorted(rows) or None
 
 

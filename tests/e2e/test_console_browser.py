@@ -4,7 +4,8 @@ worker processes on PostgreSQL + Redis.
 
 Given photos indexed and clustered (the astronaut fixture in several framings, a cat, a cup),
 a user signs in with the AccessKey pair, sees the people grid, renames the person, watches a
-task's progress bar reach 100 %, grows a worker pool and browses files and a playground.
+task's progress bar reach 100 %, grows a worker pool, browses files, runs a playground and
+views a highlight, a transcript and a super-resolved image.
 Each page is saved as a screenshot: to ``$OPENIMM_ARTEFACTS_DIR/console`` (default
 ``tmp/artefacts/console``), or to ``CONSOLE_SCREENSHOTS_DIR`` when
 ``scripts/console_screenshots.py`` regenerates ``docs/screenshots``."""
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageEnhance
 
-from pipeline.albums import index_folder
+from pipeline.albums import index_folder, wait_task
 from pipeline.client import ImmClient
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
+from tests.mediagen import planted_video, speech_wav
 from tests.realservices import PostgresServer, RedisServer
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -273,3 +275,82 @@ def test_media_page_and_a_playground(
     labels = browser.find_element(By.ID, "render-labels").text.lower()
     assert "cat" in labels
     shoot("playground")
+
+
+def _media_tasks(stack: Stack, client: ImmClient, folder: Path) -> dict[str, str]:
+    """A highlight, a transcript and a super-resolved image, made through the public API."""
+    folder.mkdir(parents=True, exist_ok=True)
+    planted_video(folder / "clip.mp4", seconds=8, event=(4, 6))
+    speech_wav(folder / "speech.wav", "The meeting moves to Tuesday. Bring the slides.")
+    Image.open(FIXTURES / "chelsea.jpg").convert("RGB").resize((160, 106)).save(folder / "cat.png")
+    for name in ("clip.mp4", "speech.wav", "cat.png"):
+        client.put_object(f"oss://media-in/{name}", folder / name)
+    requests = {
+        "Highlight": (
+            "CreateHighlightTask",
+            {
+                "Type": "Retrieval",
+                "Sources": [{"URI": "oss://media-in/clip.mp4"}],
+                "Output": {
+                    "URI": "oss://media-out/clip-hl.mp4",
+                    "Container": "mp4",
+                    "MaxDuration": 2,
+                },
+            },
+        ),
+        "SpeechRecognition": (
+            "CreateSpeechRecognitionTask",
+            {"SourceURI": "oss://media-in/speech.wav", "Language": "en-US"},
+        ),
+        "VideoSuperResolution": (
+            "CreateVideoSuperResolutionTask",
+            {
+                "SourceURI": "oss://media-in/cat.png",
+                "TargetURI": "oss://media-out/cat-x3.png",
+                "Scale": 3,
+            },
+        ),
+    }
+    created = {
+        kind: client.call(action, ProjectName=PROJECT, **params)["TaskId"]
+        for kind, (action, params) in requests.items()
+    }
+    for kind, task_id in created.items():
+        task = wait_task(client, PROJECT, kind, task_id, timeout=300)
+        assert task["Status"] == "Succeeded", task
+    return created
+
+
+def test_media_viewers(
+    stack: Stack,
+    indexed: dict[str, Any],
+    browser: WebDriver,
+    shoot: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    created = _media_tasks(stack, indexed["client"], tmp_path)
+    # A highlight: both players, the chosen window shaded on the score curve
+    browser.get(url(stack, f"/media/view/{PROJECT}/{created['Highlight']}"))
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, "svg.plot rect.window"), "the window")
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.plot polyline")
+    shoot("highlight")
+    # A transcript: a line's timestamp seeks the audio
+    browser.get(url(stack, f"/media/view/{PROJECT}/{created['SpeechRecognition']}"))
+    lines = until(lambda: browser.find_elements(By.CSS_SELECTOR, "#transcript li"), "transcript")
+    assert "tuesday" in " ".join(li.text for li in lines).lower()
+    player = browser.find_element(By.ID, "audio-player")
+    until(lambda: browser.execute_script("return arguments[0].readyState", player) >= 1, "audio")
+    target = float(lines[-1].get_attribute("data-seek") or 0)
+    lines[-1].click()
+    position = lambda: browser.execute_script("return arguments[0].currentTime", player)  # noqa: E731
+    until(lambda: position() >= target - 0.05, f"the audio at {target} s")
+    shoot("transcript")
+    # Super-resolution: the before/after slider moves the clip of the "after" image
+    browser.get(url(stack, f"/media/view/{PROJECT}/{created['VideoSuperResolution']}"))
+    slider = until(lambda: browser.find_element(By.CSS_SELECTOR, "input[data-compare]"), "slider")
+    after = browser.find_element(By.ID, "sr-after")
+    browser.execute_script(
+        "arguments[0].value = 20; arguments[0].dispatchEvent(new Event('input'))", slider
+    )
+    assert "80%" in (after.value_of_css_property("clip-path") or "")
+    shoot("super-resolution")

@@ -370,3 +370,88 @@ def test_files_search_and_a_files_page(
     assert one.text.count('class="card photo"') == 1 and "oss://photos-ak1/b2.jpg" in one.text
     page = app_client.get("/console/files/view", params={**where, "uri": big["Cover"]["URI"]})
     assert page.status_code == 200 and ">Ada</a>" in page.text
+
+
+# ---- media: playgrounds and renderers -------------------------------------------------------
+
+
+def test_every_declared_service_has_a_playground(app_client: TestClient) -> None:
+    from pipeline import jobs
+    from pipeline.api import eas
+
+    sign_in(app_client, KEY)
+    page = app_client.get("/console/media")
+    declared = [s for k in jobs.KINDS for s in k.services if s in eas.SERVICES]
+    assert declared and all(f"/console/media/playground/{s}" in page.text for s in declared)
+    for name in declared:
+        reply = app_client.get(f"/console/media/playground/{name}")
+        assert reply.status_code == 200 and 'type="file"' in reply.text
+
+
+def test_a_playground_run_shows_the_answer_and_its_rendering(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.api import eas
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(svc: Any, caller: Any, spec: Any, body: dict[str, Any]) -> dict[str, Any]:
+        seen.update(owner=caller.owner, body=body, task_type=spec.task_type)
+        return {"success": True, "class_probs": {"tabby": 0.7, "lynx": 0.2}, "class": 281}
+
+    monkeypatch.setattr(eas, "run", fake_run)
+    sign_in(app_client, KEY)
+    page = app_client.get("/console/media/playground/image_classification")
+    with (Path(__file__).resolve().parents[1] / "fixtures" / "chelsea.jpg").open("rb") as image:
+        reply = app_client.post(
+            "/console/media/playground/image_classification",
+            data={"csrf": csrf_of(page.text)},
+            files={"file": ("cat.jpg", image, "image/jpeg")},
+        )
+    assert reply.status_code == 200, reply.text
+    assert seen["owner"] == KEY[0] and seen["task_type"] == "ImageClassification"
+    staged = seen["body"]["input"]["url"]
+    assert staged.startswith("oss://eas-outputs-") and "/console/" in staged
+    assert 'id="render-labels"' in reply.text and "tabby" in reply.text
+    empty = app_client.post(
+        "/console/media/playground/image_classification", data={"csrf": csrf_of(page.text)}
+    )
+    assert empty.status_code == 400 and "Choose a file" in empty.text
+
+
+def test_renderers_recognise_result_shapes() -> None:
+    from pipeline.console import media, plots
+
+    drawn = media.renderings({"class_probs": {"a": 0.1, "b": 0.9}, "similarity": [0.5]})
+    assert drawn["labels"][0] == ("b", 0.9) and ("similarity", 0.5) in drawn["scalars"]
+    assert media.renderings({"1500000": "Hi.", "0": "Yes."})["transcript"] == [
+        (0.0, "Yes."),
+        (1.5, "Hi."),
+    ]
+    assert "media" in media.renderings({"oss_path": "oss://b/k.mp4", "result": ""})
+    boxes = media.renderings({"Objects": [{"Boundary": {"Left": 1, "Top": 2}}]})
+    assert boxes["boxes"][0]["Boundary"]["Top"] == 2
+    plot = plots.score_plot([0, 1, 2, 3], [0.1, 0.5, 0.9, 0.2], [(1.0, 2.0)])
+    assert len(plot.lines) == 1 and plot.windows[0][2:] == (1.0, 2.0)
+
+
+def test_guessing_secrets_is_throttled(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.console import auth
+
+    monkeypatch.setattr(auth, "_failures", type(auth._failures)(auth._failures.default_factory))
+    token = csrf_of(app_client.get("/console/signin").text)
+    codes = [
+        app_client.post(
+            "/console/signin",
+            data={"access_key_id": KEY[0], "access_key_secret": f"guess-{n}", "csrf": token},
+        ).status_code
+        for n in range(auth.MAX_FAILURES + 1)
+    ]
+    assert codes == [401] * auth.MAX_FAILURES + [429]
+    right = app_client.post(
+        "/console/signin",
+        data={"access_key_id": KEY[0], "access_key_secret": KEY[1], "csrf": token},
+    )
+    assert right.status_code == 429  # even the right secret waits out the window
