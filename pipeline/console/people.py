@@ -256,6 +256,7 @@ async def object_(request: Request, uri: str) -> Response:
     path, media_type = await run_in_threadpool(
         thumbs.original, services(request), owner(request), uri
     )
-    return FileResponse(
-        path, media_type=media_type, headers={"Cache-Control": "private, max-age=600"}
-    )
+    headers = dict(thumbs.OBJECT_HEADERS)
+    if media_type == thumbs.DOWNLOAD_TYPE:
+        headers["Content-Disposition"] = "attachment"
+    return FileResponse(path, media_type=media_type, headers=headers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import mimetypes
+import secrets
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +21,13 @@ CACHE_DIR = "console-cache"
 FACE_MARGIN = 0.35  # context around the face box, as a fraction of its size
 MAX_EDGE = 1600
 MAX_SOURCE_PIXELS = 50_000_000
+DOWNLOAD_TYPE = "application/octet-stream"
+# Objects are the owner's data, not pages: nothing in them may run or load anything.
+OBJECT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, max-age=600",
+}
 
 
 def cache_dir(svc: Services) -> Path:
@@ -64,7 +72,7 @@ def image(
     if box is not None:
         picture = picture.crop(_with_margin(box, picture.size))
     picture.thumbnail((edge, edge))
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")  # concurrent renderings never clash
     picture.save(tmp, "JPEG", quality=85)
     tmp.replace(path)
     return path
@@ -101,9 +109,20 @@ def original(svc: Services, owner: str, uri: str) -> tuple[Path, str]:
         path, key = _cached(svc, owner, uri, "original", Path(uri).suffix[:8])
         if not path.exists():
             bucket, _ = parse_oss_uri(uri)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
             svc.store_for(owner).get_to_file(bucket, key, tmp)
             tmp.replace(path)
     except ImmError as exc:
         raise ConsoleError(exc.message, exc.http_status) from None
-    return path, mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return path, playable_type(key)
+
+
+def playable_type(key: str) -> str:
+    """The media type the players may receive; anything else (HTML, SVG, scripts: content
+    another owner sharing the bucket could have written) is served as a download."""
+    guessed = mimetypes.guess_type(key)[0] or ""
+    if guessed.startswith(("audio/", "video/")) or (
+        guessed.startswith("image/") and guessed != "image/svg+xml"
+    ):
+        return guessed
+    return DOWNLOAD_TYPE

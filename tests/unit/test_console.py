@@ -455,3 +455,19 @@ def test_guessing_secrets_is_throttled(
         data={"access_key_id": KEY[0], "access_key_secret": KEY[1], "csrf": token},
     )
     assert right.status_code == 429  # even the right secret waits out the window
+
+
+def test_objects_are_served_as_media_never_as_pages(
+    app_client: TestClient, imm: ImmClient, tmp_path: Path
+) -> None:
+    page = tmp_path / "evil.html"
+    page.write_text("<script>fetch('/console/people')</script>")
+    imm.put_object(f"oss://{BUCKET}/evil.html", page)
+    imm.put_object(f"oss://{BUCKET}/evil.svg", page)
+    sign_in(app_client, KEY)
+    for name in ("evil.html", "evil.svg"):
+        reply = app_client.get("/console/object", params={"uri": f"oss://{BUCKET}/{name}"})
+        assert reply.status_code == 200
+        assert reply.headers["content-type"] == "application/octet-stream"
+        assert reply.headers["content-disposition"] == "attachment"
+        assert "sandbox" in reply.headers["content-security-policy"]
