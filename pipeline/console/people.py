@@ -236,6 +236,12 @@ async def move_face(
     )
     if problem:
         return redirect(here, error=problem)
+    _, gone = await try_call(
+        request, "GetFigureCluster", ProjectName=project, DatasetName=dataset, ObjectId=cluster_id
+    )
+    if gone:  # its last face moved: the cluster no longer exists (as in IMM)
+        grid = "/people?" + urlencode({"project": project, "dataset": dataset})
+        return redirect(grid, notice="Face moved; that person had no other face.")
     return redirect(here, notice="Face moved.")
 
 

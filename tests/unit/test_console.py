@@ -471,3 +471,22 @@ def test_objects_are_served_as_media_never_as_pages(
         assert reply.headers["content-type"] == "application/octet-stream"
         assert reply.headers["content-disposition"] == "attachment"
         assert "sandbox" in reply.headers["content-security-policy"]
+
+
+def test_moving_a_persons_last_face_out_lands_on_the_grid(
+    app_client: TestClient, people: dict[str, Any]
+) -> None:
+    sign_in(app_client, KEY)
+    small = people["small"]["ObjectId"]
+    reply = app_client.get(person_path(small))
+    for _ in range(3):
+        fig = re.search(r'name="figure" value="([^"]+)"', reply.text)
+        uri = re.search(r'name="uri" value="([^"]+)"', reply.text)
+        assert fig and uri
+        form = {"uri": uri.group(1), "figure": fig.group(1), "target": files.INDEPENDENT}
+        reply = app_client.post(
+            f"{person_path(small)}/move", data={"csrf": csrf_of(reply.text), **form}
+        )
+        assert reply.status_code == 200
+    assert "no other face" in reply.text and 'id="people-grid"' in reply.text
+    assert small not in reply.text
