@@ -30,6 +30,7 @@ def run_api(settings: Settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _check_keys(settings)
+    log.info("web console at http://%s:%s/console", settings.host, settings.port)
     uvicorn.Server(api_config(settings, create_app(settings))).run()
 
 

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # except in dev mode); /docs and /openapi.json are served in dev mode or with api_docs.
     metrics_token: str = ""
     api_docs: bool = False
+    # Console owners (AccessKeyIds, comma separated) who may see and change worker pools;
+    # empty → the only owner of a single-key server (or dev mode), nobody with several keys.
+    console_operators: str = ""
     region: str = "local"
 
     # Object store. s3_endpoint_url set → S3-compatible (MinIO, AWS); else local directory.

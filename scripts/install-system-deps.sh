@@ -8,6 +8,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v zip >/dev/null 2>&1 || need+=(zip)
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)  # speech fixtures for ASR tests
+# the console's browser tests: headless Chromium driven through its chromedriver (Selenium)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages present"
   exit 0

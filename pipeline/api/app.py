@@ -37,6 +37,8 @@ from pipeline.api import (  # noqa: F401 (importing registers the actions)
 from pipeline.api.limits import BodyLimitMiddleware
 from pipeline.api.services import Services
 from pipeline.buckets import BucketPolicy
+from pipeline.console import app as console
+from pipeline.console.pages import error_page as console_error_page
 from pipeline.db import Database
 from pipeline.errors import AuthError, ImmError, ServiceUnavailable
 from pipeline.ids import request_id
@@ -107,6 +109,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     app.include_router(eas.router)
     app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
+    console.mount(app)
     return app
 
 
@@ -114,6 +117,8 @@ def body_limit(path: str) -> int | None:
     """Each protocol's body limit; object uploads stream to disk under their own limit."""
     if path.startswith("/oss/"):
         return None
+    if console.is_console_path(path):
+        return console.body_limit(path)
     if mns.is_mns_path(path):
         return mns.MAX_XML_BYTES
     if eas.is_eas_path(path):
@@ -156,7 +161,9 @@ def error_body(request: Request, code: str, message: str) -> dict[str, str]:
 
 async def _imm_error(request: Request, exc: ImmError) -> Response:
     response: Response
-    if mns.is_mns_path(request.url.path):
+    if console.is_console_path(request.url.path):
+        response = console_error_page(request, exc)
+    elif mns.is_mns_path(request.url.path):
         response = mns.error_response(request, exc)
     elif eas.is_eas_path(request.url.path):
         response = eas.error_response(request, exc)

@@ -123,7 +123,7 @@ async def predict(service: str, request: Request) -> JSONResponse:
     if not isinstance(payload, dict):
         raise InvalidArgument('The body must be a JSON object like {"input": {...}}.')
     caller = Caller(owner=owner, request_id=request.state.request_id)
-    result = await run_in_threadpool(_run, services, caller, spec, payload)
+    result = await run_in_threadpool(run, services, caller, spec, payload)
     return JSONResponse(result)
 
 
@@ -163,7 +163,8 @@ def _ensure_project(svc: Services, owner: str) -> str:
     return name
 
 
-def _run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) -> dict[str, Any]:
+def run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one predict call as ``caller`` (the endpoint and the console's playground)."""
     request = spec.build(payload, svc, caller)
     project = _ensure_project(svc, caller.owner)
     common = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
