@@ -37,9 +37,16 @@ class QueueMessage:
 class MnsQueues:
     """Queues of one owner at ``endpoint`` (``http://host:port``)."""
 
-    def __init__(self, endpoint: str, key: tuple[str, str], *, timeout: float = 40.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        key: tuple[str, str],
+        *,
+        timeout: float = 40.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         self.key = key
-        self.http = httpx.Client(base_url=endpoint, timeout=timeout)
+        self.http = http or httpx.Client(base_url=endpoint, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
