@@ -153,4 +153,7 @@ def _write_report(settings: Settings, results: list[StepResult]) -> None:
 
 def _serve_until_interrupted(settings: Settings, server: subprocess.Popen[bytes]) -> None:
     print(f"the server keeps running at {console_url(settings)}; Ctrl-C stops it", flush=True)
-    server.wait()
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("\nstopping the server …", flush=True)
