@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install dev-install system-deps demo run test test-unit lint typecheck bench clean
+.PHONY: install dev-install system-deps demo-deps demo run test test-unit lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,10 @@ dev-install: $(BIN)/python
 system-deps:
 	./scripts/install-system-deps.sh
 
-demo: install            ## embedded default: start, run a FileCompression job, stop
+demo-deps:
+	./scripts/install-system-deps.sh demo
+
+demo: demo-deps install  ## embedded server + every job family on demo media; prints the table
 	$(BIN)/openimm demo
 
 run: install             ## embedded server (API + workers) on 127.0.0.1:8080

@@ -129,7 +129,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(_settings(args))
+    return run_demo(_settings(args), stay=False if args.exit else None)
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
@@ -484,12 +484,18 @@ def _parser() -> argparse.ArgumentParser:
         ("healthcheck", cmd_healthcheck, "exit 0 when the API answers"),
         ("doctor", cmd_doctor, "exit 0 when every Running task has a lease or a queued message"),
         ("keys", cmd_keys, "list each owner's AccessKeyId and AccountId (no secrets)"),
-        ("demo", cmd_demo, "start the embedded server, run a FileCompression job, stop"),
         ("schemas", cmd_schemas, "print the JSON Schema of the wire contract"),
         ("dispatcher", cmd_dispatcher, "publish the notification outbox (distributed mode)"),
     ]
     for name, func, help_text in commands:
         sub.add_parser(name, help=help_text).set_defaults(func=func)
+    demo = sub.add_parser(
+        "demo", help="start the embedded server and run every job family on demo media"
+    )
+    demo.add_argument(
+        "--exit", action="store_true", help="stop the server after the table (default off a tty)"
+    )
+    demo.set_defaults(func=cmd_demo)
     worker = sub.add_parser("worker", help="a Celery worker pool")
     worker.add_argument("-Q", "--queues", default="all", help="comma-separated queues or 'all'")
     worker.add_argument("-c", "--concurrency", type=int, help="OPENIMM_WORKER_CONCURRENCY")

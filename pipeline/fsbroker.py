@@ -6,7 +6,11 @@ worker polling at the wrong moment takes an empty file, fails to decode it and t
 lost (seen in this project's benchmarks). Here a message is written under a name ``_get`` never
 matches, flushed to disk, and renamed into place (atomic on POSIX), and ``_get`` moves it with
 a rename inside the broker folder (the stock transport moves it to the system temp dir, which
-is a copy when that is another file system). Registered as the ``openimm-fs`` transport.
+is a copy when that is another file system). Queue bindings (the exchange tables in the
+control folder) are changed under a lock on a side file and replaced atomically: kombu creates
+a table file before it locks it, so a concurrent binder could read it empty (the first tasks
+of a fresh data dir, submitted at once, failed with 503). Registered as the ``openimm-fs``
+transport.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from kombu.utils.json import dumps, loads
 
 ALIAS = "openimm-fs"
 TMP_PREFIX = ".put-"  # no "." before the queue name: _get's "<queue>.msg" match skips it
+LOCK_SUFFIX = ".lock"
 
 
 class Channel(filesystem.Channel):
@@ -65,6 +70,33 @@ class Channel(filesystem.Channel):
                     target.unlink(missing_ok=True)
             return loads(bytes_to_str(payload))
         raise Empty()
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        """Add a binding to the exchange table: read, add, replace, all under an exclusive
+        lock on ``<exchange>.exchange.lock`` (readers see the old or the new table whole)."""
+        table_file = self._exchange_file(exchange)
+        self.control_folder.mkdir(exist_ok=True)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            with table_file.with_name(table_file.name + LOCK_SUFFIX).open("a") as guard:
+                filesystem.lock(guard, filesystem.LOCK_EX)
+                try:
+                    table = self.get_table(exchange)
+                    if binding not in table:
+                        _replace(table_file, dumps([binding, *table]))
+                finally:
+                    filesystem.unlock(guard)
+        except OSError as exc:
+            raise ChannelError(f"Cannot bind {queue!r} in {table_file}") from exc
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        tmp.write_bytes(str_to_bytes(text))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Transport(filesystem.Transport):

@@ -250,6 +250,9 @@ def serve(settings: Settings) -> int:
     for supervisor in supervisors:
         supervisor.start()
     dispatcher_stop = _start_dispatcher_thread(settings)
+    # uvicorn re-raises the SIGTERM it caught once it has stopped; by default that would kill
+    # this process before the pools below are stopped, leaving them running without a parent.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         run_api(settings)
     finally:
@@ -257,6 +260,10 @@ def serve(settings: Settings) -> int:
         for supervisor in supervisors:
             supervisor.stop()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def embedded_pools(settings: Settings) -> list[list[str]]:

@@ -123,3 +123,40 @@ def test_embedded_broker_never_shows_a_half_written_message(tmp_path: Path) -> N
         assert polled == ["Empty"]  # nothing visible mid-write
         assert channel._get("archive") == {"body": "x" * 100_000}
         assert not os.listdir(settings.broker_folder / "queue")
+
+
+def test_embedded_broker_binds_queues_concurrently_on_a_fresh_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a fresh data dir, when several API threads submit their first tasks at once
+    (each binding its queue to the exchange) and a thread is preempted between opening the
+    exchange table and locking it, then every bind succeeds and the table lists every queue.
+    (kombu's filesystem transport creates the table file before it locks it, so another
+    binder read it empty: a JSONDecodeError, answered 503 ServiceUnavailable, on the first
+    `openimm demo`.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kombu import Connection
+    from kombu.transport import filesystem
+
+    real_lock = filesystem.lock
+
+    def slow_lock(handle: Any, flags: int) -> None:
+        time.sleep(0.05)  # the scheduler runs another binder here
+        real_lock(handle, flags)
+
+    monkeypatch.setattr(filesystem, "lock", slow_lock)
+    settings = Settings(data_dir=tmp_path)
+    queue.make_celery(settings)
+    options = queue._transport_options(settings)
+    names = [f"q{i}" for i in range(6)]
+
+    def bind(name: str) -> None:
+        with Connection("openimm-fs://", transport_options=options) as c:
+            c.default_channel._queue_bind("celery", name, "", name)
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(bind, names))
+    with Connection("openimm-fs://", transport_options=options) as c:
+        table = c.default_channel.get_table("celery")
+    assert sorted(q.queue for q in table) == names
