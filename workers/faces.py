@@ -268,8 +268,13 @@ def _clip(rect: Any, width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def sharpness(crop: numpy.ndarray) -> float:
-    """``1 - exp(-r / 0.03)`` with ``r = var(Laplacian) / (var(grey) + 1)`` of the grey crop
-    resized to 96x96: fine detail relative to the crop's own contrast (see module)."""
+    """Sharpness of a face crop: ``1 - exp(-relative_detail(crop) / 0.03)`` (see module)."""
+    return 1.0 - math.exp(-relative_detail(crop) / SHARPNESS_SCALE)
+
+
+def relative_detail(crop: numpy.ndarray) -> float:
+    """``var(Laplacian) / (var(grey) + 1)`` of the grey crop resized to 96x96: fine detail
+    relative to the crop's own contrast, so gain and offset cancel."""
     grey = cv2.cvtColor(numpy.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
     # Area averaging to shrink; bilinear to enlarge (area "upscaling" is nearest-neighbour,
     # whose blocky edges would make a tiny face look sharp).
@@ -278,7 +283,7 @@ def sharpness(crop: numpy.ndarray) -> float:
     fixed = cv2.resize(grey, (SHARPNESS_SIDE, SHARPNESS_SIDE), interpolation=method)
     detail = float(cv2.Laplacian(fixed, cv2.CV_64F).var())
     contrast = float(fixed.astype(numpy.float64).var())
-    return 1.0 - math.exp(-detail / (contrast + CONTRAST_FLOOR) / SHARPNESS_SCALE)
+    return detail / (contrast + CONTRAST_FLOOR)
 
 
 def face_quality(side: float, turn_deg: float, sharp: float, confidence: float) -> float:
