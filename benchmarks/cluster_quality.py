@@ -264,10 +264,10 @@ def unclustered_persons(labels: dict[str, str], assigned: dict[str, str]) -> lis
 
 def report_folder(folder: Path, seeds: int) -> None:
     """Print the scores of one labelled folder, per pose estimator."""
+    print(f"== {folder}")
     by_pose, path = embed_folder(folder)
     labels = read_labels(folder)
     th = clustering.Thresholds()
-    print(f"== {folder}")
     print(
         f"embeddings: {path}; openimm thresholds: join={th.join} link={th.link} "
         f"min_size={th.min_size}"
