@@ -6,9 +6,11 @@ faces left independent) against dlib's Chinese whispers on the same embeddings.
 
 Default folders: ``/work/shared/data/faces`` (the tuning set) and ``/work/shared/data/faces2``
 (validation: an LFW subset nobody tuned on), each reported on its own. Each folder is scored
-twice on the same embeddings: with IMM's qualification rule on the current HeadPose and
-FaceQuality, and with the pre-issue-11 estimator (``benchmarks/old_headpose.py``) as the
-baseline. Persons with >= 3 photos that end without a cluster are listed.
+three times on the same embeddings, with IMM's qualification rule on: the current HeadPose
+and FaceQuality; the current HeadPose with the pre-issue-11 Sharpness (raw Laplacian variance);
+the pre-issue-11 HeadPose and FaceQuality (``benchmarks/old_headpose.py``), the baseline.
+Labelled faces the current code does not qualify are listed with every term of the rule;
+persons with >= 3 photos that end without a cluster are listed.
 
 Every face of every image is embedded and clustered; only the labelled face of a photo (its
 largest) is scored, pairwise: a pair is predicted together when both faces share a cluster
@@ -54,10 +56,18 @@ class Score:
     independent: int
 
 
+ESTIMATORS = {
+    "new": "current HeadPose and FaceQuality",
+    "old sharpness": "current HeadPose, pre-issue-11 Sharpness",
+    "old": "pre-issue-11 HeadPose and FaceQuality (baseline)",
+}
+
+
 def embed_folder(folder: Path) -> tuple[dict[str, list[clustering.Candidate]], str]:
     """Candidates for every face of every image (largest face first, figure id
-    ``<file>#<rank>``) per pose estimator ("new", "old": same embeddings, qualified by IMM's
-    rule on that estimator's angles and FaceQuality) and which face pipeline made them."""
+    ``<file>#<rank>``) per estimator of ``ESTIMATORS`` (same embeddings, qualified by IMM's
+    rule on that estimator's angles and FaceQuality) and which face pipeline made them.
+    Labelled faces the current code leaves unqualified are printed with every term."""
     try:
         from workers.models.faces import get_analyzer, load_image, model_files
     except ImportError:
@@ -65,36 +75,56 @@ def embed_folder(folder: Path) -> tuple[dict[str, list[clustering.Candidate]], s
         return {"new": raw}, "raw dlib (HOG, qualified = box > 75 px only)"
     import dlib
 
-    from benchmarks import old_headpose
-
     analyzer = get_analyzer()
     predictor = dlib.shape_predictor(model_files()["landmarks68"])
-    out: dict[str, list[clustering.Candidate]] = {"new": [], "old": []}
+    out: dict[str, list[clustering.Candidate]] = {name: [] for name in ESTIMATORS}
     for path in _images(folder):
         rgb, _ = load_image(path)
         for rank, face in enumerate(analyzer.analyze(rgb)):
-            out["new"].append(
-                _candidate(
-                    path,
-                    rank,
-                    face.embedding,
-                    _qualified(
-                        face.width, face.height, (face.pitch, face.roll, face.yaw), face.quality
-                    ),
-                )
-            )
-            rect = dlib.rectangle(
-                face.left, face.top, face.left + face.width - 1, face.top + face.height - 1
-            )
-            points = numpy.array([(p.x, p.y) for p in predictor(rgb, rect).parts()], float)
-            angles = old_headpose.head_pose(points, rgb.shape[1], rgb.shape[0])
-            turn = max(abs(angles[0]), abs(angles[2]))
-            quality = old_headpose.face_quality(
-                min(face.width, face.height), turn, face.sharpness, face.confidence
-            )
-            ok = _qualified(face.width, face.height, angles, quality)
-            out["old"].append(_candidate(path, rank, face.embedding, ok))
+            for name, ok in _qualified_by_estimator(rgb, face, predictor).items():
+                out[name].append(_candidate(path, rank, face.embedding, ok))
+            if rank == 0 and not out["new"][-1].qualified:
+                print(f"  not qualified: {path.name} {_terms(face)}")
     return out, "workers.models.faces (IMM rule: box > 75 px, |angles| < 30, FaceQuality > 0.8)"
+
+
+def _qualified_by_estimator(rgb: numpy.ndarray, face: Any, predictor: Any) -> dict[str, bool]:
+    import dlib
+
+    from benchmarks import old_headpose
+    from workers.models.faces import face_quality
+
+    side = min(face.width, face.height)
+    crop = rgb[face.top : face.top + face.height, face.left : face.left + face.width]
+    old_sharp = old_headpose.old_sharpness(crop)
+    new_turn = max(abs(face.yaw), abs(face.pitch))
+    new_angles = (face.pitch, face.roll, face.yaw)
+    rect = dlib.rectangle(
+        face.left, face.top, face.left + face.width - 1, face.top + face.height - 1
+    )
+    points = numpy.array([(p.x, p.y) for p in predictor(rgb, rect).parts()], float)
+    old_angles = old_headpose.head_pose(points, rgb.shape[1], rgb.shape[0])
+    old_turn = max(abs(old_angles[0]), abs(old_angles[2]))
+    old_quality = old_headpose.face_quality(side, old_turn, old_sharp, face.confidence)
+    return {
+        "new": _qualified(face.width, face.height, new_angles, face.quality),
+        "old sharpness": _qualified(
+            face.width,
+            face.height,
+            new_angles,
+            face_quality(side, new_turn, old_sharp, face.confidence),
+        ),
+        "old": _qualified(face.width, face.height, old_angles, old_quality),
+    }
+
+
+def _terms(face: Any) -> str:
+    """Every input of IMM's founding rule for one face, for the list of unqualified faces."""
+    return (
+        f"box {min(face.width, face.height)} px, pitch {face.pitch:.1f} roll {face.roll:.1f} "
+        f"yaw {face.yaw:.1f}, FaceQuality {face.quality:.3f} (sharpness {face.sharpness:.3f}, "
+        f"confidence {face.confidence:.3f})"
+    )
 
 
 def _qualified(width: int, height: int, angles: tuple[float, float, float], quality: float) -> bool:
@@ -234,10 +264,10 @@ def unclustered_persons(labels: dict[str, str], assigned: dict[str, str]) -> lis
 
 def report_folder(folder: Path, seeds: int) -> None:
     """Print the scores of one labelled folder, per pose estimator."""
+    print(f"== {folder}")
     by_pose, path = embed_folder(folder)
     labels = read_labels(folder)
     th = clustering.Thresholds()
-    print(f"== {folder}")
     print(
         f"embeddings: {path}; openimm thresholds: join={th.join} link={th.link} "
         f"min_size={th.min_size}"
@@ -246,7 +276,7 @@ def report_folder(folder: Path, seeds: int) -> None:
         known = {c.figure_id for c in candidates}
         found = {f: p for f, p in labels.items() if f in known}
         qualified = {c.figure_id for c in candidates if c.qualified}
-        name = "current HeadPose" if pose == "new" else "old HeadPose (baseline)"
+        name = ESTIMATORS[pose]
         print(
             f"-- {name}: faces {len(candidates)} ({len(qualified)} qualified), labelled "
             f"{len(found)}/{len(labels)} detected, {len(qualified & set(found))} qualified"

@@ -3,7 +3,9 @@ only as the baseline the pose and clustering benchmarks print beside the current
 
 Six landmarks (nose tip, chin, outer eye corners, mouth corners) against a generic 3D face
 whose nose protrudes too little, solved with SQPNP; FaceQuality = size x pose x
-sqrt(sharpness) x confidence with pose = exp(-(t / 50)^4). Angles are returned in the
+sqrt(sharpness) x confidence with pose = exp(-(t / 50)^4), and sharpness the raw variance
+of the Laplacian, ``1 - exp(-v / 150)`` (``old_sharpness``; it fell with the square of the
+face's contrast). Angles are returned in the
 current convention (yaw > 0 towards the image's left): the old code reported yaw with the
 opposite sign, which is flipped here so the figures compare like with like.
 """
@@ -46,6 +48,15 @@ def head_pose(points: numpy.ndarray, width: int, height: int) -> tuple[float, fl
     b = math.asin(max(-1.0, min(1.0, -r[2, 0])))
     roll = math.atan2(r[1, 0], r[0, 0])
     return _deg(-a), _deg(roll), -_deg(-b)
+
+
+def old_sharpness(crop: numpy.ndarray) -> float:
+    """The pre-issue-11 Sharpness: ``1 - exp(-var(Laplacian) / 150)`` on the 96 px grid."""
+    grey = cv2.cvtColor(numpy.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+    side = faces.SHARPNESS_SIDE
+    method = cv2.INTER_AREA if min(grey.shape[:2]) >= side else cv2.INTER_LINEAR
+    fixed = cv2.resize(grey, (side, side), interpolation=method)
+    return 1.0 - math.exp(-float(cv2.Laplacian(fixed, cv2.CV_64F).var()) / 150.0)
 
 
 def face_quality(side: float, turn_deg: float, sharp: float, confidence: float) -> float:

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import numpy
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 from pipeline.errors import InvalidArgument
 from workers.media.imaging import sample_video_frames
-from workers.models.faces import Face, FaceAnalyzer, face_quality, get_analyzer, load_image
+from workers.models.faces import (
+    Face,
+    FaceAnalyzer,
+    face_quality,
+    get_analyzer,
+    load_image,
+    sharpness,
+)
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "fixtures" / "astronaut.png"
 # Where Eileen Collins' face is in the 512x512 photo (left, top, right, bottom), generously.
@@ -128,6 +135,59 @@ def test_large_photo_is_detected_bounded_and_mapped_back(
     for got, small in zip(box(default), box(face), strict=True):
         assert abs(got - 4 * small) <= 0.12 * 4 * face.width
     assert default.quality > 0.8
+
+
+def lfw_like(portrait: Image.Image, face: Face, *, soft: bool = False) -> Image.Image:
+    """The portrait framed as LFW frames its faces (250x250, face ~110 px, JPEG 75). ``soft``:
+    as if captured with a ~75 px face and enlarged, at 60 % contrast (a soft news photo)."""
+    side = 2.2 * max(face.width, face.height)
+    cx, cy = face.left + face.width / 2, face.top + face.height / 2
+    region = tuple(round(v) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    framed = portrait.crop(region).resize((250, 250), Image.Resampling.LANCZOS)
+    if soft:
+        small = portrait.crop(region).resize((170, 170), Image.Resampling.LANCZOS)
+        framed = ImageEnhance.Contrast(small.resize((250, 250), Image.Resampling.BICUBIC))
+        framed = framed.enhance(0.6)
+    buffer = io.BytesIO()
+    framed.save(buffer, "JPEG", quality=75)
+    return Image.open(buffer).convert("RGB")
+
+
+def test_sharpness_ignores_contrast_and_exposure(portrait: Image.Image) -> None:
+    crop = numpy.asarray(portrait.crop(FACE_REGION))
+    dim = (crop.astype(numpy.float64) * 0.5 + 40).round().astype(numpy.uint8)
+    # The raw Laplacian variance fell with the square of the contrast (1.00 -> 0.78 here).
+    assert abs(sharpness(dim) - sharpness(crop)) < 0.02
+    assert sharpness(numpy.full((100, 100, 3), 128, numpy.uint8)) == 0.0
+
+
+def test_soft_low_contrast_upright_face_qualifies_and_its_blurs_do_not(
+    analyzer: FaceAnalyzer, portrait: Image.Image, face: Face
+) -> None:
+    # Given the portrait as a soft, low-contrast LFW crop: still clearly recognisable
+    soft = lfw_like(portrait, face, soft=True)
+    upright = only_face(analyzer, numpy.asarray(soft))
+    assert float(numpy.linalg.norm(upright.embedding - face.embedding)) < 0.25
+    # Then it qualifies for founding a cluster (it scored 0.75 on the raw Laplacian variance)
+    assert upright.quality > 0.8
+    # While real blur on top of it does not
+    for sigma in (2, 3):
+        blurred = only_face(analyzer, numpy.asarray(soft.filter(ImageFilter.GaussianBlur(sigma))))
+        assert blurred.quality < 0.8, sigma
+
+
+def test_quality_falls_monotonically_with_blur_and_downscale(
+    analyzer: FaceAnalyzer, portrait: Image.Image, face: Face
+) -> None:
+    sharp = lfw_like(portrait, face)
+    qualities = [only_face(analyzer, numpy.asarray(sharp)).quality]
+    for sigma in (1, 2, 3):
+        blurred = sharp.filter(ImageFilter.GaussianBlur(sigma))
+        qualities.append(only_face(analyzer, numpy.asarray(blurred)).quality)
+    assert qualities[0] > 0.8 > qualities[2]
+    assert qualities == sorted(qualities, reverse=True) and len(set(qualities)) == 4
+    half = sharp.resize((125, 125), Image.Resampling.LANCZOS)
+    assert only_face(analyzer, numpy.asarray(half)).quality < qualities[0]
 
 
 def test_blurred_face_is_less_sharp_and_lower_quality(
