@@ -51,6 +51,6 @@ def mount(app: FastAPI) -> None:
     for module in (people, tasks, pools, files, media):
         pages.include_router(module.router)
     root.include_router(pages)
-    app.include_router(root)
+    app.include_router(root, include_in_schema=False)  # pages, not API
     app.add_api_route(PREFIX, _home, methods=["GET"], include_in_schema=False)
     app.mount(PREFIX + "/static", StaticFiles(directory=STATIC_DIR), name="console-static")
