@@ -50,6 +50,12 @@ def _highlights(settings: Settings) -> None:
     )
 
 
+def _torch(_settings: Settings) -> None:
+    """torch's import only (fork-safe: CUDA is touched in the child, when a job first asks
+    for its device). Only the queues whose jobs pick a device pay it."""
+    import torch  # noqa: F401
+
+
 def _speech(settings: Settings) -> None:
     from pathlib import Path
 
@@ -74,9 +80,11 @@ def _speech_files(settings: Settings) -> None:
 # named here (archive, default, …) need nothing heavy.
 PARENT: dict[str, tuple[Warmer, ...]] = {
     "highlight": (_highlights,),
-    "index": (_faces,),
+    "index": (_faces, _torch),
     "cluster": (_faces,),
-    "asr": (_speech_files,),
+    "asr": (_speech_files, _torch),
+    "sr": (_torch,),
+    "image": (_torch,),
 }
 CHILD: dict[str, tuple[Warmer, ...]] = {"asr": (_speech,)}
 
