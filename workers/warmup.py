@@ -12,6 +12,11 @@ and shares those pages. :func:`start` runs in each child (``worker_process_init`
 must not cross a fork (CTranslate2's thread pools: the Whisper engine), in a background
 thread so the child takes jobs at once. A warmer that fails only logs: the job that needs the
 model reports the real error with its Code.
+
+torch is imported before the fork only for queues whose jobs pick a compute device; a child
+picks its device when a job first asks (``workers.runtime.WorkerState.device``), so a
+highlight pool's processes never import it (that import, 8-11 s on a loaded 2-core machine,
+was what the first highlight call of each process still paid after the models were warmed).
 """
 
 from __future__ import annotations
