@@ -56,6 +56,9 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # kombu polls a virtual transport every polling_interval (1 s by default); Redis
+            # pushes, so only this broker needs it.
+            "polling_interval": settings.broker_poll_interval_seconds,
         }
     timeout = settings.visibility_timeout
     return {

@@ -48,11 +48,18 @@ class JobContext:
     store: ObjectStore
     media: MediaIO
     workroot: Path  # parent for this job's scratch directory, created on first use
-    device: str
     report: Callable[[int], bool]
+    # Resolves the compute device on first use (``device``): picking it imports torch, which
+    # a job that runs no torch model (highlights, archives) must not pay.
+    device_of: Callable[[], str] = field(default=lambda: "cpu", repr=False)
     _last_report: float = field(default=0.0, repr=False)
 
     _workdir: Path | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``cuda:N`` for this job's models (``workers.device.pick_device``)."""
+        return self.device_of()
 
     @property
     def workdir(self) -> Path:
@@ -76,11 +83,12 @@ class JobContext:
             raise Cancelled(self.task_id)
 
 
-def limits(ctx: JobContext, path: Path, processed_seconds: float | None) -> None:
-    """The settings' size and duration limits for a media job's input."""
+def limits(ctx: JobContext, path: Path, processed_seconds: float | None) -> dict[str, Any]:
+    """The settings' size and duration limits for a media job's input; its probed fields
+    (``workers.media.probe.ffprobe``, ``{}`` for an image)."""
     from workers.media.probe import check_media_limits
 
-    check_media_limits(
+    return check_media_limits(
         path,
         max_bytes=ctx.settings.media_max_bytes,
         max_seconds=ctx.settings.media_max_seconds,

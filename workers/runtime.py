@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,10 +47,17 @@ class WorkerState:
     db: Database
     store: ObjectStore  # raw: jobs get it scoped to their owner (``_process``)
     buckets: BucketPolicy
-    device: str
+    process_index: int  # in its pool: picks the GPU round-robin
     name: str
     outages: OutageLog
     heartbeat: Heartbeat
+
+    @cached_property
+    def device(self) -> str:
+        """Picked on first use, not in ``init_process``: it imports torch (8-11 s on a loaded
+        2-core machine), which only jobs running torch models need; queues that do have torch
+        imported before the fork (``workers.warmup``)."""
+        return pick_device(self.settings.device, self.process_index)
 
 
 _state: WorkerState | None = None
@@ -68,7 +76,7 @@ def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
         db=db,
         store=store,
         buckets=BucketPolicy(db, store, settings),
-        device=pick_device(settings.device, process_index),
+        process_index=process_index,
         name=name,
         outages=outages,
         heartbeat=Heartbeat(
@@ -132,7 +140,7 @@ def _context(st: WorkerState, job: tasks.Claim) -> JobContext:
         store=store,
         media=MediaIO(st.settings, store),
         workroot=Path(tempfile.gettempdir()),
-        device=st.device,
+        device_of=lambda: st.device,
         report=lambda pct: _report(st, job.task_id, pct),
     )
 

@@ -12,6 +12,11 @@ and shares those pages. :func:`start` runs in each child (``worker_process_init`
 must not cross a fork (CTranslate2's thread pools: the Whisper engine), in a background
 thread so the child takes jobs at once. A warmer that fails only logs: the job that needs the
 model reports the real error with its Code.
+
+torch is imported before the fork only for queues whose jobs pick a compute device; a child
+picks its device when a job first asks (``workers.runtime.WorkerState.device``), so a
+highlight pool's processes never import it (that import, 8-11 s on a loaded 2-core machine,
+was what the first highlight call of each process still paid after the models were warmed).
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def _highlights(settings: Settings) -> None:
     )
 
 
+def _torch(_settings: Settings) -> None:
+    """torch's import only (fork-safe: CUDA is touched in the child, when a job first asks
+    for its device). Only the queues whose jobs pick a device pay it."""
+    import torch  # noqa: F401
+
+
 def _speech(settings: Settings) -> None:
     from pathlib import Path
 
@@ -74,9 +85,11 @@ def _speech_files(settings: Settings) -> None:
 # named here (archive, default, …) need nothing heavy.
 PARENT: dict[str, tuple[Warmer, ...]] = {
     "highlight": (_highlights,),
-    "index": (_faces,),
+    "index": (_faces, _torch),
     "cluster": (_faces,),
-    "asr": (_speech_files,),
+    "asr": (_speech_files, _torch),
+    "sr": (_torch,),
+    "image": (_torch,),
 }
 CHILD: dict[str, tuple[Warmer, ...]] = {"asr": (_speech,)}
 

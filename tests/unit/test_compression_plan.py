@@ -30,7 +30,6 @@ def make_ctx(tmp_path: Path, request: dict[str, Any], report: Any = None) -> Job
         store=store,
         media=MediaIO(settings, store),
         workroot=work,
-        device="cpu",
         report=report or (lambda pct: True),
     )
 

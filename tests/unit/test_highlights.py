@@ -7,12 +7,16 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.errors import InvalidArgument
 from pipeline.settings import Settings
+from pipeline.storage import LocalStore, MediaIO
 from tests.mediagen import ffmpeg, planted_video
+from workers.context import JobContext
+from workers.media import ffmpeg_io
 from workers.processors import highlights
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
@@ -79,3 +83,40 @@ def test_non_media_is_refused(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video at all" * 100)
     with pytest.raises(InvalidArgument):
         highlights.analyse(junk, max_seconds=None, settings=Settings())
+
+
+def test_a_highlight_job_probes_its_source_once(
+    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a highlight job on a video with audio, counting the ffprobe runs
+    settings = Settings(data_dir=tmp_path / "data")
+    store = LocalStore(settings.oss_root)
+    store.put_file("bkt", "in.mp4", planted)
+    probes: list[Path] = []
+    real_probe = ffmpeg_io.probe
+
+    def counted(path: Any, **kwargs: Any) -> dict[str, Any]:
+        probes.append(Path(path))
+        return real_probe(path, **kwargs)
+
+    monkeypatch.setattr(ffmpeg_io, "probe", counted)
+    request = {"Sources": [{"URI": "oss://bkt/in.mp4"}], "Output": {"URI": "oss://bkt/h.mp4"}}
+    ctx = JobContext(
+        task_id="t",
+        task_type="Highlight",
+        request=request,
+        settings=settings,
+        store=store,
+        media=MediaIO(settings, store),
+        workroot=tmp_path,
+        report=lambda pct: True,
+    )
+    # When it runs
+    result = highlights.process(ctx)
+    # Then the limits check's probe was the only one (it also said there is audio) and the
+    # highlight still carries the audio
+    assert len(probes) == 1
+    assert result["Segments"] and max(s["Audio"] for s in result["Segments"]) > 0.5
+    store.get_to_file("bkt", "h.mp4", tmp_path / "h.mp4")
+    info = probe(tmp_path / "h.mp4")
+    assert {s["codec_type"] for s in info["streams"]} == {"video", "audio"}

@@ -92,6 +92,18 @@ def test_unclaimed_redis_delivery_of_a_dead_worker_goes_back(
     assert raw.llen("default") == 1 and raw.hkeys("unacked") == [b"tag-new"]
 
 
+def test_embedded_broker_is_polled_often(tmp_path: Path) -> None:
+    """An idle worker looks for a job every OPENIMM_BROKER_POLL_INTERVAL_SECONDS (kombu's 1 s
+    default put ~0.5 s of dead time before each short job)."""
+    settings = Settings(data_dir=tmp_path)
+    app = queue.make_celery(settings)
+    with app.connection_for_read() as conn:
+        assert conn.transport.polling_interval == 0.05
+    slower = queue.make_celery(Settings(data_dir=tmp_path, broker_poll_interval_seconds=0.5))
+    with slower.connection_for_read() as conn:
+        assert conn.transport.polling_interval == 0.5
+
+
 def test_embedded_broker_never_shows_a_half_written_message(tmp_path: Path) -> None:
     """A worker polling the queue folder while a message is being written must not take it:
     the file appears (by rename) only once complete. (kombu's own filesystem transport creates

@@ -121,9 +121,10 @@ def _read_ppm(stream: IO[bytes]) -> np.ndarray | None:
     return np.frombuffer(data, np.uint8).reshape(height, width, 3)
 
 
-def audio_track(path: Path, max_seconds: float | None) -> np.ndarray:
-    """16 kHz mono float32; empty when the file has no audio stream."""
-    if not ffmpeg_io.has_audio(path):
+def audio_track(path: Path, max_seconds: float | None, has_audio: bool | None = None) -> np.ndarray:
+    """16 kHz mono float32; empty when the file has no audio stream (``has_audio``: known
+    from an earlier probe; None → probed here)."""
+    if not (ffmpeg_io.has_audio(path) if has_audio is None else has_audio):
         return np.zeros(0, np.float32)
     stream = ffmpeg_io.media_input(path).output(
         "pipe:1", **_limit(max_seconds), vn=None, ac=1, ar=AUDIO_RATE, f="f32le"
@@ -194,13 +195,16 @@ def audio_activity(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return (_robust(rms[:n]) + 0.5 * _robust(onset[:n])) / 1.5, 20.0
 
 
-def analyse(path: Path, *, max_seconds: float | None, settings: Any) -> Timeline:
+def analyse(
+    path: Path, *, max_seconds: float | None, settings: Any, has_audio: bool | None = None
+) -> Timeline:
     """One pass over the decoded frames (thumbnails for shots/motion, a face count every
-    FACE_EVERY s) while the audio decodes in parallel in its own ffmpeg process."""
+    FACE_EVERY s) while the audio decodes in parallel in its own ffmpeg process.
+    ``has_audio``: whether the file has an audio stream, when a probe already said so."""
     import cv2
 
     with ThreadPoolExecutor(1) as pool:
-        audio = pool.submit(audio_track, path, max_seconds)
+        audio = pool.submit(audio_track, path, max_seconds, has_audio)
         analyzer = _face_analyzer(settings)
         every = int(FACE_EVERY * FRAME_RATE)
         thumbs, face_counts = [], []
@@ -323,8 +327,13 @@ def process(ctx: JobContext) -> dict[str, Any]:
     sources = request["Sources"]
     for n, src in enumerate(sources):
         local = ctx.media.fetch(src["URI"], ctx.workdir / f"src{n}")
-        limits(ctx, local, max_seconds)
-        timeline = analyse(local, max_seconds=max_seconds, settings=ctx.settings)
+        fields = limits(ctx, local, max_seconds)  # the one probe of this source
+        timeline = analyse(
+            local,
+            max_seconds=max_seconds,
+            settings=ctx.settings,
+            has_audio=bool(fields.get("AudioStreams")),
+        )
         window = best_window(timeline, length, request.get("Mode") or "Average")
         if best is None or window.score > best[3].score:
             best = (src["URI"], local, timeline, window)
