@@ -98,6 +98,10 @@ class BucketPolicy:
     store: ObjectStore
     settings: Settings
     _first: list[str | None] = field(default_factory=list, repr=False)
+    # Buckets seen owned, with their owner: a bucket's owner never changes and its row is
+    # never deleted, so an owner's own bucket needs no lookup after the first (grants can be
+    # revoked, so only ownership is remembered).
+    _owners: dict[str, str] = field(default_factory=dict, repr=False)
 
     def require(self, owner: str, bucket: str, access: str, *, claim: bool = True) -> bool:
         """Raise ``BucketAccessDenied`` unless ``owner`` may ``access`` (read|write) the
@@ -105,12 +109,15 @@ class BucketPolicy:
         as at task creation, it only checks that the bucket could be claimed). Returns False
         when the bucket has no owner and does not exist: nothing to read, nothing claimed.
         """
+        if self._owners.get(bucket) == owner:
+            return True
         holder, grant = self._lookup(bucket, owner)
         if holder is None:
             holder = self._settle(owner, bucket, access, claim=claim)
             if holder is None:
                 return False
             grant = self._lookup(bucket, owner)[1]
+        self._owners[bucket] = holder
         if holder == owner or grant == WRITE or (grant == READ and access == READ):
             return True
         if grant == READ:

@@ -56,6 +56,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            "polling_interval": settings.embedded_broker_poll_seconds,
         }
     timeout = settings.visibility_timeout
     return {
