@@ -34,6 +34,8 @@ from pipeline.models import Task
 from pipeline.params import bounded_int, loads
 
 MAX_BODY_BYTES = 8 << 20
+_DESC = "EAS predict calls"  # of the project each owner's predict calls are recorded in
+_COMMON = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,6 @@ def _create_project(svc: Services, owner: str) -> None:
             projects.create_project(s, owner, svc.settings.eas_project, {"description": _DESC})
     except (ImmError, IntegrityError):
         pass  # a concurrent first call created it
-
-
-_DESC = "EAS predict calls"
-_COMMON = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
 
 
 def _create(svc: Services, caller: Caller, spec: Service, request: dict[str, Any]) -> Created:
