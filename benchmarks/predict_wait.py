@@ -52,6 +52,34 @@ def latencies(stack: Stack, calls: int) -> list[float]:
     return out
 
 
+def measure(stack: Stack, env: dict[str, str], calls: int) -> dict[str, list[float]]:
+    """Sequential predict latencies per wait mode, each on its own API process (started and
+    stopped here) over the same worker; ``stack`` must run a worker on ``default``."""
+    results: dict[str, list[float]] = {}
+    for name, extra in MODES.items():
+        stack.env = {**env, **extra}
+        stack.start_api()
+        latencies(stack, 20)  # warm-up
+        results[name] = latencies(stack, calls)
+        stack.stop("api")
+    stack.env = env
+    return results
+
+
+def report(results: dict[str, list[float]]) -> str:
+    lines = [
+        f"  {name:<12} p50 {statistics.median(lat):7.1f} ms   p99 {pct(lat, 0.99):7.1f} ms"
+        for name, lat in results.items()
+    ]
+    push, poll = results["push"], results["poll 50 ms"]
+    lines.append(
+        f"\n  ratio push/poll: p50 {statistics.median(push) / statistics.median(poll):.2f}x, "
+        f"p99 {pct(push, 0.99) / pct(poll, 0.99):.2f}x; push saves "
+        f"{statistics.median(poll) - statistics.median(push):.1f} ms at p50"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200)
@@ -63,28 +91,16 @@ def main() -> None:
     port = free_port()
     env = make_env(data, port, database_url=pg.create_database("bench"), broker_url=rd.url(0))
     stack = Stack(data_dir=data, env=env, port=port)
-    results: dict[str, list[float]] = {}
     try:
         stack.run("migrate")
         stack.start_worker(queues="default", concurrency=args.concurrency)
-        for name, extra in MODES.items():
-            stack.env = {**env, **extra}
-            stack.start_api()
-            latencies(stack, 20)  # warm-up
-            results[name] = latencies(stack, args.calls)
-            stack.stop("api")
+        results = measure(stack, env, args.calls)
     finally:
         stack.stop_all()
         pg.stop()
         rd.stop()
     print(f"\n{args.calls} sequential predict calls, diagnostic Noop, {os.cpu_count()} cores\n")
-    for name, lat in results.items():
-        print(f"  {name:<12} p50 {statistics.median(lat):7.1f} ms   p99 {pct(lat, 0.99):7.1f} ms")
-    push, poll = results["push"], results["poll 50 ms"]
-    print(
-        f"\n  ratio push/poll: p50 {statistics.median(push) / statistics.median(poll):.2f}x, "
-        f"p99 {pct(push, 0.99) / pct(poll, 0.99):.2f}x"
-    )
+    print(report(results))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def run_worker(
     """One Celery pool. ``prefork``: a process per job (isolation, one model copy each);
     ``threads``: one process running ``concurrency`` jobs in threads, which is what lets
     batching kinds (pipeline.jobs ``batching``) share forward passes."""
+    _cpu_threads(settings, concurrency)
     from workers.celery_app import build_worker_app
 
     app = build_worker_app(settings)
@@ -102,6 +103,26 @@ def run_worker(
         ]
     )
     return 0
+
+
+def _cpu_threads(settings: Settings, concurrency: int) -> None:
+    """Thread settings of the model runtimes, before any of them loads in this process.
+
+    Intra-op threads: ``OPENIMM_TORCH_THREADS``, or the cores divided by the pool's
+    concurrency (at least 1), so the jobs of a pool together use each core once instead of
+    every job's model asking for all of them. OpenMP's default is to spin while it waits for
+    the other threads of a parallel region; on cores shared with the API, the database and
+    other pools, a spinning thread burns the core its partner needs (one MobileNetV2 pass took
+    10x its CPU, measured on 2 shared cores), so waiting is passive unless the environment
+    says otherwise."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    if settings.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if "torch" in sys.modules:  # imported already: it read the environment then
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def recover_embedded(settings: Settings, db: Database) -> int:

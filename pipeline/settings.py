@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     worker_pool: str = "prefork"  # "threads" for pools of batching kinds (image services)
     batch_pool_threads: int = 16  # concurrent jobs of serve's threads pool (batching queues)
     embedded_workers: int = 1
+    # Intra-op threads of a worker process's models; 0: the cores / the pool's concurrency.
+    torch_threads: int = Field(default=0, ge=0)
     predict_timeout_seconds: float = 300.0
     # Synchronous calls are woken by push when their task ends; they also re-read the task
     # this often, as a fallback for wake-ups that cannot reach them (SQLite across processes).

@@ -6,14 +6,19 @@ thread gathers the inputs that arrive within ``max_delay`` seconds of the first 
 ``max_size``), runs the model once on all of them, and gives every caller its own output. Each
 request stays its own task, with its own claim, status, result and notification; only the
 forward pass is shared. In a prefork pool (one task per process) a batch is simply one input.
+
+A task that announces its input while it is still fetching and decoding it (:meth:`slot`)
+lets the window close early: a batch whose inputs were all announced stops waiting as soon as
+no announced input is still on its way, so a lone request pays no delay at all, and a burst
+waits exactly for its own members (never longer than ``max_delay``).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -32,10 +37,26 @@ class BatchPolicy:
 @dataclass
 class _Pending(Generic[In, Out]):
     item: In
+    announced: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     result: Out | None = None
     error: BaseException | None = None
     batch_size: int = 0
+
+
+class Slot(Generic[In, Out]):
+    """An announced place in a coming batch (see :meth:`DynamicBatcher.slot`)."""
+
+    def __init__(self, batcher: DynamicBatcher[In, Out]) -> None:
+        self._batcher = batcher
+        self.open = True
+
+    def run(self, items: Sequence[In]) -> tuple[list[Out], int]:
+        """:meth:`DynamicBatcher.run` for the announced input (once per slot)."""
+        if not self.open:
+            raise RuntimeError("a slot runs once")
+        self.open = False
+        return self._batcher._run(items, announced=True)
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -43,8 +64,9 @@ class DynamicBatcher(Generic[In, Out]):
 
     def __init__(self, fn: Callable[[list[In]], Sequence[Out]], policy: BatchPolicy) -> None:
         self._fn, self._policy = fn, policy
-        self._queue: queue.Queue[_Pending[In, Out]] = queue.Queue()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[_Pending[In, Out]] = []
+        self._expected = 0  # announced inputs not submitted yet
         self._thread: threading.Thread | None = None
         self.batches = 0  # for benchmarks and tests: how the inputs were grouped
         self.items = 0
@@ -59,11 +81,36 @@ class DynamicBatcher(Generic[In, Out]):
 
     def run(self, items: Sequence[In]) -> tuple[list[Out], int]:
         """Like :meth:`map`, plus the size of the largest batch the inputs ran in (what a
-        task reports as ``BatchSize``)."""
-        pendings: list[_Pending[In, Out]] = [_Pending(item) for item in items]
+        task reports as ``BatchSize``). Unannounced inputs keep the full ``max_delay``."""
+        return self._run(items, announced=False)
+
+    @contextmanager
+    def slot(self) -> Iterator[Slot[In, Out]]:
+        """Announce an input being prepared; run it with the slot's ``run``. Until it is
+        submitted (or the block exits without submitting), batches being gathered wait for
+        it, up to their ``max_delay``."""
+        with self._cond:
+            self._expected += 1
+        slot: Slot[In, Out] = Slot(self)
+        try:
+            yield slot
+        finally:
+            if slot.open:  # preparing failed: nobody waits for this input any more
+                self._withdraw()
+
+    def _withdraw(self) -> None:
+        with self._cond:
+            self._expected -= 1
+            self._cond.notify_all()
+
+    def _run(self, items: Sequence[In], *, announced: bool) -> tuple[list[Out], int]:
+        pendings: list[_Pending[In, Out]] = [_Pending(item, announced) for item in items]
         self._ensure_thread()
-        for pending in pendings:
-            self._queue.put(pending)
+        with self._cond:
+            self._queue.extend(pendings)
+            if announced:
+                self._expected -= 1
+            self._cond.notify_all()
         for pending in pendings:
             pending.done.wait()
         for pending in pendings:
@@ -73,25 +120,30 @@ class DynamicBatcher(Generic[In, Out]):
         return outputs, max(p.batch_size for p in pendings)
 
     def _ensure_thread(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
 
+    def _more_coming(self) -> bool:
+        """Whether the batch being gathered should keep waiting (lock held)."""
+        if len(self._queue) >= self._policy.max_size:
+            return False
+        return self._expected > 0 or not all(p.announced for p in self._queue)
+
     def _gather(self) -> list[_Pending[In, Out]]:
-        batch = [self._queue.get()]
-        deadline = time.monotonic() + self._policy.max_delay
-        while len(batch) < self._policy.max_size:
-            remaining = deadline - time.monotonic()
-            try:  # past the deadline, still take what is already waiting (up to max_size)
-                item = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
-            batch.append(item)
+        with self._cond:
+            while not self._queue:
+                self._cond.wait()
+            deadline = time.monotonic() + self._policy.max_delay
+            while self._more_coming():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            # Past the deadline, still take what is already waiting (up to max_size).
+            batch = self._queue[: self._policy.max_size]
+            del self._queue[: self._policy.max_size]
         return batch
 
     def _loop(self) -> None:

@@ -27,13 +27,15 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import auth, eas_auth, jobs, projects
 from pipeline.api import wire
 from pipeline.api.services import Caller, Services
-from pipeline.api.submission import submit, wait_for_task
+from pipeline.api.submission import Created, create_task, enqueue_and_wait
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound, SyncTimeout, TaskFailed
 from pipeline.ids import utcnow
 from pipeline.models import Task
 from pipeline.params import bounded_int, loads
 
 MAX_BODY_BYTES = 8 << 20
+_DESC = "EAS predict calls"  # of the project each owner's predict calls are recorded in
+_COMMON = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
 
 
 @dataclass(frozen=True)
@@ -147,30 +149,32 @@ async def _authenticate(
     return eas_auth.verify(headers, body, service, services.keys, **window)
 
 
-def _ensure_project(svc: Services, owner: str) -> str:
-    name = svc.settings.eas_project
-    with svc.db.session() as s:
-        try:
-            projects.get_project(s, owner, name)
-            return name
-        except ResourceNotFound:
-            pass
+def _create_project(svc: Services, owner: str) -> None:
     try:
         with svc.db.session() as s:
-            projects.create_project(s, owner, name, {"description": "EAS predict calls"})
+            projects.create_project(s, owner, svc.settings.eas_project, {"description": _DESC})
     except (ImmError, IntegrityError):
         pass  # a concurrent first call created it
-    return name
+
+
+def _create(svc: Services, caller: Caller, spec: Service, request: dict[str, Any]) -> Created:
+    """The task row, in the caller's EAS project (made on the caller's first call: the
+    common path reads the project once, inside the insert's transaction)."""
+    name = svc.settings.eas_project
+    try:
+        return create_task(svc, caller, name, spec.task_type, request, _COMMON)
+    except ResourceNotFound:  # EAS tasks name no topic: it is the project that is missing
+        _create_project(svc, caller.owner)
+        return create_task(svc, caller, name, spec.task_type, request, _COMMON)
 
 
 def run(svc: Services, caller: Caller, spec: Service, payload: dict[str, Any]) -> dict[str, Any]:
     """Run one predict call as ``caller`` (the endpoint and the console's playground)."""
     request = spec.build(payload, svc, caller)
-    project = _ensure_project(svc, caller.owner)
-    common = {"user_data": "", "tags": {"source": "eas"}, "notification": {}, "client_token": None}
     try:
-        created = submit(svc, caller, project, spec.task_type, request, common)
-        task = wait_for_task(svc, caller, created["TaskId"], svc.settings.predict_timeout_seconds)
+        created = _create(svc, caller, spec, request)
+        timeout = svc.settings.predict_timeout_seconds
+        task = enqueue_and_wait(svc, caller, created, timeout)
     except (TaskFailed, SyncTimeout) as exc:  # Model Hub reports failures in the body
         return failure(caller.request_id, exc.code, exc.message, exc.http_status)
     finally:

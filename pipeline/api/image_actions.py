@@ -69,7 +69,7 @@ def _stage(svc: Services, caller: Caller, inline: dict[str, Any]) -> list[str]:
     store = svc.store_for(caller.owner)
     for data, suffix in checked:
         key = f"inputs/{uuid.uuid4().hex}{suffix}"
-        store.put_bytes(bucket, key, data)
+        store.put_bytes(bucket, key, data, durable=False)  # deleted when the call returns
         uris.append(f"oss://{bucket}/{key}")
     return uris
 

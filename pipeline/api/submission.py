@@ -1,12 +1,14 @@
 """Submitting work, for every front door: the common Create*Task parameters, the URI checks
 (inputs readable and outputs writable by the caller, refused before anything is queued),
 ``submit`` (task row, then enqueue; removed again if the broker refuses) and
-``wait_for_task`` (the synchronous calls: pushed, re-read as the fallback)."""
+``wait_for_task`` / ``enqueue_and_wait`` (the synchronous calls: pushed, re-read as the
+fallback)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import jobs, netpolicy, projects, queue, tasks
@@ -59,7 +61,22 @@ def common_params(p: Params) -> dict[str, Any]:
     }
 
 
-def submit(
+@dataclass(frozen=True)
+class Created:
+    """A task row written by :func:`create_task` (``created`` False: an idempotent retry
+    found the first task, which is already queued)."""
+
+    task_id: str
+    event_id: str
+    task_type: str
+    queue: str
+    created: bool
+
+    def ids(self) -> dict[str, Any]:
+        return {"TaskId": self.task_id, "EventId": self.event_id}
+
+
+def create_task(
     svc: Services,
     caller: Caller,
     project_name: str,
@@ -67,9 +84,8 @@ def submit(
     request: dict[str, Any],
     common: dict[str, Any],
     dataset_name: str = "",
-) -> dict[str, Any]:
-    """Write the Running task row, then enqueue it. If the broker refuses, the row is removed
-    again so the client sees an error and nothing half-created remains."""
+) -> Created:
+    """Write the Running task row (one transaction); :func:`enqueue` sends it."""
     jobs.kind(task_type)  # an undeclared kind is a programming error, never queued
     spec = tasks.NewTask(
         task_type=task_type,
@@ -84,17 +100,37 @@ def submit(
         if topic:
             notify_topics.get_topic(s, caller.owner, topic)  # unknown topic: refuse at create
         task, created = tasks.create(s, project, spec, request_id=caller.request_id)
-        task_id, event_id = task.id, task.event_id
-    if created:
-        try:
-            queue.enqueue(svc.celery, task_id, task_type, spec.queue, svc.settings)
-        except Exception as exc:
-            if dependency_of(exc) is None:  # an outage is logged once, by the error handler
-                log.exception("enqueue of %s failed", task_id)
-            with svc.db.session() as s:
-                s.delete(s.get(tasks.Task, task_id))
-            raise QueueUnavailable() from exc
-    return {"TaskId": task_id, "EventId": event_id}
+        return Created(task.id, task.event_id, task_type, spec.queue, created)
+
+
+def enqueue(svc: Services, created: Created) -> None:
+    """Send a new task to its queue. If the broker refuses, the row is removed again so the
+    client sees an error and nothing half-created remains."""
+    if not created.created:
+        return
+    try:
+        queue.enqueue(svc.celery, created.task_id, created.task_type, created.queue, svc.settings)
+    except Exception as exc:
+        if dependency_of(exc) is None:  # an outage is logged once, by the error handler
+            log.exception("enqueue of %s failed", created.task_id)
+        with svc.db.session() as s:
+            s.delete(s.get(tasks.Task, created.task_id))
+        raise QueueUnavailable() from exc
+
+
+def submit(
+    svc: Services,
+    caller: Caller,
+    project_name: str,
+    task_type: str,
+    request: dict[str, Any],
+    common: dict[str, Any],
+    dataset_name: str = "",
+) -> dict[str, Any]:
+    """Write the Running task row, then enqueue it (see :func:`enqueue`)."""
+    created = create_task(svc, caller, project_name, task_type, request, common, dataset_name)
+    enqueue(svc, created)
+    return created.ids()
 
 
 def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -> tasks.Task:
@@ -104,24 +140,48 @@ def wait_for_task(svc: Services, caller: Caller, task_id: str, timeout: float) -
     Woken by push (``pipeline.notify.wake``, key ``task:<id>``) when the task's terminal
     event is written; the row stays the truth: the waiter is registered before each read, and
     re-reads every ``OPENIMM_SYNC_WAIT_FALLBACK_SECONDS`` when no wake-up reaches it."""
-    deadline = time.monotonic() + timeout
     with wake.HUB.waiting_thread(wake.task_key(task_id)) as waiter:
-        while True:
-            with svc.db.session() as s:
-                task = s.get(tasks.Task, task_id)
-                assert task is not None
-                if task.status != tasks.RUNNING:
-                    break
-                left = deadline - time.monotonic()
-                if left < 0:
-                    project = projects.get_project(s, caller.owner, task.project_name)
-                    try:
-                        tasks.cancel(s, project, task_id)
-                    except StatusConflict:  # it ended just now: the re-read returns it
-                        continue
-            if left < 0:  # raised after the commit: raising inside would roll the cancel back
-                raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
-            waiter.wait(min(svc.settings.sync_wait_fallback_seconds, left + 0.001))
+        return _wait(svc, caller, task_id, timeout, waiter, read_first=True)
+
+
+def enqueue_and_wait(svc: Services, caller: Caller, created: Created, timeout: float) -> tasks.Task:
+    """:func:`enqueue` then :func:`wait_for_task`, with the waiter registered before the
+    task is queued: nothing can end it before that, so the first read waits for the wake-up
+    (or the fallback interval) instead of finding it Running."""
+    with wake.HUB.waiting_thread(wake.task_key(created.task_id)) as waiter:
+        enqueue(svc, created)
+        return _wait(svc, caller, created.task_id, timeout, waiter, read_first=not created.created)
+
+
+def _wait(
+    svc: Services,
+    caller: Caller,
+    task_id: str,
+    timeout: float,
+    waiter: wake.ThreadWaiter,
+    *,
+    read_first: bool,
+) -> tasks.Task:
+    deadline = time.monotonic() + timeout
+    fallback = svc.settings.sync_wait_fallback_seconds
+    if not read_first:
+        waiter.wait(min(fallback, timeout))
+    while True:
+        with svc.db.session() as s:
+            task = s.get(tasks.Task, task_id)
+            assert task is not None
+            if task.status != tasks.RUNNING:
+                break
+            left = deadline - time.monotonic()
+            if left < 0:
+                project = projects.get_project(s, caller.owner, task.project_name)
+                try:
+                    tasks.cancel(s, project, task_id)
+                except StatusConflict:  # it ended just now: the re-read returns it
+                    continue
+        if left < 0:  # raised after the commit: raising inside would roll the cancel back
+            raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
+        waiter.wait(min(fallback, left + 0.001))
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task

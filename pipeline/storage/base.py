@@ -28,8 +28,10 @@ class ObjectStore(Protocol):
         """Store the local file ``src`` as the object."""
         ...
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Store ``data`` as the object."""
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` as the object. ``durable=False``: scratch that lives for one call
+        (an EAS input staged for its task), which a crash may lose; stores that are durable
+        anyway ignore it."""
         ...
 
     def put_stream(self, bucket: str, key: str, stream: BinaryIO, max_bytes: int) -> int:

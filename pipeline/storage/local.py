@@ -45,12 +45,14 @@ class LocalStore:
             raise ForbiddenURI(f"oss://{bucket}/{key} escapes its bucket.")
         return path
 
-    def _write(self, bucket: str, key: str, fill: Callable[[BinaryIO], int]) -> int:
+    def _write(
+        self, bucket: str, key: str, fill: Callable[[BinaryIO], int], *, durable: bool = True
+    ) -> int:
         target = self._path(bucket, key)
         if target == self._bucket_dir(bucket):  # '' or 'a/..': the bucket itself
             raise ForbiddenURI(f"oss://{bucket}/{key} does not name an object.")
         try:
-            return write_atomically(target, fill, durable=True)
+            return write_atomically(target, fill, durable=durable)
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             # A file can't also be a directory: 'a' and 'a/b' can't both be objects here.
             raise StorageError(
@@ -67,9 +69,10 @@ class LocalStore:
 
         self._write(bucket, key, fill)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Write ``data`` as the object."""
-        self._write(bucket, key, lambda handle: handle.write(data))
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` as the object (fsynced before it appears, unless ``durable`` is
+        False: a scratch object, whose fsync would cost its call milliseconds)."""
+        self._write(bucket, key, lambda handle: handle.write(data), durable=durable)
 
     def put_stream(self, bucket: str, key: str, stream: BinaryIO, max_bytes: int) -> int:
         """Write ``stream`` as the object; ``FileTooLarge`` past ``max_bytes``, leaving the

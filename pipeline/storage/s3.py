@@ -111,8 +111,8 @@ class S3Store:
         self._ensure_bucket(bucket)
         self._call(bucket, key, lambda: self.client.upload_file(str(src), bucket, key))
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Write ``data`` as the object."""
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` as the object (S3 stores it durably whatever ``durable`` says)."""
         self._ensure_bucket(bucket)
         self._call(bucket, key, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data))
 

@@ -63,9 +63,9 @@ class ScopedStore:
         self.require_write(bucket)
         self.store.put_file(bucket, key, src)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, durable: bool = True) -> None:
         self.require_write(bucket)
-        self.store.put_bytes(bucket, key, data)
+        self.store.put_bytes(bucket, key, data, durable=durable)
 
     def put_stream(self, bucket: str, key: str, stream: BinaryIO, max_bytes: int) -> int:
         self.require_write(bucket)

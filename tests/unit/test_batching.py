@@ -5,6 +5,7 @@ the size bound holds."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -58,9 +59,62 @@ def test_a_failing_batch_fails_its_callers_only() -> None:
 
 
 def test_a_lone_submission_waits_at_most_the_delay() -> None:
-    import time
-
     batcher = DynamicBatcher(Recorder(), BatchPolicy(max_size=16, max_delay=0.05))
     start = time.monotonic()
     assert batcher.submit(1) == 10
     assert time.monotonic() - start < 5  # bounded by the delay, not by max_size arrivals
+
+
+def test_an_announced_lone_input_pays_no_window() -> None:
+    # Given a batcher with a long window, when the only task in flight announced its input,
+    # then the batch runs as soon as that input is submitted, not after the window.
+    batcher = DynamicBatcher(Recorder(), BatchPolicy(max_size=16, max_delay=30.0))
+    start = time.monotonic()
+    with batcher.slot() as slot:
+        assert slot.run([1]) == ([10], 1)
+    assert time.monotonic() - start < 10
+
+
+def test_a_batch_waits_for_announced_inputs_still_being_prepared() -> None:
+    # Given two tasks that announced their inputs, when one submits while the other is still
+    # decoding, then the batch waits for the second (within the window) and both share it.
+    fn = Recorder()
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=16, max_delay=30.0))
+    announced = threading.Barrier(2)
+    first_submitted = threading.Event()
+
+    def task(i: int) -> tuple[list[int], int]:
+        with batcher.slot() as slot:
+            announced.wait()
+            if i == 1:  # still "decoding" when the first input is queued
+                assert first_submitted.wait(10)
+                time.sleep(0.05)
+            else:
+                threading.Timer(0.01, first_submitted.set).start()
+            return slot.run([i])
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(task, range(2)))
+    assert results == [([0], 2), ([10], 2)]
+    assert fn.sizes == [2]
+
+
+def test_a_slot_withdrawn_without_input_releases_the_batch() -> None:
+    # Given a task that announced an input and then failed before submitting it, the batch
+    # waiting for it closes at once instead of running out the window.
+    batcher = DynamicBatcher(Recorder(), BatchPolicy(max_size=16, max_delay=30.0))
+    gone = threading.Event()
+
+    def failing() -> None:
+        with pytest.raises(OSError), batcher.slot():
+            gone.wait(10)
+            raise OSError("could not fetch the input")
+
+    thread = threading.Thread(target=failing)
+    thread.start()
+    start = time.monotonic()
+    with batcher.slot() as slot:
+        threading.Timer(0.05, gone.set).start()
+        assert slot.run([3]) == ([30], 1)
+    thread.join(10)
+    assert time.monotonic() - start < 10

@@ -354,3 +354,21 @@ def test_s3_transfers_map_errors_and_send_no_default_checksums(
     with pytest.raises(ObjectNotFound):
         store.get_to_file("bkt", "missing", tmp_path / "out.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.bin"]  # no partial download
+
+
+def test_scratch_objects_skip_the_fsync_that_durable_ones_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a local store whose fsyncs are counted
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = LocalStore(tmp_path)
+    # When one object is written durably (the default) and one as scratch (a staged input)
+    store.put_bytes("photos", "kept.jpg", b"kept")
+    assert len(synced) == 1
+    store.put_bytes("photos", "inputs/staged.jpg", b"staged", durable=False)
+    # Then only the durable one was fsynced, and both read back whole
+    assert len(synced) == 1
+    assert store.get_bytes("photos", "kept.jpg") == b"kept"
+    assert store.get_bytes("photos", "inputs/staged.jpg") == b"staged"

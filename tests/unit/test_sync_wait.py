@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import migrate, projects, tasks
 from pipeline.api.services import Caller, Services
-from pipeline.api.submission import wait_for_task
+from pipeline.api.submission import Created, enqueue_and_wait, wait_for_task
 from pipeline.db import Database
 from pipeline.errors import SyncTimeout
 from pipeline.models import Task
@@ -84,3 +84,41 @@ def test_a_task_that_never_ends_times_out_at_the_deadline_not_the_fallback(
     with svc.db.session() as s:
         task = s.get(Task, task_id)
         assert task is not None and task.status != tasks.RUNNING  # cancelled
+
+
+def test_a_task_that_ends_before_the_wait_starts_wakes_it_and_is_read_once(
+    svc: Services,
+) -> None:
+    # Given a worker so fast that the task ends (and its event is dispatched) inside the
+    # enqueue, before the call has even started to wait
+    from sqlalchemy import event
+
+    task_id = _running_task(svc.db)
+    in_worker = threading.Event()
+
+    def send_task(*_args: object, **_kwargs: object) -> None:
+        in_worker.set()
+        _finish(svc.db, task_id)
+        Dispatcher(svc.settings, svc.db).fan_out()
+        in_worker.clear()
+
+    fast = cast(Services, SimpleNamespace(**vars(svc), celery=SimpleNamespace(send_task=send_task)))
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        selects = statement.lstrip().upper().startswith("SELECT")
+        if selects and "FROM tasks" in statement and not in_worker.is_set():
+            reads.append(statement)
+
+    created = Created(task_id, "e", "Diagnostic", "default", created=True)
+    event.listen(svc.db.engine, "before_cursor_execute", count)
+    reads.clear()
+    # When the call enqueues and waits (fallback re-read: 1 h)
+    started = time.monotonic()
+    task = enqueue_and_wait(fast, CALLER, created, timeout=30)
+    event.remove(svc.db.engine, "before_cursor_execute", count)
+    # Then the wake-up, registered before the enqueue, was not lost, and the row was read
+    # once: after the wake-up, never before it
+    assert task.status == tasks.SUCCEEDED
+    assert time.monotonic() - started < 5
+    assert len(reads) == 1, reads

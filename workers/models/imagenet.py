@@ -18,6 +18,7 @@ features before the classifier, L2-normalised.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,18 +170,28 @@ def class_names() -> tuple[str, ...]:
     return tuple(f"{n} ({i})" if seen[n] > 1 else n for i, n in enumerate(names))
 
 
-def preprocess(image: Image.Image) -> numpy.ndarray:
-    """torchvision's ImageNet eval transform: shorter side 256 (bilinear, antialiased),
-    centre crop 224, scale to 0..1, normalise by ImageNet mean/std; CHW float32."""
-    rgb = image.convert("RGB")
+def crop(image: Image.Image) -> numpy.ndarray:
+    """The geometric half of torchvision's ImageNet eval transform: shorter side 256
+    (bilinear, antialiased), centre crop 224; HWC uint8. Done per image, in the caller's
+    thread (Pillow releases the GIL), so a batch's images are prepared in parallel."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # resize copies anyway
     width, height = rgb.size
     scale = RESIZE_TO / min(width, height)
     size = (max(INPUT_SIZE, round(width * scale)), max(INPUT_SIZE, round(height * scale)))
     rgb = rgb.resize(size, Image.Resampling.BILINEAR)
     left, top = (size[0] - INPUT_SIZE) // 2, (size[1] - INPUT_SIZE) // 2
     rgb = rgb.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
-    pixels = numpy.asarray(rgb, numpy.float32) / 255.0
+    return numpy.asarray(rgb, numpy.uint8)
+
+
+def preprocess(image: Image.Image) -> numpy.ndarray:
+    """torchvision's ImageNet eval transform: :func:`crop`, scale to 0..1, normalise by
+    ImageNet mean/std; CHW float32 (the batch path does the same arithmetic in one op)."""
+    pixels = crop(image).astype(numpy.float32) / 255.0
     return ((pixels - MEAN) / STD).transpose(2, 0, 1).copy()
+
+
+Input = Image.Image | numpy.ndarray  # a photo, or one already through :func:`crop`
 
 
 def _torch() -> Any:
@@ -245,7 +256,8 @@ def network_class() -> Any:
 
 class ImageNetModel(InferenceModel):
     """MobileNetV2 on ImageNet-1k: :meth:`classify` and :meth:`embed` take a batch of images
-    and run them through the network together (one forward pass per call)."""
+    (photos, or arrays already through :func:`crop`) and run them through the network
+    together (one forward pass per call)."""
 
     card = CARD
 
@@ -259,22 +271,26 @@ class ImageNetModel(InferenceModel):
         self._net = net.eval().to(self.device)
         class_names()  # fail now, not on the first request, if the names are missing
 
-    def _forward(self, images: list[Image.Image]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def _forward(self, images: Sequence[Input]) -> tuple[numpy.ndarray, numpy.ndarray]:
         self.ensure_loaded()
         torch = _torch()
-        batch = torch.from_numpy(numpy.stack([preprocess(im) for im in images]))
+        crops = [im if isinstance(im, numpy.ndarray) else crop(im) for im in images]
+        # Normalise the whole batch at once: the same float32 steps as ``preprocess``.
+        pixels = torch.from_numpy(numpy.stack(crops)).to(torch.float32) / 255.0
+        mean, std = torch.from_numpy(MEAN), torch.from_numpy(STD)
+        batch = ((pixels - mean) / std).permute(0, 3, 1, 2).contiguous()
         with torch.inference_mode():
             pooled, logits = self._net(batch.to(self.device))
         return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
 
-    def classify(self, images: list[Image.Image]) -> list[Classification]:
+    def classify(self, images: Sequence[Input]) -> list[Classification]:
         _, logits = self._forward(images)
         names = class_names()
         shifted = numpy.exp(logits - logits.max(axis=1, keepdims=True))
         probs = (shifted / shifted.sum(axis=1, keepdims=True)).astype(numpy.float32)
         return [Classification(int(p.argmax()), names[int(p.argmax())], p) for p in probs]
 
-    def embed(self, images: list[Image.Image]) -> numpy.ndarray:
+    def embed(self, images: Sequence[Input]) -> numpy.ndarray:
         """L2-normalised 1280-d embeddings, one row per image."""
         pooled, _ = self._forward(images)
         norms = numpy.linalg.norm(pooled, axis=1, keepdims=True)

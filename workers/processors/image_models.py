@@ -21,19 +21,21 @@ from workers import models
 from workers.batching import BatchPolicy, DynamicBatcher
 from workers.context import JobContext
 from workers.media import imaging
-from workers.models.imagenet import Classification, ImageNetModel
+from workers.models.imagenet import Classification, ImageNetModel, crop
 
 CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB
 REDUCE_TO = 2 * 256  # decode JPEGs at no less than twice the model's resize target
 TOP_K = 5
 
 
-def _images(ctx: JobContext, uris: list[str]) -> Iterator[Image.Image]:
+def _images(ctx: JobContext, uris: list[str]) -> Iterator[numpy.ndarray]:
+    """Each input fetched, decoded and cropped to the network's input (``imagenet.crop``),
+    in the task's own thread: a batch's images are prepared in parallel, off the batcher."""
     for i, uri in enumerate(uris):
         path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
         # The network sees 224 px of a 256 px shorter side: a big JPEG is decoded reduced.
         rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=REDUCE_TO)
-        yield Image.fromarray(rgb)
+        yield crop(Image.fromarray(rgb))
 
 
 def _labels(probs: numpy.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
@@ -50,23 +52,24 @@ def _policy(task_type: str) -> BatchPolicy:
 
 
 @functools.cache
-def classifier(device: str) -> DynamicBatcher[Image.Image, Classification]:
+def classifier(device: str) -> DynamicBatcher[numpy.ndarray, Classification]:
     """This process's batcher of single images for classification on ``device``."""
     model = models.get(ImageNetModel, device)
     return DynamicBatcher(model.classify, _policy("ImageClassification"))
 
 
 @functools.cache
-def embedder(device: str) -> DynamicBatcher[Image.Image, numpy.ndarray]:
+def embedder(device: str) -> DynamicBatcher[numpy.ndarray, numpy.ndarray]:
     """This process's batcher of single images for embeddings on ``device``."""
     model = models.get(ImageNetModel, device)
     return DynamicBatcher(lambda images: list(model.embed(images)), _policy("ImageSimilarity"))
 
 
-def _classify(ctx: JobContext, images: list[Image.Image]) -> tuple[list[Classification], int]:
-    if len(images) == 1:  # an EAS call: share the forward pass with concurrent tasks
-        return classifier(ctx.device).run(images)
-    return models.get(ImageNetModel, ctx.device).classify(images), len(images)
+def _classify(ctx: JobContext, uris: list[str]) -> tuple[list[Classification], int]:
+    if len(uris) == 1:  # an EAS call: share the forward pass with concurrent tasks
+        with classifier(ctx.device).slot() as slot:  # announced while it is decoded
+            return slot.run(list(_images(ctx, uris)))
+    return models.get(ImageNetModel, ctx.device).classify(list(_images(ctx, uris))), len(uris)
 
 
 def classify(ctx: JobContext) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def classify(ctx: JobContext) -> dict[str, Any]:
     batch_size = 0
     for start in range(0, len(uris), CHUNK):
         batch = uris[start : start + CHUNK]
-        results, size = _classify(ctx, list(_images(ctx, batch)))
+        results, size = _classify(ctx, batch)
         batch_size = max(batch_size, size)
         for uri, result in zip(batch, results, strict=True):
             item: dict[str, Any] = {
@@ -95,7 +98,8 @@ def classify(ctx: JobContext) -> dict[str, Any]:
             if ctx.request.get("AllProbs"):
                 item["ClassProbs"] = {n: float(p) for n, p in zip(names, result.probs, strict=True)}
             out.append(item)
-        ctx.progress(int(95 * (start + len(batch)) / len(uris)))
+        if start + CHUNK < len(uris):  # the terminal write says 100: no write for the last
+            ctx.progress(int(95 * (start + len(batch)) / len(uris)))
     return {"Images": out, "BatchSize": batch_size}
 
 
@@ -104,7 +108,8 @@ def similarity(ctx: JobContext) -> dict[str, Any]:
     image; Model Hub: below 80 means different images), and the L2 distance of the
     normalised embeddings (0…2)."""
     uris = [ctx.request["ImageA"], ctx.request["ImageB"]]
-    embeddings, batch_size = embedder(ctx.device).run(list(_images(ctx, uris)))
+    with embedder(ctx.device).slot() as slot:  # announced while the images are decoded
+        embeddings, batch_size = slot.run(list(_images(ctx, uris)))
     cosine = float(numpy.clip(embeddings[0] @ embeddings[1], -1.0, 1.0))
     distance = float(numpy.linalg.norm(embeddings[0] - embeddings[1]))
     return {
