@@ -70,6 +70,7 @@ INDEX_DIM = 64  # the index navigates on a random projection of the embeddings t
 PROJECTION_SEED = 11
 MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
 MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
+BATCH_COMPONENT = 64  # components up to this size are checked in batches (``_whole``)
 TIGHTEN = 0.95  # factor applied to ``link`` for each such split
 SIMILARITY_MIDPOINT = 0.6  # dlib's same-person cut maps to similarity 0.5
 SIMILARITY_SLOPE = 12.0  # 0.3 -> 0.97, 0.4 -> 0.92, 0.5 -> 0.77, 0.7 -> 0.23
@@ -181,20 +182,33 @@ class _Clusters:
         self.members[cluster].append(figure_id)
         self.by_file.setdefault(file_code, set()).add(cluster)
 
-    def create(self) -> int:
-        self.keys.append(NEW_KEY.format(len(self.keys) - self.n_existing))
-        self.sums.append(numpy.zeros(self.dim))
-        self.sizes.append(0)
-        self.members.append([])
-        return len(self.keys) - 1
+    def create(self, figure_ids: list[str], file_codes: list[int], emb: numpy.ndarray) -> int:
+        """A new cluster of the given faces (distinct files); returns its index."""
+        cluster = len(self.keys)
+        self.keys.append(NEW_KEY.format(cluster - self.n_existing))
+        self.sums.append(emb.sum(axis=0, dtype=numpy.float64))
+        self.sizes.append(len(figure_ids))
+        self.members.append(figure_ids)
+        for file_code in file_codes:
+            self.by_file.setdefault(file_code, set()).add(cluster)
+        return cluster
 
 
 @dataclass
 class _Run:
+    """State of one :func:`plan` call. Placement is kept in arrays indexed by face (cluster
+    index or -1, and the distance that placed it), so that steps over a million faces are
+    numpy operations rather than Python loops."""
+
     faces: _Faces
     clusters: _Clusters
     thresholds: Thresholds
-    placed: dict[int, tuple[int, float]] = field(default_factory=dict)  # face -> cluster, dist
+    cluster_of: numpy.ndarray = field(init=False)
+    distance: numpy.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cluster_of = numpy.full(len(self.faces.ids), -1, dtype=numpy.int64)
+        self.distance = numpy.zeros(len(self.faces.ids), dtype=numpy.float64)
 
 
 def plan(
@@ -222,7 +236,7 @@ def plan(
 
 
 def _unplaced(run: _Run, faces: numpy.ndarray) -> numpy.ndarray:
-    return numpy.array([f for f in faces.tolist() if f not in run.placed], dtype=numpy.int64)
+    return faces[run.cluster_of[faces] < 0]
 
 
 # -- step 1 and 3: nearest centroid within ``join`` --------------------------------------------
@@ -345,7 +359,8 @@ def _accept(run: _Run, proposals: list[tuple[float, int, int]]) -> list[int]:
             losers.append(face)
             continue
         run.clusters.add(cluster, run.faces.ids[face], file_code, run.faces.emb[face])
-        run.placed[face] = (cluster, math.sqrt(dist2))
+        run.cluster_of[face] = cluster
+        run.distance[face] = math.sqrt(dist2)
     return losers
 
 
@@ -377,14 +392,41 @@ def _link(run: _Run, pool: numpy.ndarray) -> list[int]:
         return []
     a, b = _pool_edges(run.faces, pool, run.thresholds.link)
     labels = _components(len(pool), a, b)
+    components = [pool[m] for m in _groups(labels) if len(m) >= run.thresholds.min_size]
+    whole = _whole(run.faces, components, run.thresholds.link)
     created = []
-    for members in _groups(labels):
-        if len(members) < run.thresholds.min_size:
-            continue
-        for group in _split(run.faces, pool[members], run.thresholds.link):
-            if len(group) >= run.thresholds.min_size:
-                created.append(_create(run, group))
+    for members, is_whole in zip(components, whole.tolist(), strict=True):
+        groups = [members] if is_whole else _split(run.faces, members, run.thresholds.link)
+        created.extend(_create(run, g) for g in groups if len(g) >= run.thresholds.min_size)
     return created
+
+
+def _whole(faces: _Faces, components: list[numpy.ndarray], link: float) -> numpy.ndarray:
+    """Which components are one group as they are: every pair closer than ``link`` and of
+    distinct files (what :func:`_split` checks first). Components of equal size are checked
+    together with batched matrix products, because a first run has ~one per person."""
+    whole = numpy.zeros(len(components), dtype=bool)
+    sizes = numpy.array([len(c) for c in components], dtype=numpy.int64)
+    for size in numpy.unique(sizes[sizes <= BATCH_COMPONENT]).tolist():
+        which = numpy.flatnonzero(sizes == size)
+        step = max(1, CHUNK_ENTRIES // (size * (size + faces.left.shape[1])))
+        for start in range(0, len(which), step):
+            rows = which[start : start + step]
+            members = numpy.stack([components[i] for i in rows.tolist()])
+            whole[rows] = _all_close_distinct(faces, members, link)
+    return whole
+
+
+def _all_close_distinct(faces: _Faces, members: numpy.ndarray, link: float) -> numpy.ndarray:
+    """For each row of ``members`` (G x m face indices): all pairs closer than ``link``
+    and no two faces of one file."""
+    left = faces.left[members]
+    right = _right(faces.emb[members.ravel()]).reshape(left.shape)
+    dist2 = numpy.matmul(left, right.transpose(0, 2, 1))
+    close = dist2.reshape(len(members), -1).max(axis=1) < link**2
+    files = numpy.sort(faces.files[members], axis=1)
+    distinct = (numpy.diff(files, axis=1) != 0).all(axis=1)
+    return close & distinct
 
 
 def _pool_edges(
@@ -501,29 +543,29 @@ def _agglomerate(dist: numpy.ndarray, link: float) -> list[numpy.ndarray]:
 
 def _create(run: _Run, group: numpy.ndarray) -> int:
     """A new cluster holding ``group``; similarities are distances to its centroid."""
-    cluster = run.clusters.create()
     emb = run.faces.emb[group]
-    for face in group:
-        run.clusters.add(
-            cluster, run.faces.ids[face], int(run.faces.files[face]), run.faces.emb[face]
-        )
-    dist = numpy.linalg.norm(emb - emb.mean(axis=0), axis=1)
-    for face, d in zip(group, dist, strict=True):
-        run.placed[int(face)] = (cluster, float(d))
+    ids = [run.faces.ids[f] for f in group.tolist()]
+    cluster = run.clusters.create(ids, run.faces.files[group].tolist(), emb)
+    run.cluster_of[group] = cluster
+    run.distance[group] = numpy.linalg.norm(emb - emb.mean(axis=0, dtype=numpy.float64), axis=1)
     return cluster
 
 
 # -- result -----------------------------------------------------------------------------------
 
 
+def _similarities(dist: numpy.ndarray) -> list[float]:
+    """:func:`distance_to_similarity` of many distances at once (same float64 arithmetic)."""
+    return (1.0 / (1.0 + numpy.exp(SIMILARITY_SLOPE * (dist - SIMILARITY_MIDPOINT)))).tolist()
+
+
 def _result(run: _Run) -> Plan:
     clusters = run.clusters
-    assignments = dict.fromkeys(run.faces.ids, INDEPENDENT)
-    similarity = {}
-    for face, (cluster, dist) in sorted(run.placed.items()):
-        figure_id = run.faces.ids[face]
-        assignments[figure_id] = clusters.keys[cluster]
-        similarity[figure_id] = distance_to_similarity(dist)
+    keys = numpy.array([*clusters.keys, INDEPENDENT], dtype=object)
+    assignments = dict(zip(run.faces.ids, keys[run.cluster_of].tolist(), strict=True))
+    placed = numpy.flatnonzero(run.cluster_of >= 0)
+    ids = [run.faces.ids[f] for f in placed.tolist()]
+    similarity = dict(zip(ids, _similarities(run.distance[placed]), strict=True))
     new_clusters = [
         NewCluster(clusters.keys[i], clusters.members[i], clusters.centroids([i])[0])
         for i in range(clusters.n_existing, len(clusters.keys))
