@@ -394,7 +394,7 @@ def _link(run: _Run, pool: numpy.ndarray) -> list[int]:
     labels = _components(len(pool), a, b)
     components = [pool[m] for m in _groups(labels) if len(m) >= run.thresholds.min_size]
     whole = _whole(run.faces, components, run.thresholds.link)
-    created = []
+    created: list[int] = []
     for members, is_whole in zip(components, whole.tolist(), strict=True):
         groups = [members] if is_whole else _split(run.faces, members, run.thresholds.link)
         created.extend(_create(run, g) for g in groups if len(g) >= run.thresholds.min_size)
