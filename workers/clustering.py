@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy
 
@@ -304,14 +305,45 @@ def ann_neighbours(
     distances within a few percent (Johnson-Lindenstrauss) at half the cost; the distances
     returned are recomputed on the full embeddings. Queries run in chunks so that the
     intermediate arrays stay small."""
+    base = numpy.ascontiguousarray(base, dtype=numpy.float32)
+    index, project = _hnsw(base)
+    return _search(index, project, base, queries, k)
+
+
+def ann_self_pairs(
+    emb: numpy.ndarray, k: int
+) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """Candidate neighbour pairs (a, b, exact squared distance) among the rows of ``emb``:
+    each row's ``k`` approximate nearest rows, plus the links of the HNSW graph's bottom
+    layer, which building it has found already (each row's nearest rows among those added
+    before it, and the rows added later that chose it). The links cost no search, and they
+    connect a person's faces where a greedy search from the top misses some."""
+    emb = numpy.ascontiguousarray(emb, dtype=numpy.float32)
+    index, project = _hnsw(emb)
+    found, dist2 = _search(index, project, emb, emb, k)
+    links = _bottom_links(index, len(emb))
+    a = numpy.concatenate([numpy.repeat(numpy.arange(len(emb)), found.shape[1]), links[0]])
+    b = numpy.concatenate([found.ravel(), links[1]])
+    d = numpy.concatenate([dist2.ravel(), _pair_dist2(emb, links[0], links[1])])
+    keep = b >= 0
+    return a[keep], b[keep], d[keep]
+
+
+def _hnsw(base: numpy.ndarray) -> tuple[Any, numpy.ndarray]:
+    """An HNSW index over the projected ``base`` rows, and the projection."""
     import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
 
-    base = numpy.ascontiguousarray(base, dtype=numpy.float32)
-    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
     project = _projection(base.shape[1])
     index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index.add(numpy.ascontiguousarray(base @ project))
+    return index, project
+
+
+def _search(
+    index: Any, project: numpy.ndarray, base: numpy.ndarray, queries: numpy.ndarray, k: int
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     k = min(k, len(base))
     positions = numpy.empty((len(queries), k), dtype=numpy.int64)
@@ -326,6 +358,31 @@ def ann_neighbours(
         positions[start : start + step] = numpy.take_along_axis(found, order, axis=1)
         dist2[start : start + step] = numpy.take_along_axis(exact, order, axis=1)
     return positions, dist2
+
+
+def _bottom_links(index: Any, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(a, b) for every link of the bottom layer of a faiss HNSW graph over ``n`` rows."""
+    import faiss
+
+    hnsw = index.hnsw
+    degree = int(hnsw.nb_neighbors(0))
+    offsets = faiss.vector_to_array(hnsw.offsets)[:n].astype(numpy.int64)
+    neighbours = faiss.vector_to_array(hnsw.neighbors)
+    b = neighbours[offsets[:, None] + numpy.arange(degree)[None, :]].astype(numpy.int64)
+    a = numpy.repeat(numpy.arange(n), degree)
+    b = b.ravel()
+    keep = b >= 0
+    return a[keep], b[keep]
+
+
+def _pair_dist2(emb: numpy.ndarray, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
+    """Exact squared distances of the row pairs (a, b), in chunks."""
+    out = numpy.empty(len(a), dtype=numpy.float32)
+    step = max(1, CHUNK_ENTRIES // emb.shape[1])
+    for start in range(0, len(a), step):
+        x, y = emb[a[start : start + step]], emb[b[start : start + step]]
+        out[start : start + step] = numpy.square(x - y).sum(axis=1)
+    return out
 
 
 def _projection(dim: int) -> numpy.ndarray:
@@ -461,12 +518,9 @@ def _indexed_pairs(
     faces: _Faces, pool: numpy.ndarray, link: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Pairs of pool positions closer than ``link`` and not of one file, among each face's
-    approximate nearest neighbours (so at most ``LINK_NEIGHBOURS`` edges per face)."""
-    emb = faces.emb[pool]
-    neighbours, dist2 = ann_neighbours(emb, emb, LINK_NEIGHBOURS)
-    a = numpy.repeat(numpy.arange(len(pool)), neighbours.shape[1])
-    b, d = neighbours.ravel(), dist2.ravel()
-    keep = (b >= 0) & (d < link**2)
+    approximate nearest neighbours and the index graph's links (``ann_self_pairs``)."""
+    a, b, d = ann_self_pairs(faces.emb[pool], LINK_NEIGHBOURS)
+    keep = d < link**2
     a, b = a[keep], b[keep]
     keep = faces.files[pool[a]] != faces.files[pool[b]]  # also drops each face itself
     return a[keep], b[keep]
