@@ -311,22 +311,29 @@ def ann_neighbours(
 
 
 def ann_self_pairs(
-    emb: numpy.ndarray, k: int
-) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
-    """Candidate neighbour pairs (a, b, exact squared distance) among the rows of ``emb``:
-    each row's ``k`` approximate nearest rows, plus the links of the HNSW graph's bottom
-    layer, which building it has found already (each row's nearest rows among those added
-    before it, and the rows added later that chose it). The links cost no search, and they
-    connect a person's faces where a greedy search from the top misses some."""
+    emb: numpy.ndarray, k: int, radius: float
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Pairs (a, b) of rows of ``emb`` closer than ``radius`` (exact distances) among the
+    candidates of an HNSW index: each row's ``k`` approximate nearest rows, plus the links of
+    the graph's bottom layer, which building it has found already (each row's nearest rows
+    among those added before it, and the rows added later that chose it). The links cost no
+    search, and they connect a person's faces where a greedy search from the top misses
+    some. Candidates are filtered chunk by chunk, so memory stays ~ the pairs kept."""
     emb = numpy.ascontiguousarray(emb, dtype=numpy.float32)
     index, project = _hnsw(emb)
     found, dist2 = _search(index, project, emb, emb, k)
-    links = _bottom_links(index, len(emb))
-    a = numpy.concatenate([numpy.repeat(numpy.arange(len(emb)), found.shape[1]), links[0]])
-    b = numpy.concatenate([found.ravel(), links[1]])
-    d = numpy.concatenate([dist2.ravel(), _pair_dist2(emb, links[0], links[1])])
-    keep = b >= 0
-    return a[keep], b[keep], d[keep]
+    keep = (found >= 0) & (dist2 < radius**2)
+    a = [numpy.nonzero(keep)[0]]
+    b = [found[keep]]
+    del found, dist2, keep
+    for start, links in _bottom_links(index, len(emb)):
+        rows = numpy.repeat(numpy.arange(start, start + len(links)), links.shape[1])
+        cols = links.ravel()
+        rows, cols = rows[cols >= 0], cols[cols >= 0]
+        close = numpy.square(emb[rows] - emb[cols]).sum(axis=1) < radius**2
+        a.append(rows[close])
+        b.append(cols[close])
+    return numpy.concatenate(a), numpy.concatenate(b)
 
 
 def _hnsw(base: numpy.ndarray) -> tuple[Any, numpy.ndarray]:
@@ -360,29 +367,19 @@ def _search(
     return positions, dist2
 
 
-def _bottom_links(index: Any, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """(a, b) for every link of the bottom layer of a faiss HNSW graph over ``n`` rows."""
+def _bottom_links(index: Any, n: int) -> Iterable[tuple[int, numpy.ndarray]]:
+    """The bottom-layer links of a faiss HNSW graph over ``n`` rows, in chunks of rows:
+    (first row, links of each row with -1 for none)."""
     import faiss
 
     hnsw = index.hnsw
     degree = int(hnsw.nb_neighbors(0))
     offsets = faiss.vector_to_array(hnsw.offsets)[:n].astype(numpy.int64)
     neighbours = faiss.vector_to_array(hnsw.neighbors)
-    b = neighbours[offsets[:, None] + numpy.arange(degree)[None, :]].astype(numpy.int64)
-    a = numpy.repeat(numpy.arange(n), degree)
-    b = b.ravel()
-    keep = b >= 0
-    return a[keep], b[keep]
-
-
-def _pair_dist2(emb: numpy.ndarray, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
-    """Exact squared distances of the row pairs (a, b), in chunks."""
-    out = numpy.empty(len(a), dtype=numpy.float32)
-    step = max(1, CHUNK_ENTRIES // emb.shape[1])
-    for start in range(0, len(a), step):
-        x, y = emb[a[start : start + step]], emb[b[start : start + step]]
-        out[start : start + step] = numpy.square(x - y).sum(axis=1)
-    return out
+    step = max(1, CHUNK_ENTRIES // (4 * degree * index.d))  # the callers gather full rows
+    for start in range(0, n, step):
+        chunk = offsets[start : start + step, None] + numpy.arange(degree)[None, :]
+        yield start, neighbours[chunk].astype(numpy.int64)
 
 
 def _projection(dim: int) -> numpy.ndarray:
@@ -519,9 +516,7 @@ def _indexed_pairs(
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Pairs of pool positions closer than ``link`` and not of one file, among each face's
     approximate nearest neighbours and the index graph's links (``ann_self_pairs``)."""
-    a, b, d = ann_self_pairs(faces.emb[pool], LINK_NEIGHBOURS)
-    keep = d < link**2
-    a, b = a[keep], b[keep]
+    a, b = ann_self_pairs(faces.emb[pool], LINK_NEIGHBOURS, link)
     keep = faces.files[pool[a]] != faces.files[pool[b]]  # also drops each face itself
     return a[keep], b[keep]
 
