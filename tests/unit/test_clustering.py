@@ -363,6 +363,7 @@ def exact_entries(monkeypatch: pytest.MonkeyPatch, faces: list[Candidate]) -> in
     counted("_retry", lambda run, losers, which, right, limit: len(losers) * len(right))
     counted("_split", lambda faces, members, link: len(members) ** 2)
     counted("ann_neighbours", lambda base, queries, k: (len(base) + len(queries)) * k)
+    counted("ann_self_pairs", lambda emb, k, radius: 2 * len(emb) * k)
     plan([], faces)
     monkeypatch.undo()
     return count[0]
@@ -412,3 +413,36 @@ def test_similarity_mapping_is_monotone_and_centred_on_dlib_cut() -> None:
     assert all(a > b for a, b in itertools.pairwise(values))
     assert all(0.0 < v < 1.0 for v in values)
     assert distance_to_similarity(0.3) > 0.95 and not math.isnan(distance_to_similarity(9.0))
+
+
+def test_batched_whole_check_agrees_with_the_per_component_split() -> None:
+    # Given components of one person (whole), with a same-file pair, and with a far face
+    people = People(seed=12)
+    faces = [*people.faces("A", 5), *people.faces("B", 5), people.face("B", "B-file-0")]
+    faces += [*people.faces("C", 4), people.face("D", "d-file")]
+    run = clustering._Faces(faces, {})
+    components = [np.arange(0, 5), np.arange(5, 11), np.arange(11, 16)]
+
+    whole = clustering._whole(run, components, 0.55)
+
+    expected = [
+        len(groups) == 1 and groups[0].tolist() == members.tolist()
+        for members in components
+        for groups in [clustering._split(run, members, 0.55)]
+    ]
+    assert whole.tolist() == expected == [True, False, False]
+
+
+def test_ann_self_pairs_are_close_pairs_and_nearly_all_of_them() -> None:
+    faces, _ = library(seed=13, persons=200)
+    emb = np.stack([f.embedding for f in faces])
+
+    a, b = clustering.ann_self_pairs(emb, clustering.LINK_NEIGHBOURS, 0.55)
+
+    assert (np.square(emb[a] - emb[b]).sum(axis=1) < 0.55**2).all()
+    exact = np.square(emb[:, None, :] - emb[None, :, :]).sum(axis=2) < 0.55**2
+    np.fill_diagonal(exact, False)
+    truth = set(zip(*np.nonzero(exact), strict=True))
+    found = {(int(x), int(y)) for x, y in zip(a, b, strict=True)}
+    found |= {(y, x) for x, y in found}
+    assert len(truth & found) / len(truth) > 0.99

@@ -34,19 +34,35 @@ because average linkage re-checks every component: precision and F1 are unchange
 Scale. Small problems are solved exactly with chunked float32 matrix products: step 1 is
 O(Q K d) for Q faces and K clusters, step 2 O(P^2 d) for P pooled faces. Above
 ``EXACT_PAIRS`` distance pairs a step uses an approximate-nearest-neighbour index instead
-(``ann_neighbours``: faiss HNSW on a 64-d random projection, exact distances recomputed):
-step 1 asks an index over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest
-clusters (the retries walk that list), step 2 links each pooled face to those of its
-``LINK_NEIGHBOURS`` nearest faces closer than ``link``. Building and querying HNSW is
-O(n log n), so a first run over a whole library (K = 0, P ~ all faces) is near-linear instead
-of quadratic, and the whole run is one pass (earlier versions cut it into blocks, whose
-carried-over faces made it quadratic). What the index may miss is a neighbour, which rarely
-matters because a person's faces are linked many times over and a component is re-checked
-exactly by step 2's agglomeration (O(m^2)..O(m^3) per component of m faces — one person's
-photos in practice; a component larger than ``MAX_COMPONENT`` is first split at a tighter
-threshold). With the index, results can differ from the exact path on a face whose nearest
-neighbours the index misses (and, as faiss builds the graph on all cores, between runs);
-tests/unit/test_clustering.py checks that both paths give the same clusters.
+(faiss HNSW on a 64-d random projection, exact distances recomputed): step 1 asks an index
+over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest clusters
+(``ann_neighbours``; the retries walk that list), step 2 links each pooled face to the faces
+closer than ``link`` among its ``LINK_NEIGHBOURS`` nearest and among its links in the
+graph's bottom layer (``ann_self_pairs``: building the graph has already found each face's
+nearest earlier faces, so those links cost no search and repair the faces a greedy search
+misses). Building and querying HNSW is O(n log n), so a first run over a whole library
+(K = 0, P ~ all faces) is near-linear, in one pass. Everything around the index is numpy
+over arrays (placement, new clusters, the check that a component is one group, batched by
+component size), with no Python loop over faces. What the index may miss is a neighbour,
+which rarely matters because a person's faces are linked many times over and a component is
+re-checked exactly by step 2's agglomeration (O(m^2)..O(m^3) per component of m faces — one
+person's photos in practice; a component larger than ``MAX_COMPONENT`` is first split at a
+tighter threshold). With the index, results can differ from the exact path on a face whose
+nearest neighbours the index misses (and, as faiss builds the graph on all cores, between
+runs); tests/unit/test_clustering.py checks that both paths give the same clusters.
+
+Why HNSW (measured on benchmarks/cluster_scale.py's synthetic faces, 250k and 1M, CPU
+seconds on the shared 2-core machine): the faces of one person form a tight blob (0.3-0.47)
+with other persons ~0.95 away, but the blobs are spread isotropically over 128 dimensions,
+so space partitions do not follow persons. faiss IVF with a k-means quantizer trained on a
+sample (4,096 lists, nprobe 8 at 1M) kept only 0.79 of the link neighbours, and its coarse
+assignment alone cost as much as the HNSW search; with 15,600 lists and an HNSW quantizer it
+kept 0.41 (a list keeps a person together only when it holds fewer than ~5-8 persons, i.e.
+>= n/100 lists trained on nearly every face). Random-projection trees or LSH split a
+0.4-wide blob at most cuts (LSH with this 2x distance gap needs ~n^0.4 tables). faiss
+NN-descent (``IndexNNDescentFlat``, K=16) found the links (component recall 0.9996 at 250k)
+but cost 2.3x the HNSW build. HNSW (M=16, efConstruction=40): bottom-layer links alone put
+0.957 of same-person pairs into one component at 250k, the k-NN search 0.992, both 0.993.
 """
 
 from __future__ import annotations
@@ -54,6 +70,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy
 
@@ -71,6 +88,7 @@ INDEX_DIM = 64  # the index navigates on a random projection of the embeddings t
 PROJECTION_SEED = 11
 MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
 MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
+BATCH_COMPONENT = 64  # components up to this size are checked in batches (``_whole``)
 TIGHTEN = 0.95  # factor applied to ``link`` for each such split
 SIMILARITY_MIDPOINT = 0.6  # dlib's same-person cut maps to similarity 0.5
 SIMILARITY_SLOPE = 12.0  # 0.3 -> 0.97, 0.4 -> 0.92, 0.5 -> 0.77, 0.7 -> 0.23
@@ -182,20 +200,33 @@ class _Clusters:
         self.members[cluster].append(figure_id)
         self.by_file.setdefault(file_code, set()).add(cluster)
 
-    def create(self) -> int:
-        self.keys.append(NEW_KEY.format(len(self.keys) - self.n_existing))
-        self.sums.append(numpy.zeros(self.dim))
-        self.sizes.append(0)
-        self.members.append([])
-        return len(self.keys) - 1
+    def create(self, figure_ids: list[str], file_codes: list[int], emb: numpy.ndarray) -> int:
+        """A new cluster of the given faces (distinct files); returns its index."""
+        cluster = len(self.keys)
+        self.keys.append(NEW_KEY.format(cluster - self.n_existing))
+        self.sums.append(emb.sum(axis=0, dtype=numpy.float64))
+        self.sizes.append(len(figure_ids))
+        self.members.append(figure_ids)
+        for file_code in file_codes:
+            self.by_file.setdefault(file_code, set()).add(cluster)
+        return cluster
 
 
 @dataclass
 class _Run:
+    """State of one :func:`plan` call. Placement is kept in arrays indexed by face (cluster
+    index or -1, and the distance that placed it), so that steps over a million faces are
+    numpy operations rather than Python loops."""
+
     faces: _Faces
     clusters: _Clusters
     thresholds: Thresholds
-    placed: dict[int, tuple[int, float]] = field(default_factory=dict)  # face -> cluster, dist
+    cluster_of: numpy.ndarray = field(init=False)
+    distance: numpy.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cluster_of = numpy.full(len(self.faces.ids), -1, dtype=numpy.int64)
+        self.distance = numpy.zeros(len(self.faces.ids), dtype=numpy.float64)
 
 
 def plan(
@@ -223,7 +254,7 @@ def plan(
 
 
 def _unplaced(run: _Run, faces: numpy.ndarray) -> numpy.ndarray:
-    return numpy.array([f for f in faces.tolist() if f not in run.placed], dtype=numpy.int64)
+    return faces[run.cluster_of[faces] < 0]
 
 
 # -- step 1 and 3: nearest centroid within ``join`` --------------------------------------------
@@ -291,14 +322,52 @@ def ann_neighbours(
     distances within a few percent (Johnson-Lindenstrauss) at half the cost; the distances
     returned are recomputed on the full embeddings. Queries run in chunks so that the
     intermediate arrays stay small."""
+    base = numpy.ascontiguousarray(base, dtype=numpy.float32)
+    index, project = _hnsw(base)
+    return _search(index, project, base, queries, k)
+
+
+def ann_self_pairs(
+    emb: numpy.ndarray, k: int, radius: float
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Pairs (a, b) of rows of ``emb`` closer than ``radius`` (exact distances) among the
+    candidates of an HNSW index: each row's ``k`` approximate nearest rows, plus the links of
+    the graph's bottom layer, which building it has found already (each row's nearest rows
+    among those added before it, and the rows added later that chose it). The links cost no
+    search, and they connect a person's faces where a greedy search from the top misses
+    some. Candidates are filtered chunk by chunk, so memory stays ~ the pairs kept."""
+    emb = numpy.ascontiguousarray(emb, dtype=numpy.float32)
+    index, project = _hnsw(emb)
+    found, dist2 = _search(index, project, emb, emb, k)
+    keep = (found >= 0) & (dist2 < radius**2)
+    a = [numpy.nonzero(keep)[0]]
+    b = [found[keep]]
+    del found, dist2, keep
+    for start, links in _bottom_links(index, len(emb)):
+        rows = numpy.repeat(numpy.arange(start, start + len(links)), links.shape[1])
+        cols = links.ravel()
+        rows, cols = rows[cols >= 0], cols[cols >= 0]
+        close = numpy.square(emb[rows] - emb[cols]).sum(axis=1) < radius**2
+        a.append(rows[close])
+        b.append(cols[close])
+    return numpy.concatenate(a), numpy.concatenate(b)
+
+
+def _hnsw(base: numpy.ndarray) -> tuple[Any, numpy.ndarray]:
+    """An HNSW index over the projected ``base`` rows, and the projection."""
     import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
 
-    base = numpy.ascontiguousarray(base, dtype=numpy.float32)
-    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
     project = _projection(base.shape[1])
     index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index.add(numpy.ascontiguousarray(base @ project))
+    return index, project
+
+
+def _search(
+    index: Any, project: numpy.ndarray, base: numpy.ndarray, queries: numpy.ndarray, k: int
+) -> tuple[numpy.ndarray, numpy.ndarray]:
+    queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     k = min(k, len(base))
     positions = numpy.empty((len(queries), k), dtype=numpy.int64)
@@ -313,6 +382,21 @@ def ann_neighbours(
         positions[start : start + step] = numpy.take_along_axis(found, order, axis=1)
         dist2[start : start + step] = numpy.take_along_axis(exact, order, axis=1)
     return positions, dist2
+
+
+def _bottom_links(index: Any, n: int) -> Iterable[tuple[int, numpy.ndarray]]:
+    """The bottom-layer links of a faiss HNSW graph over ``n`` rows, in chunks of rows:
+    (first row, links of each row with -1 for none)."""
+    import faiss
+
+    hnsw = index.hnsw
+    degree = int(hnsw.nb_neighbors(0))
+    offsets = faiss.vector_to_array(hnsw.offsets)[:n].astype(numpy.int64)
+    neighbours = faiss.vector_to_array(hnsw.neighbors)
+    step = max(1, CHUNK_ENTRIES // (4 * degree * index.d))  # the callers gather full rows
+    for start in range(0, n, step):
+        chunk = offsets[start : start + step, None] + numpy.arange(degree)[None, :]
+        yield start, neighbours[chunk].astype(numpy.int64)
 
 
 def _projection(dim: int) -> numpy.ndarray:
@@ -346,7 +430,8 @@ def _accept(run: _Run, proposals: list[tuple[float, int, int]]) -> list[int]:
             losers.append(face)
             continue
         run.clusters.add(cluster, run.faces.ids[face], file_code, run.faces.emb[face])
-        run.placed[face] = (cluster, math.sqrt(dist2))
+        run.cluster_of[face] = cluster
+        run.distance[face] = math.sqrt(dist2)
     return losers
 
 
@@ -378,14 +463,41 @@ def _link(run: _Run, pool: numpy.ndarray) -> list[int]:
         return []
     a, b = _pool_edges(run.faces, pool, run.thresholds.link)
     labels = _components(len(pool), a, b)
-    created = []
-    for members in _groups(labels):
-        if len(members) < run.thresholds.min_size:
-            continue
-        for group in _split(run.faces, pool[members], run.thresholds.link):
-            if len(group) >= run.thresholds.min_size:
-                created.append(_create(run, group))
+    components = [pool[m] for m in _groups(labels) if len(m) >= run.thresholds.min_size]
+    whole = _whole(run.faces, components, run.thresholds.link)
+    created: list[int] = []
+    for members, is_whole in zip(components, whole.tolist(), strict=True):
+        groups = [members] if is_whole else _split(run.faces, members, run.thresholds.link)
+        created.extend(_create(run, g) for g in groups if len(g) >= run.thresholds.min_size)
     return created
+
+
+def _whole(faces: _Faces, components: list[numpy.ndarray], link: float) -> numpy.ndarray:
+    """Which components are one group as they are: every pair closer than ``link`` and of
+    distinct files (what :func:`_split` checks first). Components of equal size are checked
+    together with batched matrix products, because a first run has ~one per person."""
+    whole = numpy.zeros(len(components), dtype=bool)
+    sizes = numpy.array([len(c) for c in components], dtype=numpy.int64)
+    for size in numpy.unique(sizes[sizes <= BATCH_COMPONENT]).tolist():
+        which = numpy.flatnonzero(sizes == size)
+        step = max(1, CHUNK_ENTRIES // (size * (size + faces.left.shape[1])))
+        for start in range(0, len(which), step):
+            rows = which[start : start + step]
+            members = numpy.stack([components[i] for i in rows.tolist()])
+            whole[rows] = _all_close_distinct(faces, members, link)
+    return whole
+
+
+def _all_close_distinct(faces: _Faces, members: numpy.ndarray, link: float) -> numpy.ndarray:
+    """For each row of ``members`` (G x m face indices): all pairs closer than ``link``
+    and no two faces of one file."""
+    left = faces.left[members]
+    right = _right(faces.emb[members.ravel()]).reshape(left.shape)
+    dist2 = numpy.matmul(left, right.transpose(0, 2, 1))
+    close = dist2.reshape(len(members), -1).max(axis=1) < link**2
+    files = numpy.sort(faces.files[members], axis=1)
+    distinct = (numpy.diff(files, axis=1) != 0).all(axis=1)
+    return close & distinct
 
 
 def _pool_edges(
@@ -420,13 +532,8 @@ def _indexed_pairs(
     faces: _Faces, pool: numpy.ndarray, link: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Pairs of pool positions closer than ``link`` and not of one file, among each face's
-    approximate nearest neighbours (so at most ``LINK_NEIGHBOURS`` edges per face)."""
-    emb = faces.emb[pool]
-    neighbours, dist2 = ann_neighbours(emb, emb, LINK_NEIGHBOURS)
-    a = numpy.repeat(numpy.arange(len(pool)), neighbours.shape[1])
-    b, d = neighbours.ravel(), dist2.ravel()
-    keep = (b >= 0) & (d < link**2)
-    a, b = a[keep], b[keep]
+    approximate nearest neighbours and the index graph's links (``ann_self_pairs``)."""
+    a, b = ann_self_pairs(faces.emb[pool], LINK_NEIGHBOURS, link)
     keep = faces.files[pool[a]] != faces.files[pool[b]]  # also drops each face itself
     return a[keep], b[keep]
 
@@ -502,29 +609,29 @@ def _agglomerate(dist: numpy.ndarray, link: float) -> list[numpy.ndarray]:
 
 def _create(run: _Run, group: numpy.ndarray) -> int:
     """A new cluster holding ``group``; similarities are distances to its centroid."""
-    cluster = run.clusters.create()
     emb = run.faces.emb[group]
-    for face in group:
-        run.clusters.add(
-            cluster, run.faces.ids[face], int(run.faces.files[face]), run.faces.emb[face]
-        )
-    dist = numpy.linalg.norm(emb - emb.mean(axis=0), axis=1)
-    for face, d in zip(group, dist, strict=True):
-        run.placed[int(face)] = (cluster, float(d))
+    ids = [run.faces.ids[f] for f in group.tolist()]
+    cluster = run.clusters.create(ids, run.faces.files[group].tolist(), emb)
+    run.cluster_of[group] = cluster
+    run.distance[group] = numpy.linalg.norm(emb - emb.mean(axis=0, dtype=numpy.float64), axis=1)
     return cluster
 
 
 # -- result -----------------------------------------------------------------------------------
 
 
+def _similarities(dist: numpy.ndarray) -> list[float]:
+    """:func:`distance_to_similarity` of many distances at once (same float64 arithmetic)."""
+    return (1.0 / (1.0 + numpy.exp(SIMILARITY_SLOPE * (dist - SIMILARITY_MIDPOINT)))).tolist()
+
+
 def _result(run: _Run) -> Plan:
     clusters = run.clusters
-    assignments = dict.fromkeys(run.faces.ids, INDEPENDENT)
-    similarity = {}
-    for face, (cluster, dist) in sorted(run.placed.items()):
-        figure_id = run.faces.ids[face]
-        assignments[figure_id] = clusters.keys[cluster]
-        similarity[figure_id] = distance_to_similarity(dist)
+    keys = numpy.array([*clusters.keys, INDEPENDENT], dtype=object)
+    assignments = dict(zip(run.faces.ids, keys[run.cluster_of].tolist(), strict=True))
+    placed = numpy.flatnonzero(run.cluster_of >= 0)
+    ids = [run.faces.ids[f] for f in placed.tolist()]
+    similarity = dict(zip(ids, _similarities(run.distance[placed]), strict=True))
     new_clusters = [
         NewCluster(clusters.keys[i], clusters.members[i], clusters.centroids([i])[0])
         for i in range(clusters.n_existing, len(clusters.keys))
