@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import old_headpose  # noqa: E402
+from workers import models  # noqa: E402
 from workers.models.faces import Face, FaceAnalyzer, load_image, model_files  # noqa: E402
 
 DEFAULT_DIR = Path("/work/shared/data/headpose")
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-mirror", action="store_true", help="skip the mirrored pass")
     parser.add_argument("--per-image", action="store_true", help="print every image's angles")
     args = parser.parse_args(argv)
-    analyzer = FaceAnalyzer(detector=args.detector, upsample=args.upsample)
+    analyzer = models.get(FaceAnalyzer, detector=args.detector, upsample=args.upsample)
     predictor = dlib.shape_predictor(model_files()["landmarks68"])
     samples = measure(args.dir, analyzer, predictor, mirror=not args.no_mirror)
     print(

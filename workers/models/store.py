@@ -70,18 +70,19 @@ def _whisper_entry(settings: Settings) -> Entry:
     target = settings.resolved_data_dir / "models" / whisper.WHISPER_BASE
     present = (target / "model.bin").is_file()
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file()) if present else 0
+    card = whisper.CARD
     return Entry(
-        name=whisper.WHISPER_BASE,
-        task="speech recognition, multilingual incl. en and zh (default engine)",
-        source=f"{' + '.join(whisper.PART_PACKAGES)} (PyPI), assembled into the data dir",
-        licence="MIT (OpenAI Whisper; CTranslate2 conversion by Systran)",
-        devices=("cpu", "cuda"),
+        name=card.name,
+        task=card.task,
+        source=f"{card.package} (PyPI), assembled into the data dir",
+        licence=card.licence,
+        devices=card.devices,
         location=str(target),
         size=size,
-        files=tuple(sorted(whisper.PINNED_SHA256.items())),
+        files=tuple((f.path, f.sha256) for f in card.files),
         installed=present,
         problem="" if present else "not assembled yet (done on first use, or install it)",
-        install=f"openimm models install {whisper.WHISPER_BASE}",
+        install=card.install,
     )
 
 

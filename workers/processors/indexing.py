@@ -146,9 +146,13 @@ def _maybe_media(path: Path, doc: dict[str, Any]) -> str:
 
 
 def _analyzer(ctx: JobContext) -> Any:
-    from workers.models import faces  # dlib loads on first use in this worker process
+    from workers import models
+    from workers.models.faces import FaceAnalyzer  # dlib loads on first use in this process
 
-    return faces.get_analyzer(ctx.settings.face_detector, ctx.settings.face_max_side)
+    settings = ctx.settings
+    return models.get(
+        FaceAnalyzer, detector=settings.face_detector, max_side=settings.face_max_side
+    )
 
 
 def _image_faces(ctx: JobContext, path: Path) -> list[files.NewFace]:
