@@ -105,30 +105,13 @@ def test_every_engine_with_weights_has_its_card_in_its_own_module() -> None:
 
 
 OLD_IMPORTS = """\
-from workers.processors import compression
-from workers.processors import diagnostic
-from workers.processors import indexing
-from workers.processors import figure_clustering
-from workers.processors import face_search
-from workers.processors import highlights
-from workers.processors import superres
-from workers.processors import speech
-from workers.processors import image_models
-from workers.processors import sr_video
-from workers import runtime
-from workers.media import ffmpeg_io
-from workers.media import imaging
-from workers.media import probe
-from workers.models import faces
-from workers.models import headpose
-from workers.models import asr
-from workers.models import clustering
-from workers.models import superres as sr_model
-from workers.models import whisper_base as models_install
-from workers.models import whisper_base as whisper
-from workers.processors.figure_clustering import cluster_dataset
-from pipeline.figure_store import merge_clusters
-from workers.models.superres import SCALES
+from workers import compression, diagnostic, indexing, figure_clustering, face_search
+from workers import highlights, superres, speech, image_models, sr_video, runtime
+from workers import ffmpeg_io, imaging, probe, faces, headpose, asr, clustering
+from workers import sr_model, models_install
+from workers import models_install as whisper
+from workers.figure_clustering import cluster_dataset, merge_clusters
+from workers.sr_model import SCALES
 """
 
 
@@ -153,4 +136,4 @@ def test_the_layout_sed_script_maps_every_old_module() -> None:
         "SCALES",
     ]
     assert all(name in namespace for name in old_names)
-    assert "workers import faces" not in new and "workers.models.superres" not in new
+    assert "workers import faces" not in new and "workers.sr_model" not in new
