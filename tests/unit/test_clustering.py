@@ -249,6 +249,7 @@ def test_index_and_large_component_splits_give_the_same_clusters(
     whole = groups(plan([], faces))
 
     monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)  # every step through the ANN index
+    small_leader_chunks(monkeypatch)
     indexed = groups(plan([], faces))
     monkeypatch.undo()
     monkeypatch.setattr(clustering, "MAX_COMPONENT", 8)  # people have 4..6 faces
@@ -266,6 +267,13 @@ def test_index_and_large_component_splits_give_the_same_clusters(
     assert indexed == whole
     assert tight == whole
     assert calls and max(calls) > 8
+
+
+def small_leader_chunks(monkeypatch: pytest.MonkeyPatch, size: int = 128) -> None:
+    """Leader passes over test-sized pools in many chunks, as a large pool runs (one chunk
+    would compare everything exactly)."""
+    monkeypatch.setattr(clustering, "LEADER_CHUNK", size)
+    monkeypatch.setattr(clustering, "LEADER_FIRST_CHUNK", size)
 
 
 def library(seed: int, persons: int) -> tuple[list[Candidate], dict[str, str]]:
@@ -310,6 +318,7 @@ def test_index_path_gives_the_same_clusters_as_the_exact_path_on_a_library(
     faces, truth = library(seed=6, persons=300)  # ~2,700 faces
     exact = two_runs(faces)
     monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)
+    small_leader_chunks(monkeypatch)
     indexed = two_runs(faces)
 
     assert len(faces) > 2_000
@@ -335,6 +344,7 @@ def test_index_path_never_puts_two_faces_of_one_photo_in_one_cluster(
     faces = twins + same_file
     exact = plan(existing, faces)
     monkeypatch.setattr(clustering, "EXACT_PAIRS", 0)
+    small_leader_chunks(monkeypatch, 2)
 
     result = plan(existing, faces)
 
@@ -363,7 +373,18 @@ def exact_entries(monkeypatch: pytest.MonkeyPatch, faces: list[Candidate]) -> in
     counted("_retry", lambda run, losers, which, right, limit: len(losers) * len(right))
     counted("_split", lambda faces, members, link: len(members) ** 2)
     counted("ann_neighbours", lambda base, queries, k: (len(base) + len(queries)) * k)
-    counted("ann_self_pairs", lambda emb, k, radius: 2 * len(emb) * k)
+    found, hits = clustering._Leaders._found, clustering._Leaders._hits
+
+    def found_spy(self: Any, rows: np.ndarray) -> None:
+        count[0] += len(rows) ** 2  # uncovered faces of a chunk, compared exactly
+        found(self, rows)
+
+    def hits_spy(self: Any, rows: np.ndarray, ef: int) -> Any:
+        count[0] += len(rows) * clustering.LEADER_NEIGHBOURS
+        return hits(self, rows, ef)
+
+    monkeypatch.setattr(clustering._Leaders, "_found", found_spy)
+    monkeypatch.setattr(clustering._Leaders, "_hits", hits_spy)
     plan([], faces)
     monkeypatch.undo()
     return count[0]
@@ -373,6 +394,7 @@ def test_a_first_run_grows_linearly_not_quadratically(monkeypatch: pytest.Monkey
     small, _ = library(seed=9, persons=100)
     large, _ = library(seed=9, persons=400)
     monkeypatch.setattr(clustering, "EXACT_PAIRS", 20_000)  # both runs are "large"
+    small_leader_chunks(monkeypatch)
     ratio_faces = len(large) / len(small)
 
     ratio_work = exact_entries(monkeypatch, large) / exact_entries(monkeypatch, small)
@@ -433,16 +455,21 @@ def test_batched_whole_check_agrees_with_the_per_component_split() -> None:
     assert whole.tolist() == expected == [True, False, False]
 
 
-def test_ann_self_pairs_are_close_pairs_and_nearly_all_of_them() -> None:
+def test_leader_pairs_are_close_pairs_that_connect_nearly_every_close_pair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     faces, _ = library(seed=13, persons=200)
     emb = np.stack([f.embedding for f in faces])
+    files = np.arange(len(faces)) // 2  # as library() pairs them
+    small_leader_chunks(monkeypatch)
 
-    a, b = clustering.ann_self_pairs(emb, clustering.LINK_NEIGHBOURS, 0.55)
+    a, b = clustering.leader_pairs(emb, files, 0.55)
 
     assert (np.square(emb[a] - emb[b]).sum(axis=1) < 0.55**2).all()
+    assert (files[a] != files[b]).all()
     exact = np.square(emb[:, None, :] - emb[None, :, :]).sum(axis=2) < 0.55**2
-    np.fill_diagonal(exact, False)
-    truth = set(zip(*np.nonzero(exact), strict=True))
-    found = {(int(x), int(y)) for x, y in zip(a, b, strict=True)}
-    found |= {(y, x) for x, y in found}
-    assert len(truth & found) / len(truth) > 0.99
+    exact &= files[:, None] != files[None, :]
+    rows, cols = np.nonzero(exact)
+    labels = clustering._components(len(emb), a, b)
+    assert (labels[rows] == labels[cols]).mean() > 0.99  # the close pairs end up connected
+    assert len(a) < 0.6 * len(rows)  # with far fewer edges than all close pairs

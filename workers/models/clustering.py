@@ -33,40 +33,44 @@ because average linkage re-checks every component: precision and F1 are unchange
 
 Scale. Small problems are solved exactly with chunked float32 matrix products: step 1 is
 O(Q K d) for Q faces and K clusters, step 2 O(P^2 d) for P pooled faces. Above
-``EXACT_PAIRS`` distance pairs a step uses an approximate-nearest-neighbour index instead
-(faiss HNSW on a 64-d random projection, exact distances recomputed): step 1 asks an index
-over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest clusters
-(``ann_neighbours``; the retries walk that list), step 2 links each pooled face to the faces
-closer than ``link`` among its ``LINK_NEIGHBOURS`` nearest and among its links in the
-graph's bottom layer (``ann_self_pairs``: building the graph has already found each face's
-nearest earlier faces, so those links cost no search and repair the faces a greedy search
-misses). Building and querying HNSW is O(n log n), so a first run over a whole library
-(K = 0, P ~ all faces) is near-linear, in one pass. Everything around the index is numpy
-over arrays (placement, new clusters, the check that a component is one group, batched by
-component size), with no Python loop over faces. What the index may miss is a neighbour,
-which rarely matters because a person's faces are linked many times over and a component is
-re-checked exactly by step 2's agglomeration (O(m^2)..O(m^3) per component of m faces — one
+``EXACT_PAIRS`` distance pairs a step uses an approximate-nearest-neighbour index (faiss
+HNSW on a 24-d random projection, exact distances recomputed on the full embeddings): step 1
+asks an index over the K centroids for each face's ``JOIN_NEIGHBOURS`` nearest clusters
+(``ann_neighbours``; the retries walk that list). Step 2 does not index every pooled face:
+:func:`leader_pairs` is a *leader* pass — faces in chunks ask an index of leaders (one
+representative face per blob found so far) for their nearest ones and link to those closer
+than ``link``; a face no leader covers is compared exactly with the other uncovered faces of
+its chunk and with the kept members of nearby leaders' stars, and becomes a leader unless one
+of its chunk covers it. A person's faces form a blob tighter than ``link``, so the index
+holds ~one face per person, and a first run over a whole library (K = 0, P ~ all faces) costs
+one cheap search per face plus one insert per person. What the leader pass returns is a
+spanning set of close pairs, not all of them: the components are what step 2 uses, and each
+is re-checked exactly by the agglomeration (O(m^2)..O(m^3) per component of m faces — one
 person's photos in practice; a component larger than ``MAX_COMPONENT`` is first split at a
-tighter threshold). With the index, results can differ from the exact path on a face whose
-nearest neighbours the index misses (and, as faiss builds the graph on all cores, between
-runs); tests/unit/test_clustering.py checks that both paths give the same clusters.
+tighter threshold). Everything around the index is numpy over arrays (placement, new
+clusters, the check that a component is one group, batched by component size). With the
+index, results can differ from the exact path on a face whose leader the search misses (and,
+as faiss builds the graph on all cores, between runs); tests/unit/test_clustering.py checks
+that both paths give the same clusters.
 
-Why HNSW (measured on benchmarks/cluster_scale.py's synthetic faces, 250k and 1M, CPU
-seconds on the shared 2-core machine): the faces of one person form a tight blob (0.3-0.47)
-with other persons ~0.95 away, but the blobs are spread isotropically over 128 dimensions,
-so space partitions do not follow persons. faiss IVF with a k-means quantizer trained on a
-sample (4,096 lists, nprobe 8 at 1M) kept only 0.79 of the link neighbours, and its coarse
-assignment alone cost as much as the HNSW search; with 15,600 lists and an HNSW quantizer it
-kept 0.41 (a list keeps a person together only when it holds fewer than ~5-8 persons, i.e.
->= n/100 lists trained on nearly every face). Random-projection trees or LSH split a
-0.4-wide blob at most cuts (LSH with this 2x distance gap needs ~n^0.4 tables). faiss
-NN-descent (``IndexNNDescentFlat``, K=16) found the links (component recall 0.9996 at 250k)
-but cost 2.3x the HNSW build. HNSW (M=16, efConstruction=40): bottom-layer links alone put
-0.957 of same-person pairs into one component at 250k, the k-NN search 0.992, both 0.993.
+Index choices (measured on benchmarks/cluster_scale.py's synthetic faces, 250k and 1M): the
+faces of one person form a tight blob (0.3-0.47) with other persons ~0.95 away, but the
+blobs are spread isotropically over 128 dimensions, the hardest case for any index. HNSW
+over every face (the previous design: M=16, efConstruction=40, efSearch=16, 64-d) cost ~80 %
+of a 1M run and found only 0.85 of the link neighbours there (F1 0.918). faiss IVF (4,096
+lists, nprobe 8) kept 0.79 of them, IVF with an HNSW quantizer 0.41, NN-descent cost 2.3x
+the HNSW build, and a flat index over the leaders ~650 us per query. Over the leaders (random
+points, ~one per person), HNSW finds a face's own leader among its 8 nearest with
+probability 0.42 at 64-d/M=16/ef=16, 0.89 at 24-d/M=24/ef=16 (a lower projection keeps the
+0.4-vs-0.95 gap, JL, and is easier to navigate; exact search at 24-d keeps 0.985, at 16-d
+only 0.82), so ``INDEX_DIM`` = 24 and ``HNSW_M`` = 24; the faces the first search covers by
+no leader (new persons, and the misses: early leaders are the hardest to reach) search again
+with a wide beam (``LEADER_RETRY_EF``), which halves the persons split over two components.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,11 +84,16 @@ UNAVAILABLE = "figure-cluster-id-unavailable"
 CHUNK_ENTRIES = 1 << 24  # distance-matrix entries per chunk: 64 MB of float32
 EXACT_PAIRS = 1 << 30  # above this many distance pairs a step uses the ANN index
 JOIN_NEIGHBOURS = 8  # clusters the index proposes per face (more than MAX_ROUNDS retries)
-LINK_NEIGHBOURS = 16  # faces the index proposes per pooled face
-HNSW_M = 16  # graph degree (faiss's default); index memory ~ n (4 d + 8 M) bytes
+LEADER_NEIGHBOURS = 8  # leaders the index proposes per pooled face
+LEADER_CHUNK = 4_096  # pooled faces placed per index search (and leader batch)
+LEADER_FIRST_CHUNK = 4_096  # the first chunk (no leaders yet: exact among themselves)
+LEADER_RETRY_EF = 128  # beam of the second search for faces the first finds no leader for
+STAR_MEMBERS = 16  # members of each leader's star kept for uncovered faces to link to
+HNSW_M = 24  # graph degree; index memory ~ n (4 d + 8 M) bytes
 HNSW_EF_CONSTRUCTION = 40  # build-time beam (faiss's default)
-HNSW_EF_SEARCH = 16  # query-time beam; at least k
-INDEX_DIM = 64  # the index navigates on a random projection of the embeddings to this
+HNSW_EF_SEARCH = 16  # query-time beam of the leader search; at least k
+JOIN_EF_SEARCH = 32  # query-time beam of the centroid search (step 1 and 3)
+INDEX_DIM = 24  # the index navigates on a random projection of the embeddings to this
 PROJECTION_SEED = 11
 MAX_ROUNDS = 4  # how often a face that lost a same-file conflict tries its next-nearest cluster
 MAX_COMPONENT = 1_000  # agglomeration is cubic; bigger components are first split more tightly
@@ -200,16 +209,24 @@ class _Clusters:
         self.members[cluster].append(figure_id)
         self.by_file.setdefault(file_code, set()).add(cluster)
 
-    def create(self, figure_ids: list[str], file_codes: list[int], emb: numpy.ndarray) -> int:
-        """A new cluster of the given faces (distinct files); returns its index."""
-        cluster = len(self.keys)
-        self.keys.append(NEW_KEY.format(cluster - self.n_existing))
-        self.sums.append(emb.sum(axis=0, dtype=numpy.float64))
-        self.sizes.append(len(figure_ids))
-        self.members.append(figure_ids)
-        for file_code in file_codes:
+    def create_many(
+        self,
+        members: list[list[str]],
+        file_codes: numpy.ndarray,
+        group: numpy.ndarray,
+        sums: numpy.ndarray,
+    ) -> range:
+        """New clusters, one per entry of ``members`` (faces of distinct files): ``group`` is
+        the new cluster (0..) of each face whose file is in ``file_codes``, ``sums`` the
+        clusters' embedding sums. Returns their indices."""
+        first = len(self.keys)
+        self.keys.extend(NEW_KEY.format(first + i - self.n_existing) for i in range(len(members)))
+        self.sums.extend(sums)
+        self.sizes.extend(len(m) for m in members)
+        self.members.extend(members)
+        for file_code, cluster in zip(file_codes.tolist(), (group + first).tolist(), strict=True):
             self.by_file.setdefault(file_code, set()).add(cluster)
-        return cluster
+        return range(first, len(self.keys))
 
 
 @dataclass
@@ -327,30 +344,190 @@ def ann_neighbours(
     return _search(index, project, base, queries, k)
 
 
-def ann_self_pairs(
-    emb: numpy.ndarray, k: int, radius: float
+def leader_pairs(
+    emb: numpy.ndarray, files: numpy.ndarray, radius: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Pairs (a, b) of rows of ``emb`` closer than ``radius`` (exact distances) among the
-    candidates of an HNSW index: each row's ``k`` approximate nearest rows, plus the links of
-    the graph's bottom layer, which building it has found already (each row's nearest rows
-    among those added before it, and the rows added later that chose it). The links cost no
-    search, and they connect a person's faces where a greedy search from the top misses
-    some. Candidates are filtered chunk by chunk, so memory stays ~ the pairs kept."""
+    """Pairs (a, b) of rows of ``emb`` closer than ``radius`` (exact distances, other files)
+    that connect the rows as the full graph of such pairs does, without an index over every
+    row: *leader* clustering over an HNSW index of representatives.
+
+    Rows are taken in chunks of ``LEADER_CHUNK``. Each row asks the index of leaders for its
+    ``LEADER_NEIGHBOURS`` nearest ones and is linked to every one closer than ``radius``.
+    A row with no leader that close is *uncovered*: it is linked to the uncovered rows of its
+    chunk closer than ``radius`` (exact, one matrix product) and to the members of the stars
+    of its leaders within ``2 radius`` (by the triangle inequality, a row within ``radius`` of
+    a member of a star lies within ``2 radius`` of its leader; the first ``STAR_MEMBERS``
+    members of each star are kept for this), and the uncovered rows that no earlier one of
+    its chunk covers become leaders. A person's photos form a blob tighter than ``radius``,
+    so the index holds ~one row per person, not one per face: a first run over a library of
+    n faces of p persons builds an index of ~p rows and makes n cheap searches in it.
+
+    What this may miss, against all close pairs: an edge between two covered rows of
+    different stars (each star is still connected inside; two stars of one person stay apart
+    only if no row between them was uncovered), and leaders the approximate search misses."""
     emb = numpy.ascontiguousarray(emb, dtype=numpy.float32)
-    index, project = _hnsw(emb)
-    found, dist2 = _search(index, project, emb, emb, k)
-    keep = (found >= 0) & (dist2 < radius**2)
-    a = [numpy.nonzero(keep)[0]]
-    b = [found[keep]]
-    del found, dist2, keep
-    for start, links in _bottom_links(index, len(emb)):
-        rows = numpy.repeat(numpy.arange(start, start + len(links)), links.shape[1])
-        cols = links.ravel()
-        rows, cols = rows[cols >= 0], cols[cols >= 0]
-        close = numpy.square(emb[rows] - emb[cols]).sum(axis=1) < radius**2
-        a.append(rows[close])
-        b.append(cols[close])
-    return numpy.concatenate(a), numpy.concatenate(b)
+    leaders = _Leaders(emb, files, radius)
+    start = 0
+    while start < len(emb):
+        # the first chunk is all leaders-to-be, compared exactly among themselves: keep it small
+        size = LEADER_CHUNK if start else LEADER_FIRST_CHUNK
+        leaders.take(numpy.arange(start, min(len(emb), start + size)))
+        start += size
+    leaders.link_leaders()
+    return leaders.pairs()
+
+
+class _Leaders:
+    """State of :func:`leader_pairs`: the HNSW index of leaders, each leader's first star
+    members, and the pairs found so far."""
+
+    def __init__(self, emb: numpy.ndarray, files: numpy.ndarray, radius: float) -> None:
+        import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
+
+        self.emb, self.files, self.limit = emb, files, radius**2
+        self.project = _projection(emb.shape[1])
+        self.index = faiss.IndexHNSWFlat(self.project.shape[1], HNSW_M)
+        self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        self.rows = numpy.empty(0, dtype=numpy.int64)  # row of each leader
+        self.stars = numpy.empty((0, STAR_MEMBERS), dtype=numpy.int64)  # -1: free slot
+        self.counts = numpy.empty(0, dtype=numpy.int64)
+        self.a: list[numpy.ndarray] = []
+        self.b: list[numpy.ndarray] = []
+
+    def pairs(self) -> tuple[numpy.ndarray, numpy.ndarray]:
+        if not self.a:
+            return numpy.empty(0, dtype=numpy.int64), numpy.empty(0, dtype=numpy.int64)
+        return numpy.concatenate(self.a), numpy.concatenate(self.b)
+
+    def link_leaders(self) -> None:
+        """Pairs between leaders that the graph's bottom layer links: building it searched
+        each leader's nearest earlier leaders, so a leader made for a face whose own
+        person's leader the search missed is linked back to it here at no search cost."""
+        for start, links in _bottom_links(self.index, len(self.rows)):
+            ordinal = numpy.repeat(numpy.arange(start, start + len(links)), links.shape[1])
+            other = links.ravel()
+            x, y = self.rows[ordinal[other >= 0]], self.rows[other[other >= 0]]
+            d2 = numpy.square(self.emb[x] - self.emb[y]).sum(axis=1)
+            keep = (d2 < self.limit) & (self.files[x] != self.files[y])
+            self._keep(x[keep], y[keep])
+
+    def take(self, rows: numpy.ndarray) -> None:
+        """One chunk: link its rows to the leaders, then the uncovered ones among themselves
+        and to nearby stars; the uncovered ones not covered in the chunk become leaders."""
+        if not len(self.rows):
+            self._found(rows)
+            return
+        near, dist2, hit = self._hits(rows, HNSW_EF_SEARCH)
+        lone = numpy.flatnonzero(~hit.any(axis=1))
+        if len(lone) and LEADER_RETRY_EF:  # a greedy search misses some: search wider
+            near[lone], dist2[lone], hit[lone] = self._hits(rows[lone], LEADER_RETRY_EF)
+        r, c = numpy.nonzero(hit)
+        self._keep(rows[r], self.rows[near[r, c]])
+        covered = hit.any(axis=1)
+        nearest = numpy.where(hit, dist2, numpy.inf).argmin(axis=1)
+        first = near[numpy.arange(len(rows)), nearest]  # the nearest hit, for covered rows
+        self._join_stars(rows[covered], first[covered])
+        lone = numpy.flatnonzero(~covered)
+        if len(lone):
+            self._link_to_stars(rows[lone], near[lone], dist2[lone])
+            # the exact comparison among them is quadratic: many (early on, when most
+            # persons have no leader yet) are placed a block at a time, the rest searched
+            # again among the leaders the block made
+            self._found(rows[lone[:LEADER_FIRST_CHUNK]])
+            if len(lone) > LEADER_FIRST_CHUNK:
+                self.take(rows[lone[LEADER_FIRST_CHUNK:]])
+
+    def _hits(
+        self, rows: numpy.ndarray, ef: int
+    ) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """:meth:`_nearest_leaders` with beam ``ef``, and which of them are links (closer than
+        the radius, another file)."""
+        self.index.hnsw.efSearch = max(ef, LEADER_NEIGHBOURS)
+        near, dist2 = self._nearest_leaders(rows)
+        other = self.files[self.rows[numpy.maximum(near, 0)]] != self.files[rows][:, None]
+        return near, dist2, (near >= 0) & (dist2 < self.limit) & other
+
+    def _nearest_leaders(self, rows: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Each row's approximate nearest leaders (ordinals, -1 for none) and their exact
+        squared distances (``|x|^2 + |y|^2 - 2 x.y``, without a rows x k x d temporary)."""
+        x = self.emb[rows]
+        _, near = self.index.search(numpy.ascontiguousarray(x @ self.project), LEADER_NEIGHBOURS)
+        y = self.emb[self.rows[numpy.maximum(near, 0)]]
+        dist2 = (
+            numpy.einsum("ij,ij->i", x, x)[:, None]
+            + numpy.einsum("ikj,ikj->ik", y, y)
+            - 2.0 * numpy.einsum("ij,ikj->ik", x, y)
+        )
+        dist2[near < 0] = numpy.inf
+        return near, dist2
+
+    def _link_to_stars(
+        self, rows: numpy.ndarray, near: numpy.ndarray, dist2: numpy.ndarray
+    ) -> None:
+        """Pairs between uncovered ``rows`` and the kept members of the stars of their
+        leaders within ``2 radius``."""
+        close = (near >= 0) & (dist2 < 4 * self.limit)
+        r, c = numpy.nonzero(close)
+        if not len(r):
+            return
+        members = self.stars[near[r, c]]  # pairs x STAR_MEMBERS rows, -1 for free slots
+        row = numpy.repeat(rows[r], STAR_MEMBERS)
+        member = members.ravel()
+        row, member = row[member >= 0], member[member >= 0]
+        step = max(1, CHUNK_ENTRIES // self.emb.shape[1])
+        for start in range(0, len(row), step):
+            x, y = row[start : start + step], member[start : start + step]
+            d2 = numpy.square(self.emb[x] - self.emb[y]).sum(axis=1)
+            keep = (d2 < self.limit) & (self.files[x] != self.files[y])
+            self._keep(x[keep], y[keep])
+
+    def _found(self, rows: numpy.ndarray) -> None:
+        """Uncovered ``rows`` of one chunk: exact pairs among them, and the greedy leaders
+        (in row order, a row no earlier leader of the chunk covers); the others join the
+        star of the first leader that covers them."""
+        x = self.emb[rows]
+        close = _left(x) @ _right(x).T < self.limit
+        numpy.fill_diagonal(close, False)
+        close &= self.files[rows][:, None] != self.files[rows][None, :]
+        i, j = numpy.nonzero(numpy.triu(close, 1))
+        self._keep(rows[i], rows[j])
+        owner = numpy.full(len(rows), -1, dtype=numpy.int64)
+        lead: list[int] = []
+        for r in range(len(rows)):
+            if owner[r] < 0:
+                owner[r] = len(lead)
+                taken = close[r] & (owner < 0)
+                owner[taken] = len(lead)
+                lead.append(r)
+        first = len(self.rows)
+        leads = rows[numpy.array(lead, dtype=numpy.int64)]
+        self.index.add(numpy.ascontiguousarray(self.emb[leads] @ self.project))
+        self.rows = numpy.concatenate([self.rows, leads])
+        self.stars = numpy.vstack(
+            [self.stars, numpy.full((len(leads), STAR_MEMBERS), -1, dtype=numpy.int64)]
+        )
+        self.counts = numpy.concatenate([self.counts, numpy.zeros(len(leads), numpy.int64)])
+        self._join_stars(rows, owner + first)
+
+    def _join_stars(self, rows: numpy.ndarray, leaders: numpy.ndarray) -> None:
+        """Record ``rows`` as members of the stars of ``leaders`` (up to ``STAR_MEMBERS``
+        per star)."""
+        if not len(rows):
+            return
+        order = numpy.argsort(leaders, kind="stable")
+        rows, leaders = rows[order], leaders[order]
+        starts = numpy.flatnonzero(numpy.r_[True, leaders[1:] != leaders[:-1]])
+        runs = numpy.diff(numpy.r_[starts, len(leaders)])
+        rank = numpy.arange(len(leaders)) - numpy.repeat(starts, runs)
+        slot = self.counts[leaders] + rank
+        room = slot < STAR_MEMBERS
+        self.stars[leaders[room], slot[room]] = rows[room]
+        numpy.add.at(self.counts, leaders, 1)
+
+    def _keep(self, a: numpy.ndarray, b: numpy.ndarray) -> None:
+        if len(a):
+            self.a.append(a)
+            self.b.append(b)
 
 
 def _hnsw(base: numpy.ndarray) -> tuple[Any, numpy.ndarray]:
@@ -368,7 +545,7 @@ def _search(
     index: Any, project: numpy.ndarray, base: numpy.ndarray, queries: numpy.ndarray, k: int
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     queries = numpy.ascontiguousarray(queries, dtype=numpy.float32)
-    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+    index.hnsw.efSearch = max(JOIN_EF_SEARCH, k)
     k = min(k, len(base))
     positions = numpy.empty((len(queries), k), dtype=numpy.int64)
     dist2 = numpy.empty((len(queries), k), dtype=numpy.float32)
@@ -465,11 +642,11 @@ def _link(run: _Run, pool: numpy.ndarray) -> list[int]:
     labels = _components(len(pool), a, b)
     components = [pool[m] for m in _groups(labels) if len(m) >= run.thresholds.min_size]
     whole = _whole(run.faces, components, run.thresholds.link)
-    created: list[int] = []
+    groups: list[numpy.ndarray] = []
     for members, is_whole in zip(components, whole.tolist(), strict=True):
-        groups = [members] if is_whole else _split(run.faces, members, run.thresholds.link)
-        created.extend(_create(run, g) for g in groups if len(g) >= run.thresholds.min_size)
-    return created
+        found = [members] if is_whole else _split(run.faces, members, run.thresholds.link)
+        groups.extend(g for g in found if len(g) >= run.thresholds.min_size)
+    return list(_create(run, groups))
 
 
 def _whole(faces: _Faces, components: list[numpy.ndarray], link: float) -> numpy.ndarray:
@@ -503,11 +680,11 @@ def _all_close_distinct(faces: _Faces, members: numpy.ndarray, link: float) -> n
 def _pool_edges(
     faces: _Faces, pool: numpy.ndarray, link: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Edges (positions in ``pool``) between faces closer than ``link``, not of one file:
-    all of them (exactly) for a small pool, else those among each face's
-    ``LINK_NEIGHBOURS`` approximate nearest faces."""
+    """Edges (positions in ``pool``) between faces closer than ``link``, not of one file,
+    that connect the pool as all such edges do: all of them (exactly) for a small pool,
+    else those of :func:`leader_pairs`."""
     if len(pool) ** 2 > EXACT_PAIRS:
-        return _indexed_pairs(faces, pool, link)
+        return leader_pairs(faces.emb[pool], faces.files[pool], link)
     return _close_pairs(faces, pool, link)
 
 
@@ -526,16 +703,6 @@ def _close_pairs(
         found_a.append(a[keep])
         found_b.append(c[keep])
     return numpy.concatenate(found_a), numpy.concatenate(found_b)
-
-
-def _indexed_pairs(
-    faces: _Faces, pool: numpy.ndarray, link: float
-) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Pairs of pool positions closer than ``link`` and not of one file, among each face's
-    approximate nearest neighbours and the index graph's links (``ann_self_pairs``)."""
-    a, b = ann_self_pairs(faces.emb[pool], LINK_NEIGHBOURS, link)
-    keep = faces.files[pool[a]] != faces.files[pool[b]]  # also drops each face itself
-    return a[keep], b[keep]
 
 
 def _components(n: int, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
@@ -607,14 +774,25 @@ def _agglomerate(dist: numpy.ndarray, link: float) -> list[numpy.ndarray]:
     return [numpy.array(sorted(g)) for g in groups if g]
 
 
-def _create(run: _Run, group: numpy.ndarray) -> int:
-    """A new cluster holding ``group``; similarities are distances to its centroid."""
-    emb = run.faces.emb[group]
-    ids = [run.faces.ids[f] for f in group.tolist()]
-    cluster = run.clusters.create(ids, run.faces.files[group].tolist(), emb)
-    run.cluster_of[group] = cluster
-    run.distance[group] = numpy.linalg.norm(emb - emb.mean(axis=0, dtype=numpy.float64), axis=1)
-    return cluster
+def _create(run: _Run, groups: list[numpy.ndarray]) -> range:
+    """New clusters holding ``groups``, all at once; similarities are distances to their
+    centroids. Returns the clusters' indices."""
+    if not groups:
+        return range(0)
+    faces = numpy.concatenate(groups)
+    sizes = numpy.array([len(g) for g in groups], dtype=numpy.int64)
+    group = numpy.repeat(numpy.arange(len(groups)), sizes)
+    emb = run.faces.emb[faces]
+    starts = numpy.r_[0, numpy.cumsum(sizes)[:-1]]
+    sums = numpy.add.reduceat(emb, starts, axis=0, dtype=numpy.float64)
+    ids = [run.faces.ids[f] for f in faces.tolist()]
+    bounds = numpy.r_[0, numpy.cumsum(sizes)].tolist()
+    members = [ids[a:b] for a, b in itertools.pairwise(bounds)]
+    created = run.clusters.create_many(members, run.faces.files[faces], group, sums)
+    run.cluster_of[faces] = group + created.start
+    centroids = (sums / sizes[:, None]).astype(numpy.float32)
+    run.distance[faces] = numpy.linalg.norm(emb - centroids[group], axis=1)
+    return created
 
 
 # -- result -----------------------------------------------------------------------------------
