@@ -26,22 +26,23 @@ Budget: the incremental run at 100k faces <= 10 s. The first run prints pairwise
 recall and F1 against the synthetic identities, and the recall of step 2's link edges against
 exact search on ``RECALL_SAMPLES`` pooled faces.
 
-Measured (issue 11 §5, shared 2-core machine, load average 3..19 during the runs, so CPU
-seconds are the comparable figure): 100k first run 30 s CPU, F1 0.9997, link-neighbour recall
-0.991, incremental 0.5 s CPU; 1M first run 473 s wall / 502 s CPU, F1 0.918 (recall 0.848),
-link-neighbour recall 0.854, incremental (109k faces vs 78k clusters) 48 s CPU, peak RSS
-4.1 GB. The target (1M <= 120 s on 2 cores) is NOT met: nearly all of the time is the faiss
-HNSW build and search over ~850k pooled faces (build ~53 s CPU at 250k, i.e. ~160 us per
-insert on this machine, memory-latency bound; search ~24 s CPU per 250k queries), and its
-neighbour recall falls from 0.99 at 100k to 0.85 at 1M with efSearch 16.
+Measured (issue 11 §5, 2-core machine, load ~1 but a noisy host: the same 1M run took
+119-191 s over the session; compare within one run), ``--sizes 250000,1000000
+--baseline-rev 0c098ac --baseline-max 1000000`` (the baseline is the previous design, an HNSW
+index over every pooled face): 250k first run 28.3 s (50 s CPU) vs 70.5 s, F1 0.9995; 1M
+first run 183 s (320 s CPU) vs 349 s (608 s CPU), ratio 1.9, F1 0.9973 (previous design 0.918),
+component recall of link pairs 0.993, incremental run at 1M 17 s, peak RSS 3.8 GB. The target
+(1M <= 120 s on 2 cores) is NOT met: ~75 % of the time is the leader searches (one per pooled
+face, ~45-60 us each over ~95k leaders at efSearch 16, plus ~160k wide retries for faces no
+leader covers: new persons and misses) and the leader inserts.
 
-10M on paper: the index is O(n log n) (per-face cost grows with log n and with cache misses
-once the graph outgrows the caches), the rest is linear, so ~10 x 1.17 x the 1M index time
-plus 10 x the rest: ~6,000 s CPU, about 50 min wall on 2 idle cores. Memory is linear: per
-face 512 B embedding + 520 B augmented copy (``_Faces.left``) + 512 B pooled copy for the
-index + ~400 B HNSW (64-d vector, 32 bottom links, upper layers) + ~250 B kept edges, plus the
-caller's Candidate objects (~700 B): ~30-40 GB at 10M, which needs the augmented copy
-dropped and the pool indexed in place before it fits a small machine.
+10M on paper: the leader index holds ~one face per person (~950k leaders at 10M for this
+library shape), so per-face search cost grows with log(leaders) and cache misses: ~10 x 1.3 x
+the 1M time, ~2,400 s CPU (~25 min on 2 idle cores). Memory is linear: per face 512 B
+embedding + 520 B augmented copy (``_Faces.left``) + 512 B pooled copy + ~250 B kept edges,
+plus the caller's Candidate objects (~700 B); per leader ~300 B of index and 128 B of star
+members: ~25-30 GB at 10M, which needs the augmented copy dropped and the pool indexed in
+place before it fits a small machine.
 """
 
 from __future__ import annotations

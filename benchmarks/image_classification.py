@@ -13,6 +13,9 @@ of ``shared/data/images`` whose names have an ImageNet class (no ImageNet-labell
 available offline). Then, on the same PostgreSQL + Redis, the push-vs-poll wait figure of
 ``benchmarks/predict_wait.py`` (skip with ``--wait-calls 0``), and a summary line.
 
+``BENCH_SETTINGS=torch_threads=1,batch_pool_threads=8`` passes settings to the service
+processes (the stack gives them none of the caller's ``OPENIMM_*`` variables).
+
 The raw loop runs with the OpenMP settings the worker processes get (passive waiting, see
 ``pipeline.server._cpu_threads``), so both sides use the cores the same way. The machine's
 load average is printed with the figures: on shared cores the ratios move with it.
@@ -50,6 +53,7 @@ from tests.realservices import start_postgres, start_redis  # noqa: E402
 from workers import models  # noqa: E402
 from workers.models.imagenet import ImageNetModel, class_names  # noqa: E402
 
+EXTRA = dict(a.split("=", 1) for a in os.environ.get("BENCH_SETTINGS", "").split(",") if a)
 FOLDERS = ("coco", "images", "faces", "faces2", "headpose")
 # Scene photos of shared/data/images whose subject is an ImageNet-1k class (by clean name).
 SCENES = {
@@ -164,7 +168,8 @@ def main() -> None:
     pg, rd = start_postgres(), start_redis()
     data = Path(tempfile.mkdtemp(prefix="openimm-bench-img-"))
     port = free_port()
-    env = make_env(data, port, database_url=pg.create_database("bench"), broker_url=rd.url(0))
+    db, broker = pg.create_database("bench"), rd.url(0)
+    env = make_env(data, port, database_url=db, broker_url=broker, **EXTRA)
     if OWN_OMP_POLICY:
         env.pop("OMP_WAIT_POLICY")
     stack = Stack(data_dir=data, env=env, port=port)
