@@ -348,8 +348,9 @@ def leader_pairs(
     emb: numpy.ndarray, files: numpy.ndarray, radius: float
 ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Pairs (a, b) of rows of ``emb`` closer than ``radius`` (exact distances, other files)
-    that connect the rows as the full graph of such pairs does, without an index over every
-    row: *leader* clustering over an HNSW index of representatives.
+    that connect the rows nearly as the full graph of such pairs does (a spanning set, not
+    every pair), without an index over every row: *leader* clustering over an HNSW index of
+    representatives.
 
     Rows are taken in chunks of ``LEADER_CHUNK``. Each row asks the index of leaders for its
     ``LEADER_NEIGHBOURS`` nearest ones and is linked to every one closer than ``radius``.
