@@ -23,8 +23,8 @@ Synthetic data: identities are random directions of norm 0.65 in 128-d (two iden
 apart and faces of different people ~0.95. 10% of identities are singletons, the others have
 5..20 faces; faces are paired into files (~2 faces per photo); 85% of faces are qualified.
 Budget: the incremental run at 100k faces <= 10 s. The first run prints pairwise precision,
-recall and F1 against the synthetic identities, and the recall of step 2's link edges against
-exact search on ``RECALL_SAMPLES`` pooled faces.
+recall and F1 against the synthetic identities, and the share of the true link pairs (exact
+search on ``RECALL_SAMPLES`` pooled faces) that step 2's edges put into one component.
 
 Measured (issue 11 §5, 2-core machine, load ~1 but a noisy host: the same 1M run took
 119-191 s over the session; compare within one run), ``--sizes 250000,1000000
@@ -38,7 +38,7 @@ leader covers: new persons and misses) and the leader inserts.
 
 10M on paper: the leader index holds ~one face per person (~950k leaders at 10M for this
 library shape), so per-face search cost grows with log(leaders) and cache misses: ~10 x 1.3 x
-the 1M time, ~2,400 s CPU (~25 min on 2 idle cores). Memory is linear: per face 512 B
+the 1M run's 320 s CPU, ~4,200 s CPU (~35 min on 2 idle cores). Memory is linear: per face 512 B
 embedding + 520 B augmented copy (``_Faces.left``) + 512 B pooled copy + ~250 B kept edges,
 plus the caller's Candidate objects (~700 B); per leader ~300 B of index and 128 B of star
 members: ~25-30 GB at 10M, which needs the augmented copy dropped and the pool indexed in
