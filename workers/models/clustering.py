@@ -383,12 +383,8 @@ class _Leaders:
     members, and the pairs found so far."""
 
     def __init__(self, emb: numpy.ndarray, files: numpy.ndarray, radius: float) -> None:
-        import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
-
         self.emb, self.files, self.limit = emb, files, radius**2
-        self.project = _projection(emb.shape[1])
-        self.index = faiss.IndexHNSWFlat(self.project.shape[1], HNSW_M)
-        self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        self.index, self.project = _empty_hnsw(emb.shape[1])
         self.rows = numpy.empty(0, dtype=numpy.int64)  # row of each leader
         self.stars = numpy.empty((0, STAR_MEMBERS), dtype=numpy.int64)  # -1: free slot
         self.counts = numpy.empty(0, dtype=numpy.int64)
@@ -407,10 +403,7 @@ class _Leaders:
         for start, links in _bottom_links(self.index, len(self.rows)):
             ordinal = numpy.repeat(numpy.arange(start, start + len(links)), links.shape[1])
             other = links.ravel()
-            x, y = self.rows[ordinal[other >= 0]], self.rows[other[other >= 0]]
-            d2 = numpy.square(self.emb[x] - self.emb[y]).sum(axis=1)
-            keep = (d2 < self.limit) & (self.files[x] != self.files[y])
-            self._keep(x[keep], y[keep])
+            self._keep_close(self.rows[ordinal[other >= 0]], self.rows[other[other >= 0]])
 
     def take(self, rows: numpy.ndarray) -> None:
         """One chunk: link its rows to the leaders, then the uncovered ones among themselves
@@ -474,13 +467,7 @@ class _Leaders:
         members = self.stars[near[r, c]]  # pairs x STAR_MEMBERS rows, -1 for free slots
         row = numpy.repeat(rows[r], STAR_MEMBERS)
         member = members.ravel()
-        row, member = row[member >= 0], member[member >= 0]
-        step = max(1, CHUNK_ENTRIES // self.emb.shape[1])
-        for start in range(0, len(row), step):
-            x, y = row[start : start + step], member[start : start + step]
-            d2 = numpy.square(self.emb[x] - self.emb[y]).sum(axis=1)
-            keep = (d2 < self.limit) & (self.files[x] != self.files[y])
-            self._keep(x[keep], y[keep])
+        self._keep_close(row[member >= 0], member[member >= 0])
 
     def _found(self, rows: numpy.ndarray) -> None:
         """Uncovered ``rows`` of one chunk: exact pairs among them, and the greedy leaders
@@ -525,6 +512,16 @@ class _Leaders:
         self.stars[leaders[room], slot[room]] = rows[room]
         numpy.add.at(self.counts, leaders, 1)
 
+    def _keep_close(self, a: numpy.ndarray, b: numpy.ndarray) -> None:
+        """Keep the candidate pairs (a[i], b[i]) closer than the radius and of other files,
+        in chunks so that the gathered rows stay small."""
+        step = max(1, CHUNK_ENTRIES // self.emb.shape[1])
+        for start in range(0, len(a), step):
+            x, y = a[start : start + step], b[start : start + step]
+            d2 = numpy.square(self.emb[x] - self.emb[y]).sum(axis=1)
+            keep = (d2 < self.limit) & (self.files[x] != self.files[y])
+            self._keep(x[keep], y[keep])
+
     def _keep(self, a: numpy.ndarray, b: numpy.ndarray) -> None:
         if len(a):
             self.a.append(a)
@@ -533,12 +530,19 @@ class _Leaders:
 
 def _hnsw(base: numpy.ndarray) -> tuple[Any, numpy.ndarray]:
     """An HNSW index over the projected ``base`` rows, and the projection."""
+    index, project = _empty_hnsw(base.shape[1])
+    index.add(numpy.ascontiguousarray(base @ project))
+    return index, project
+
+
+def _empty_hnsw(dim: int) -> tuple[Any, numpy.ndarray]:
+    """An empty HNSW index over ``INDEX_DIM``-d projections of ``dim``-d rows, and the
+    projection."""
     import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
 
-    project = _projection(base.shape[1])
+    project = _projection(dim)
     index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(numpy.ascontiguousarray(base @ project))
     return index, project
 
 
