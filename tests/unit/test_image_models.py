@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -46,6 +47,26 @@ def test_packaged_weights_load_strictly_and_classify_real_photos() -> None:
     assert cat.index in CAT_CLASSES
     assert abs(float(coffee.probs.sum()) - 1.0) < 1e-4 and len(coffee.probs) == 1000
     assert models.get(ImageNetModel) is model  # one instance per process
+
+
+@needs_model
+def test_the_engine_computes_what_the_plain_network_computes() -> None:
+    """The engine runs channels-last and normalises a batch at once; a plain NCHW forward
+    pass of torchvision's eval transform (``preprocess``) must give the same probabilities."""
+    import torch
+
+    from workers.models.imagenet import network_class, preprocess
+
+    images = [photo("coffee.jpg"), photo("chelsea.jpg")]
+    engine = models.get(ImageNetModel).classify(images)
+    plain = network_class()()
+    plain.load_state_dict(torch.load(CARD.path(CARD.files[0].path), weights_only=True))
+    batch = torch.from_numpy(numpy.stack([preprocess(im) for im in images]))
+    with torch.inference_mode():
+        probs = torch.softmax(plain.eval()(batch)[1], dim=1).numpy()
+    for ours, reference in zip(engine, probs, strict=True):
+        assert ours.index == int(reference.argmax())
+        assert float(numpy.abs(ours.probs - reference).max()) < 1e-4
 
 
 @needs_model

@@ -268,7 +268,10 @@ class ImageNetModel(InferenceModel):
             self.card.path(self.card.files[0].path), map_location="cpu", weights_only=True
         )
         net.load_state_dict(state, strict=True)
-        self._net = net.eval().to(self.device)
+        # Channels-last (NHWC) is the layout oneDNN's convolutions run fastest on CPU:
+        # measured 1.45x at one image and ~1.6x in batches of 4-16 on 2 cores (the
+        # depthwise 3x3 layers gain most); the outputs equal NCHW's to float rounding.
+        self._net = net.eval().to(self.device, memory_format=torch.channels_last)
         class_names()  # fail now, not on the first request, if the names are missing
 
     def _forward(self, images: Sequence[Input]) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -278,7 +281,9 @@ class ImageNetModel(InferenceModel):
         # Normalise the whole batch at once: the same float32 steps as ``preprocess``.
         pixels = torch.from_numpy(numpy.stack(crops)).to(torch.float32) / 255.0
         mean, std = torch.from_numpy(MEAN), torch.from_numpy(STD)
-        batch = ((pixels - mean) / std).permute(0, 3, 1, 2).contiguous()
+        # The crops are HWC already: the NCHW view of them is channels-last without a copy.
+        batch = ((pixels - mean) / std).permute(0, 3, 1, 2)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             pooled, logits = self._net(batch.to(self.device))
         return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
