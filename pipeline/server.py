@@ -81,6 +81,10 @@ def run_worker(
     from workers.celery_app import build_worker_app
 
     app = build_worker_app(settings)
+    if pool == "threads":  # its jobs share this process: no worker_process_init runs
+        from workers import runtime
+
+        runtime.init_process(settings, jobs=concurrency)
     names = queue.all_queues(settings) if queues == "all" else queues.split(",")
     if settings.warm_workers:
         from workers import warmup

@@ -64,11 +64,21 @@ _state: WorkerState | None = None
 _state_lock = threading.Lock()  # a threads pool's jobs may ask for the state at once
 
 
-def init_process(settings: Settings, process_index: int = 0) -> WorkerState:
-    """Build this process's state (called from ``worker_process_init``)."""
+def init_process(settings: Settings, process_index: int = 0, jobs: int = 1) -> WorkerState:
+    """Build this process's state (called from ``worker_process_init``, or by a threads
+    pool before it starts, with ``jobs`` its concurrency).
+
+    The database pool keeps a connection per job that may run at once (at least 2: the
+    heartbeat has its own). SQLAlchemy closes a connection checked in beyond ``pool_size``,
+    so a threads pool of 16 jobs on a pool of 2 opened and closed a PostgreSQL connection
+    (a server process fork and an authentication) for most of its transactions."""
     global _state
     store = open_store(settings)
-    db = Database(settings.db_url, pool_size=2, ping_idle_seconds=settings.db_ping_idle_seconds)
+    db = Database(
+        settings.db_url,
+        pool_size=max(2, jobs + 1),
+        ping_idle_seconds=settings.db_ping_idle_seconds,
+    )
     name = f"{socket.gethostname()}:{os.getpid()}"
     outages = OutageLog(log)
     _state = WorkerState(

@@ -544,7 +544,8 @@ def _empty_hnsw(dim: int) -> tuple[Any, numpy.ndarray]:
     # Vectors stored as float16: the search is bound by memory reads, and half the bytes
     # per vector made it 1.4-1.6x faster with the same recall (distances are recomputed
     # exactly on the full embeddings afterwards, so the rounding only steers the beam).
-    index = faiss.IndexHNSWSQ(project.shape[1], faiss.ScalarQuantizer.QT_fp16, HNSW_M)
+    fp16 = faiss.ScalarQuantizer.QT_fp16  # the stubs know one overload of the constructor
+    index = faiss.IndexHNSWSQ(project.shape[1], fp16, HNSW_M)  # type: ignore[arg-type]
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     return index, project
 
