@@ -26,21 +26,23 @@ Budget: the incremental run at 100k faces <= 10 s. The first run prints pairwise
 recall and F1 against the synthetic identities, and the share of the true link pairs (exact
 search on ``RECALL_SAMPLES`` pooled faces) that step 2's edges put into one component.
 
-Measured (issue 11 §5, 2-core machine, load ~1 but a noisy host: the same 1M run took
-119-191 s over the session; compare within one run), ``--sizes 250000,1000000
---baseline-rev 0c098ac --baseline-max 1000000`` (the baseline is the previous design, an HNSW
-index over every pooled face): 250k first run 28.3 s (50 s CPU) vs 70.5 s, F1 0.9995; 1M
-first run 183 s (320 s CPU) vs 349 s (608 s CPU), ratio 1.9, F1 0.9973 (previous design 0.918),
-component recall of link pairs 0.993, incremental run at 1M 17 s, peak RSS 3.8 GB. The target
-(1M <= 120 s on 2 cores) is NOT met: ~75 % of the time is the leader searches (one per pooled
-face, ~45-60 us each over ~95k leaders at efSearch 16, plus ~160k wide retries for faces no
-leader covers: new persons and misses) and the leader inserts.
+Measured (issue 11 §5, 2-core machine, load ~1; compare within one run: on a noisier host the
+same 1M run took 119-191 s), ``--sizes 250000,1000000 --baseline-rev 0c098ac --baseline-max
+1000000`` (the baseline is the previous design, an HNSW index over every pooled face): 250k
+first run 13.3 s (22.8 s CPU) vs 25.0 s, F1 0.9995; 1M first run 88.4 s (150 s CPU) vs
+134.5 s (225 s CPU), ratio 1.5, F1 0.9972 (previous design 0.918 on an earlier run), component
+recall of link pairs 0.994, incremental run at 1M 5.5 s, peak RSS 3.8 GB; the 1M run alone
+took 81 s. Before the float16 index vectors the same machine measured 98 s and 120 s. The
+target (1M <= 120 s on 2 cores) is met. Where the time goes (1M, one instrumented run):
+leader searches ~34 s (846k at efSearch 16, ~18 us each; 160k wide retries at ef 128 for
+faces no leader covers, ~106 us each: new persons and misses), leader inserts ~12 s (95k),
+centroid index and step 1/3 ~10 s, cluster creation ~7 s.
 
 10M on paper: the leader index holds ~one face per person (~950k leaders at 10M for this
 library shape), so per-face search cost grows with log(leaders) and cache misses: ~10 x 1.3 x
-the 1M run's 320 s CPU, ~4,200 s CPU (~35 min on 2 idle cores). Memory is linear: per face 512 B
+the 1M run's 150 s CPU, ~2,000 s CPU (~17 min on 2 idle cores). Memory is linear: per face 512 B
 embedding + 520 B augmented copy (``_Faces.left``) + 512 B pooled copy + ~250 B kept edges,
-plus the caller's Candidate objects (~700 B); per leader ~300 B of index and 128 B of star
+plus the caller's Candidate objects (~700 B); per leader ~200 B of index and 128 B of star
 members: ~25-30 GB at 10M, which needs the augmented copy dropped and the pool indexed in
 place before it fits a small machine.
 """
