@@ -193,7 +193,10 @@ def test_chaos_drill_loses_nothing(
         except Exception:  # the database may still be coming back
             return 0
 
-    wait_until(lambda: finished() == TASKS, 240, 0.5, what="every task finished")
+    try:
+        wait_until(lambda: finished() == TASKS, 240, 0.5, what="every task finished")
+    except AssertionError as exc:  # say which tasks hung and what the processes logged
+        raise AssertionError(f"{exc}\n{_hung(engine, stack)}") from None
     with engine.connect() as conn:
         by_status = select(Task.status, func.count()).group_by(Task.status)
         statuses = {status: n for status, n in conn.execute(by_status).all()}
@@ -234,3 +237,19 @@ def test_chaos_drill_loses_nothing(
     for name in ("api", "dispatcher-2"):
         assert "Traceback" not in stack.log(name), stack.log(name)[-3000:]
     assert stack.log("dispatcher-2").count("database unavailable") <= 2
+
+
+def _hung(engine: Engine, stack: Stack) -> str:
+    """The tasks still Running (attempts, worker, lease, heartbeat) and each process's last
+    log lines: what a drill that timed out needs to be diagnosed after its files are gone."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Task.id, Task.attempts, Task.worker, Task.lease_expires_at, Task.heartbeat_at)
+            .where(Task.status == "Running")
+            .limit(20)
+        ).all()
+    lines = [f"still Running: {len(rows)} (first 20)", *(str(tuple(r)) for r in rows)]
+    for name in ("api", "worker-1", "worker-2", "dispatcher-1", "dispatcher-2"):
+        tail = stack.log(name).splitlines()[-15:]
+        lines += [f"--- {name}.log (last {len(tail)} lines)", *tail]
+    return "\n".join(lines)
