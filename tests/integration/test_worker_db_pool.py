@@ -6,6 +6,7 @@ PostgreSQL: SQLite has no connection pool to size)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,15 @@ from workers import celery_app, runtime
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_database: str) -> Settings:
+def settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_database: str
+) -> Iterator[Settings]:
     for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):  # run_worker sets them
         monkeypatch.setenv(name, "1")
     monkeypatch.setattr(runtime, "_state", None)
-    return Settings(data_dir=tmp_path, database_url=fresh_database, warm_workers=False)
+    yield Settings(data_dir=tmp_path, database_url=fresh_database, warm_workers=False)
+    if runtime._state is not None:  # close the connections the test's pool kept
+        runtime._state.db.engine.dispose()
 
 
 class FakeApp:
