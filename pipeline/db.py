@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import fastjson
 from pipeline.settings import Settings
 
 
@@ -73,12 +74,16 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
     event.listen(engine, "checkout", checkout)
 
 
+# JSON columns (task requests and results, event contents) go through orjson (see fastjson).
+_JSON: dict[str, Any] = {"json_serializer": fastjson.dumps, "json_deserializer": fastjson.loads}
+
+
 def make_engine(url: str, *, pool_size: int = 10, ping_idle_seconds: float = 2.0) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800, **_JSON)
     _ping_when_idle(engine, ping_idle_seconds)
     return engine
 

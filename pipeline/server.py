@@ -77,7 +77,7 @@ def run_worker(
     """One Celery pool. ``prefork``: a process per job (isolation, one model copy each);
     ``threads``: one process running ``concurrency`` jobs in threads, which is what lets
     batching kinds (pipeline.jobs ``batching``) share forward passes."""
-    _cpu_threads(settings, model_runtimes(pool, concurrency))
+    _cpu_threads(settings, model_threads(pool, concurrency, os.cpu_count() or 1))
     from workers.celery_app import build_worker_app
 
     app = build_worker_app(settings)
@@ -109,30 +109,35 @@ def run_worker(
     return 0
 
 
-def model_runtimes(pool: str, concurrency: int) -> int:
-    """How many model forward passes a pool runs at once: one per process in a prefork pool;
-    one in a threads pool, which shares one process and (for batching kinds,
-    ``workers.batching``) one batcher, so its runtime may use every core."""
-    return 1 if pool == "threads" else concurrency
+def model_threads(pool: str, concurrency: int, cores: int) -> int:
+    """Intra-op threads for each model runtime of a pool on ``cores`` cores.
+
+    Prefork: the cores divided between the processes, each running its own forward passes,
+    so the pool uses each core once instead of every job's model asking for all of them.
+
+    Threads: one batcher runs one forward pass at a time, and it gets every core but one. The
+    pool's jobs decode their images, talk to the database and the broker in Python meanwhile,
+    and an OpenMP region that needs every core waits at its barrier for whichever thread one
+    of them pre-empted. benchmarks/image_classification.py on 2 cores, frozen MobileNetV2,
+    same run: the raw loop did 32.3 images/s with one thread against 24.3 with two; the
+    service 22.4 requests/s at 8 clients with one thread, 21.5 with two in the run before.
+    """
+    if pool == "threads":
+        return max(1, cores - 1)
+    return max(1, cores // max(1, concurrency))
 
 
-def _cpu_threads(settings: Settings, parallel: int) -> None:
+def _cpu_threads(settings: Settings, default: int) -> None:
     """Thread settings of the model runtimes, before any of them loads in this process.
 
-    Intra-op threads: ``OPENIMM_TORCH_THREADS``, or the cores divided by the number of
-    model runtimes that run at once (``parallel``: a prefork pool's concurrency, 1 for a
-    threads pool, whose batcher runs one forward pass at a time), so the jobs of a pool
-    together use each core once instead of every job's model asking for all of them.
-    (benchmarks/image_classification.py, a threads pool of 16 on 2 cores, back-to-back runs:
-    8.3 / 9.1 requests/s at 8 / 32 clients with both cores against 7.9 / 8.1 with the 2 // 16 =
-    1 thread of the old rule; a small gain, on a noisy host.)
+    Intra-op threads: ``OPENIMM_TORCH_THREADS``, or ``default`` (:func:`model_threads`).
 
     OpenMP's default is to spin while it waits for the other threads of a parallel region;
     on cores shared with the API, the database and other pools, a spinning thread burns the
     core its partner needs (one MobileNetV2 pass took 10x its CPU, measured on 2 shared
     cores), so waiting is passive unless the environment says otherwise."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, parallel))
+    threads = settings.torch_threads or default
     if settings.torch_threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -29,6 +28,7 @@ from pipeline.api import wire
 from pipeline.api.services import Caller, Services
 from pipeline.api.submission import Created, create_task, enqueue_and_wait
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound, SyncTimeout, TaskFailed
+from pipeline.fastjson import FastJSONResponse as JSONResponse
 from pipeline.ids import utcnow
 from pipeline.models import Task
 from pipeline.params import bounded_int, loads

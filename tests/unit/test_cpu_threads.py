@@ -17,7 +17,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def threads_for(pool: str, concurrency: int, **settings: object) -> str:
-    server._cpu_threads(Settings(**settings), server.model_runtimes(pool, concurrency))
+    default = server.model_threads(pool, concurrency, server.os.cpu_count() or 1)
+    server._cpu_threads(Settings(**settings), default)
     return server.os.environ["OMP_NUM_THREADS"]
 
 
@@ -27,8 +28,13 @@ def test_a_prefork_pool_splits_the_cores_between_its_processes(env: pytest.Monke
     assert threads_for("prefork", 16) == "1"
 
 
-def test_a_threads_pool_gives_its_one_batcher_every_core(env: pytest.MonkeyPatch) -> None:
-    assert threads_for("threads", 16) == "8"  # not 8 // 16: one forward pass runs at a time
+def test_a_threads_pool_gives_its_one_batcher_every_core_but_one(
+    env: pytest.MonkeyPatch,
+) -> None:
+    # Not 8 // 16: one forward pass runs at a time; one core is left to the jobs' own work.
+    assert threads_for("threads", 16) == "7"
+    assert server.model_threads("threads", 16, cores=2) == 1
+    assert server.model_threads("threads", 16, cores=1) == 1
 
 
 def test_the_setting_wins_and_waiting_is_passive(env: pytest.MonkeyPatch) -> None:

@@ -51,14 +51,20 @@ def test_packaged_weights_load_strictly_and_classify_real_photos() -> None:
 
 @needs_model
 def test_the_engine_computes_what_the_plain_network_computes() -> None:
-    """The engine runs channels-last and normalises a batch at once; a plain NCHW forward
-    pass of torchvision's eval transform (``preprocess``) must give the same probabilities."""
+    """The engine runs a frozen channels-last graph and normalises a batch at once; a plain
+    eager NCHW pass of torchvision's eval transform (``preprocess``) must give the same
+    probabilities, at every batch size."""
     import torch
 
     from workers.models.imagenet import network_class, preprocess
 
-    images = [photo("coffee.jpg"), photo("chelsea.jpg")]
-    engine = models.get(ImageNetModel).classify(images)
+    coffee, cat = photo("coffee.jpg"), photo("chelsea.jpg")
+    images = [coffee, cat, coffee.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    model = models.get(ImageNetModel)
+    # A frozen graph (batch norms folded), traced at one batch size, run at others.
+    model.ensure_loaded()
+    assert isinstance(model._net, torch.jit.ScriptModule)
+    engine = model.classify([coffee]) + model.classify(images[1:])
     plain = network_class()()
     plain.load_state_dict(torch.load(CARD.path(CARD.files[0].path), weights_only=True))
     batch = torch.from_numpy(numpy.stack([preprocess(im) for im in images]))
