@@ -36,7 +36,10 @@ def dumps(value: Any) -> str:
 
 
 def loads(raw: str | bytes) -> Any:
-    return orjson.loads(raw)
+    try:
+        return orjson.loads(raw)
+    except ValueError:  # orjson.JSONDecodeError: text an older openimm wrote with ``json``
+        return json.loads(raw)  # (NaN in a SQLite column, a lone surrogate): still readable
 
 
 class FastJSONResponse(JSONResponse):

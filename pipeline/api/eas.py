@@ -28,7 +28,7 @@ from pipeline.api import wire
 from pipeline.api.services import Caller, Services
 from pipeline.api.submission import Created, create_task, enqueue_and_wait
 from pipeline.errors import ImmError, InvalidArgument, ResourceNotFound, SyncTimeout, TaskFailed
-from pipeline.fastjson import FastJSONResponse as JSONResponse
+from pipeline.fastjson import FastJSONResponse
 from pipeline.ids import utcnow
 from pipeline.models import Task
 from pipeline.params import bounded_int, loads
@@ -97,17 +97,17 @@ def failure(request_id: str, code: str, message: str, status: int) -> dict[str, 
     }
 
 
-def error_response(request: Request, exc: ImmError) -> JSONResponse:
+def error_response(request: Request, exc: ImmError) -> FastJSONResponse:
     """An error raised while handling a predict call: Model Hub's shape (``success: false``,
     ``error_code``, ``error_msg``) with the IMM error fields beside it."""
     rid = getattr(request.state, "request_id", "")
     body = failure(rid, exc.code, exc.message, exc.http_status)
     imm = {"Code": exc.code, "Message": exc.message, "RequestId": rid}
-    return JSONResponse({**body, **imm}, status_code=exc.http_status)
+    return FastJSONResponse({**body, **imm}, status_code=exc.http_status)
 
 
 @router.post("/api/predict/{service}")
-async def predict(service: str, request: Request) -> JSONResponse:
+async def predict(service: str, request: Request) -> FastJSONResponse:
     services: Services = request.app.state.services
     headers = wire.view(request).headers
     anonymous = auth.anonymous_owner(services.keys, services.settings.dev_mode)
@@ -126,7 +126,7 @@ async def predict(service: str, request: Request) -> JSONResponse:
         raise InvalidArgument('The body must be a JSON object like {"input": {...}}.')
     caller = Caller(owner=owner, request_id=request.state.request_id)
     result = await run_in_threadpool(run, services, caller, spec, payload)
-    return JSONResponse(result)
+    return FastJSONResponse(result)
 
 
 def _window(services: Services) -> dict[str, Any]:

@@ -37,6 +37,12 @@ def test_nan_becomes_null_not_invalid_json() -> None:
     assert json.loads(fastjson.dumps({"v": math.nan})) == {"v": None}
 
 
+def test_what_the_standard_library_wrote_before_still_reads() -> None:
+    old = json.dumps({"v": math.nan, "s": "\ud800"})  # SQLite kept such text as written
+    value = fastjson.loads(old)
+    assert math.isnan(value["v"]) and value["s"] == "\ud800"
+
+
 def test_the_response_renders_utf8_json() -> None:
     response = fastjson.FastJSONResponse({"class_name": "café", "success": True})
     assert json.loads(response.body.decode()) == {"class_name": "café", "success": True}
