@@ -350,6 +350,9 @@ def finalize(
     if status == SUCCEEDED:
         values["progress"] = 100
         values["message"] = message or _success_message()
+    # A result the caller gives is not read back: RETURNING it would send it to the worker
+    # again and parse it once more (the 1000 class probabilities of a predict call, ~36 KB).
+    columns = EVENT_COLUMNS if result is None else EVENT_COLUMNS_BUT_RESULT
     if result is not None:
         values["result"] = result
     row = (
@@ -358,13 +361,14 @@ def finalize(
             TASKS.update()
             .where(TASKS.c.id == task_id_, TASKS.c.status == RUNNING)
             .values(**values)
-            .returning(*EVENT_COLUMNS)
+            .returning(*columns)
         )
         .one_or_none()
     )
     if row is None:
         return False
-    session.connection().execute(EVENTS.insert().values(**_terminal_event(row._mapping)))
+    task = dict(row._mapping) if result is None else {**row._mapping, "result": result}
+    session.connection().execute(EVENTS.insert().values(**_terminal_event(task)))
     return True
 
 
@@ -395,6 +399,7 @@ EVENT_COLUMNS = [
         "request",
     )
 ]
+EVENT_COLUMNS_BUT_RESULT = [c for c in EVENT_COLUMNS if c.name != "result"]
 
 
 def _terminal_event(task: Any) -> dict[str, Any]:
@@ -408,7 +413,7 @@ def _terminal_event(task: Any) -> dict[str, Any]:
         "type": event_type(task["task_type"]),
         "task_id": task["id"],
         "topic": topic,
-        "content": message_content(task),
+        "content": message_content(task, results=bool(topic)),
         "created_at": utcnow(),
     }
 
@@ -425,8 +430,13 @@ def _content_head(task: Any) -> dict[str, Any]:
     }
 
 
-def message_content(task: Any) -> dict[str, Any]:
-    """Layer 3 of the IMM notification: the common keys, then task-specific results."""
+def message_content(task: Any, *, results: bool = True) -> dict[str, Any]:
+    """Layer 3 of the IMM notification: the common keys, then task-specific results.
+
+    ``results=False`` (the event of a task that names no MNS topic, which is never
+    delivered) keeps the common keys only: the results are in the task row, and a copy in
+    the outbox would be written, stored and read by the dispatcher for nobody (a predict
+    call's 1000 class probabilities are ~36 KB)."""
     if event_type(task["task_type"]).startswith(FILE_META_PREFIX):
         return _file_meta_content(task)
     content: dict[str, Any] = {
@@ -438,7 +448,8 @@ def message_content(task: Any) -> dict[str, Any]:
         "Message": task["message"],
         "EventSourceId": "",
     }
-    content.update(task["result"] or {})
+    if results:
+        content.update(task["result"] or {})
     return content
 
 
