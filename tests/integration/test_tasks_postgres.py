@@ -66,6 +66,34 @@ def test_concurrent_finalizers_end_a_task_once_with_one_event(db: Database) -> N
         assert events[0].type == "imm:Task:Diagnostic"
 
 
+def test_only_an_event_that_will_be_delivered_carries_the_results(db: Database) -> None:
+    """The result goes into the outbox only for a task naming an MNS topic; it is the
+    caller's own result (not read back from the row) in both places."""
+    ids = {}
+    for topic in ("", "t"):
+        spec = tasks.NewTask(
+            task_type="Diagnostic",
+            queue="default",
+            request={},
+            notification={"MNS": {"TopicName": topic}} if topic else {},
+        )
+        with db.session() as s:
+            task, _ = tasks.create(s, projects.get_project(s, "owner", "p"), spec, request_id="r")
+            ids[topic] = task.id
+        with db.session() as s:
+            started = s.get(Task, task.id).start_time  # type: ignore[union-attr]
+            assert tasks.finalize(s, task.id, "Succeeded", result={"N": 1}, started_at=started)
+    with db.session() as s:
+        content = {
+            ev.topic: ev.content
+            for ev in s.scalars(select(Event).where(Event.task_id.in_(ids.values())))
+        }
+        assert all(s.get(Task, i).result == {"N": 1} for i in ids.values())  # type: ignore[union-attr]
+    assert content["t"]["N"] == 1 and content["t"]["TaskId"] == ids["t"]
+    assert "N" not in content[""] and content[""]["Status"] == "Succeeded"
+    assert content[""]["TaskId"] == ids[""]
+
+
 def test_tag_selector_runs_in_postgres(db: Database) -> None:
     spec = tasks.NewTask(task_type="Diagnostic", queue="default", request={}, tags={"k": "v"})
     with db.session() as s:
