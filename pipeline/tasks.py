@@ -367,7 +367,7 @@ def finalize(
     )
     if row is None:
         return False
-    task = dict(row._mapping) if result is None else {**row._mapping, "result": result}
+    task = row._mapping if result is None else {**row._mapping, "result": result}
     session.connection().execute(EVENTS.insert().values(**_terminal_event(task)))
     return True
 
