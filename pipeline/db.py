@@ -95,6 +95,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size, ping_idle_seconds=ping_idle_seconds)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        # Same pool; the connection is switched to autocommit for the checkout only.
+        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._single = sessionmaker(autocommit, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -115,6 +118,21 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def statement(self) -> Iterator[Session]:
+        """A session for exactly one SQL statement, run without an explicit transaction.
+
+        One statement is atomic by itself, so the ``BEGIN`` and ``COMMIT`` round trips that
+        :meth:`session` pays around it buy nothing: on a loaded machine each round trip is a
+        wake-up of the database backend, and the hot path of a short task (the worker's claim,
+        the API's read of the finished row) is one statement each. Never run two statements
+        that must apply together in this session; use :meth:`session` for those."""
+        session = self._single()
+        try:
+            yield session
         finally:
             session.close()
 

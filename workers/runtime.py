@@ -136,7 +136,7 @@ def _wait(st: WorkerState, call: Callable[[], T]) -> T:
 
 
 def _claim(st: WorkerState, task_id: str) -> tasks.Claim | None:
-    with st.db.session() as session:
+    with st.db.statement() as session:  # the claim is one UPDATE … RETURNING
         return tasks.claim(session, task_id, st.name, st.settings.lease_seconds)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import jobs
+from pipeline import jobs, vectors
 from pipeline.api import eas
 from pipeline.api.rpc import action
 from pipeline.api.services import Caller, Services
@@ -97,11 +97,13 @@ def _classification_request(body: dict[str, Any], svc: Services, caller: Caller)
 
 
 def _classification_output(task: Task) -> dict[str, Any]:
+    from workers.models.imagenet import class_names  # the labels the worker used (cached)
+
     image = task.result["Images"][0]
     return {
         "class": image["Class"],
         "class_name": image["ClassName"],
-        "class_probs": image["ClassProbs"],
+        "class_probs": vectors.named(class_names(), image["ClassProbsFloat32"]),
     }
 
 

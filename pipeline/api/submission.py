@@ -167,24 +167,31 @@ def _wait(
     if not read_first:
         waiter.wait(min(fallback, timeout))
     while True:
-        with svc.db.session() as s:
+        with svc.db.statement() as s:  # one SELECT: no transaction around it
             task = s.get(tasks.Task, task_id)
-            assert task is not None
-            if task.status != tasks.RUNNING:
-                break
-            left = deadline - time.monotonic()
-            if left < 0:
-                project = projects.get_project(s, caller.owner, task.project_name)
-                try:
-                    tasks.cancel(s, project, task_id)
-                except StatusConflict:  # it ended just now: the re-read returns it
-                    continue
-        if left < 0:  # raised after the commit: raising inside would roll the cancel back
+        assert task is not None
+        if task.status != tasks.RUNNING:
+            break
+        left = deadline - time.monotonic()
+        if left < 0:
+            if not _cancel(svc, caller, task):
+                continue  # it ended just now: the re-read returns it
             raise SyncTimeout(f"The operation did not finish within {timeout:.0f} s.")
         waiter.wait(min(fallback, left + 0.001))
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task
+
+
+def _cancel(svc: Services, caller: Caller, task: tasks.Task) -> bool:
+    """Cancel a synchronous call's task at its timeout; False if it ended meanwhile."""
+    with svc.db.session() as s:
+        project = projects.get_project(s, caller.owner, task.project_name)
+        try:
+            tasks.cancel(s, project, task.id)
+        except StatusConflict:
+            return False
+    return True
 
 
 def time_range(p: Params, name: str) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy
 from PIL import Image
 
-from pipeline import jobs
+from pipeline import jobs, vectors
 from workers import models
 from workers.batching import BatchPolicy, DynamicBatcher
 from workers.context import JobContext
@@ -74,8 +74,9 @@ def _classify(ctx: JobContext, uris: list[str]) -> tuple[list[Classification], i
 
 def classify(ctx: JobContext) -> dict[str, Any]:
     """``{"Images": [{URI, Class, ClassName, Labels[top-k]}], "BatchSize"}``; with
-    ``AllProbs`` (the EAS service) also ``ClassProbs``: every class name → probability, as
-    Model Hub returns. ``BatchSize``: the most images one forward pass held for this task
+    ``AllProbs`` (the EAS service) also ``ClassProbsFloat32``: every class's probability in
+    class-id order, compactly (``pipeline.vectors``); the EAS answer names them, as Model Hub
+    returns them. ``BatchSize``: the most images one forward pass held for this task
     (> 1 for a single image when concurrent requests were batched with it)."""
     from workers.models.imagenet import class_names
 
@@ -95,8 +96,8 @@ def classify(ctx: JobContext) -> dict[str, Any]:
                 "ClassName": result.name,
                 "Labels": _labels(result.probs, names, top_k),
             }
-            if ctx.request.get("AllProbs"):
-                item["ClassProbs"] = {n: float(p) for n, p in zip(names, result.probs, strict=True)}
+            if ctx.request.get("AllProbs"):  # named by the EAS adapter (pipeline.vectors)
+                item["ClassProbsFloat32"] = vectors.encode(result.probs)
             out.append(item)
         if start + CHUNK < len(uris):  # the terminal write says 100: no write for the last
             ctx.progress(int(95 * (start + len(batch)) / len(uris)))
