@@ -100,11 +100,11 @@ def _classification_output(task: Task) -> dict[str, Any]:
     from workers.models.imagenet import class_names  # the labels the worker used (cached)
 
     image = task.result["Images"][0]
-    return {
-        "class": image["Class"],
-        "class_name": image["ClassName"],
-        "class_probs": vectors.named(class_names(), image["ClassProbsFloat32"]),
-    }
+    if "ClassProbs" in image:  # written by a worker of 2026-12-02 or older (rolling upgrade)
+        probs = image["ClassProbs"]
+    else:
+        probs = vectors.named(class_names(), image["ClassProbsFloat32"])
+    return {"class": image["Class"], "class_name": image["ClassName"], "class_probs": probs}
 
 
 def _similarity_request(body: dict[str, Any], svc: Services, caller: Caller) -> dict[str, Any]:

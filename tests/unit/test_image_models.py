@@ -227,3 +227,19 @@ def test_imm_labels_have_levels_and_parents() -> None:
     assert by_name["Food and drink"]["ParentLabelName"] == "Food"
     assert by_name["Food"]["LabelLevel"] == 1 and by_name["Food"]["ParentLabelName"] == ""
     assert all(0 <= label["LabelConfidence"] <= 1 and label["Language"] == "en" for label in labels)
+
+
+def test_the_eas_answer_names_the_compact_probabilities_and_reads_old_rows() -> None:
+    from pipeline import vectors
+    from pipeline.api.image_actions import _classification_output
+
+    probs = numpy.random.default_rng(1).dirichlet(numpy.ones(1000)).astype(numpy.float32)
+    names = class_names()
+    old = {n: float(p) for n, p in zip(names, probs, strict=True)}
+    image = {"Class": 967, "ClassName": "espresso"}
+    compact = Task(result={"Images": [{**image, "ClassProbsFloat32": vectors.encode(probs)}]})
+    legacy = Task(result={"Images": [{**image, "ClassProbs": old}]})  # an older worker's row
+    for task in (compact, legacy):
+        out = _classification_output(task)
+        assert out == {"class": 967, "class_name": "espresso", "class_probs": old}
+        assert tuple(out["class_probs"]) == tuple(names)  # class-id order, as Model Hub lists them
