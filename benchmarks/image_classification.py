@@ -7,7 +7,10 @@ Raw baseline: the same MobileNetV2 engine (``workers.models.imagenet``) called i
 this process, one image per call. Service: the official ``eas-prediction`` client posting
 ``{"image": <base64>}`` to ``image_classification`` on real ``openimm api`` + ``openimm
 worker -Q image`` processes (PostgreSQL + Redis), with 1, 8 and 32 concurrent clients.
-Prints throughput ratios (service / raw), p50 latency overhead at 1 client, top-1 agreement
+Each service round (1, 8, 32 clients; ``--rounds`` times) runs between two raw rounds and is
+compared with their mean, so a change of the shared machine's speed during the run moves both
+sides; the summary gives the median ratio over the rounds. Prints throughput ratios
+(service / raw), p50 latency overhead at 1 client, top-1 agreement
 between the service and the raw model over every image, and a top-5 check on the scene photos
 of ``shared/data/images`` whose names have an ImageNet class (no ImageNet-labelled set is
 available offline). Then, on the same PostgreSQL + Redis, the push-vs-poll wait figure of
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +94,18 @@ def load_images(limit: int, root: Path = SHARED) -> list[tuple[str, bytes]]:
     return found[:limit]
 
 
-def run_raw(images: list[tuple[str, bytes]]) -> tuple[float, list[float], dict[str, list[str]]]:
+@dataclass
+class RawRun:
+    throughput: float
+    latencies: list[float]
+    top5: dict[str, list[str]]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+
+def run_raw(images: list[tuple[str, bytes]]) -> RawRun:
     model = models.get(ImageNetModel)
     model.classify([Image.open(io.BytesIO(images[0][1]))])  # load + warm up
     latencies, top5 = [], {}
@@ -100,21 +115,23 @@ def run_raw(images: list[tuple[str, bytes]]) -> tuple[float, list[float], dict[s
         result = model.classify([Image.open(io.BytesIO(data))])[0]
         latencies.append((time.perf_counter() - t0) * 1000)
         top5[name] = [class_names()[i] for i in result.probs.argsort()[::-1][:5]]
-    return len(images) / (time.perf_counter() - start), latencies, top5
+    return RawRun(len(images) / (time.perf_counter() - start), latencies, top5)
 
 
-def best_raw(images: list[tuple[str, bytes]]) -> tuple[float, list[float], dict[str, list[str]]]:
-    """The raw loop with torch's default threads and with one thread: the faster is the
-    baseline (on shared cores one thread can win), so the service is never compared with a
-    handicapped loop."""
+def best_raw(images: list[tuple[str, bytes]]) -> RawRun:
+    """The raw loop with torch's default threads and with one thread: the faster stays the
+    baseline for the whole run (on shared cores one thread can win), so the service is never
+    compared with a handicapped loop."""
     import torch
 
     runs = {}
     for threads in dict.fromkeys((torch.get_num_threads(), 1)):
         torch.set_num_threads(threads)
         runs[threads] = run_raw(images)
-        print(f"raw loop, {threads} torch thread(s): {runs[threads][0]:.1f} images/s")
-    return max(runs.values(), key=lambda run: run[0])
+        print(f"raw loop, {threads} torch thread(s): {runs[threads].throughput:.1f} images/s")
+    best = max(runs, key=lambda threads: runs[threads].throughput)
+    torch.set_num_threads(best)
+    return runs[best]
 
 
 def client(stack: Stack) -> PredictClient:
@@ -153,16 +170,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="jobs the pool runs at once")
     parser.add_argument("--prefork", action="store_true", help="a prefork pool (no batching)")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder of the photo sets")
+    parser.add_argument("--rounds", type=int, default=3, help="service rounds per client count")
     parser.add_argument("--wait-calls", type=int, default=100, help="push-vs-poll calls; 0: skip")
     args = parser.parse_args()
     images = load_images(args.images, args.data)
     if not images:
         raise SystemExit(f"no images under {args.data}/{{{','.join(FOLDERS)}}}")
     load_before = os.getloadavg()[0]
-    raw_tp, raw_lat, raw_top5 = best_raw(images)
+    first = best_raw(images)
     print(
-        f"\n{len(images)} images; raw model loop: {raw_tp:.1f} images/s, p50 "
-        f"{statistics.median(raw_lat):.1f} ms\n"
+        f"\n{len(images)} images; raw model loop: {first.throughput:.1f} images/s, "
+        f"p50 {first.p50:.1f} ms"
     )
 
     pg, rd = start_postgres(), start_redis()
@@ -173,8 +191,10 @@ def main() -> None:
     if OWN_OMP_POLICY:
         env.pop("OMP_WAIT_POLICY")
     stack = Stack(data_dir=data, env=env, port=port)
-    ratios: dict[int, float] = {}
-    overhead_1 = 0.0
+    levels = (1, 8, 32)
+    ratios: dict[int, list[float]] = {c: [] for c in levels}
+    overheads: dict[int, list[float]] = {c: [] for c in levels}
+    raw_rates: list[float] = []
     waits: dict[str, list[float]] = {}
     try:
         stack.run("migrate")
@@ -186,18 +206,29 @@ def main() -> None:
         wait_until(lambda: "ready" in stack.log("image"), 180, what="image pool ready")
         run_service(stack, images[:8], 2, 8)  # warm up: model load in every pool process
         agreement: dict[str, str] = {}
-        for clients in (1, 8, 32):
-            tp, lat, answers = run_service(stack, images, clients, args.requests)
-            agreement.update(answers)
-            overhead = statistics.median(lat) - statistics.median(raw_lat)
-            ratios[clients] = tp / raw_tp
-            overhead_1 = overhead if clients == 1 else overhead_1
-            print(
-                f"{clients:>2} clients: {tp:6.1f} req/s = {tp / raw_tp:.2f}x raw   p50 "
-                f"{statistics.median(lat):7.1f} ms  p99 {pct(lat, 0.99):7.1f} ms   "
-                f"p50 overhead over raw {overhead:6.1f} ms",
-                flush=True,
-            )
+        # Shared cores change speed from one minute to the next, so each service round sits
+        # between two raw rounds and is compared with their mean (the service is idle while
+        # the raw loop runs, and the other way round).
+        before = run_raw(images)
+        raw_rates.append(before.throughput)
+        for round_ in range(1, args.rounds + 1):
+            for clients in levels:
+                tp, lat, answers = run_service(stack, images, clients, args.requests)
+                after = run_raw(images)
+                raw_rates.append(after.throughput)
+                agreement.update(answers)
+                raw_tp = (before.throughput + after.throughput) / 2
+                overhead = statistics.median(lat) - (before.p50 + after.p50) / 2
+                ratios[clients].append(tp / raw_tp)
+                overheads[clients].append(overhead)
+                print(
+                    f"round {round_}, {clients:>2} clients: {tp:6.1f} req/s = {tp / raw_tp:.2f}x "
+                    f"raw ({before.throughput:.1f}/{after.throughput:.1f} images/s before/after)"
+                    f"   p50 {statistics.median(lat):7.1f} ms  p99 {pct(lat, 0.99):7.1f} ms   "
+                    f"p50 overhead over raw {overhead:6.1f} ms",
+                    flush=True,
+                )
+                before = after
         _, _, answers = run_service(stack, images, 8, len(images))
         agreement.update(answers)
         if args.wait_calls:
@@ -209,11 +240,11 @@ def main() -> None:
         stack.stop_all()
         pg.stop()
         rd.stop()
-    same = sum(agreement[n] == raw_top5[n][0] for n in agreement)
+    same = sum(agreement[n] == first.top5[n][0] for n in agreement)
     print(f"\ntop-1 agreement service vs raw: {same}/{len(agreement)} images")
     scene_hits = [
         (name, any(c in SCENES[key] for c in top5))
-        for name, top5 in raw_top5.items()
+        for name, top5 in first.top5.items()
         for key in SCENES
         if name.startswith(f"images/{key}_sun")
     ]
@@ -222,10 +253,13 @@ def main() -> None:
     if waits:
         print(f"\npredict wait, {args.wait_calls} sequential diagnostic Noop calls:")
         print(predict_wait.report(waits))
+    median = {c: statistics.median(ratios[c]) for c in levels}
     print(
-        f"\nsummary: throughput vs raw 1/8/32 clients {ratios[1]:.2f}x / {ratios[8]:.2f}x / "
-        f"{ratios[32]:.2f}x; p50 overhead at 1 client {overhead_1:.1f} ms; load average "
-        f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"\nsummary (median of {args.rounds} rounds, each against the raw rounds on either side; "
+        f"raw {min(raw_rates):.1f}-{max(raw_rates):.1f} images/s): throughput vs raw 1/8/32 "
+        f"clients {median[1]:.2f}x / {median[8]:.2f}x / {median[32]:.2f}x; p50 overhead at 1 "
+        f"client {statistics.median(overheads[1]):.1f} ms; load average {load_before:.1f} -> "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
 
 
