@@ -250,6 +250,9 @@ def _finish(
     a retry after a commit whose answer was lost changes nothing ("superseded")."""
 
     def write() -> bool:
+        if status == tasks.SUCCEEDED and result is not None and not st.db.is_sqlite:
+            with st.db.statement() as session:  # the common end: one statement, no BEGIN
+                return tasks.finish_claimed(session, job, result, message=message)
         with st.db.session() as session:
             return tasks.finalize(
                 session,

@@ -16,6 +16,7 @@ from pipeline.api.services import Caller, Services
 from pipeline.errors import (
     InvalidParameter,
     QueueUnavailable,
+    ResourceNotFound,
     StatusConflict,
     SyncTimeout,
     TaskFailed,
@@ -94,9 +95,17 @@ def create_task(
         dataset_name=dataset_name,
         **common,
     )
+    topic = (spec.notification.get("MNS") or {}).get("TopicName")
+    if not topic and not spec.client_token:  # nothing else to check: one statement
+        with svc.db.statement() as s:
+            ids = tasks.create_unkeyed(
+                s, caller.owner, project_name, spec, request_id=caller.request_id
+            )
+        if ids is None:
+            raise ResourceNotFound("project", project_name)
+        return Created(*ids, task_type, spec.queue, True)
     with svc.db.session() as s:
         project = projects.get_project(s, caller.owner, project_name)
-        topic = (spec.notification.get("MNS") or {}).get("TopicName")
         if topic:
             notify_topics.get_topic(s, caller.owner, topic)  # unknown topic: refuse at create
         task, created = tasks.create(s, project, spec, request_id=caller.request_id)
@@ -168,7 +177,7 @@ def _wait(
         waiter.wait(min(fallback, timeout))
     while True:
         with svc.db.statement() as s:  # one SELECT: no transaction around it
-            task = s.get(tasks.Task, task_id)
+            task = tasks.peek(s, task_id)
         assert task is not None
         if task.status != tasks.RUNNING:
             break

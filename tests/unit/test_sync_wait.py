@@ -122,3 +122,34 @@ def test_a_task_that_ends_before_the_wait_starts_wakes_it_and_is_read_once(
     assert task.status == tasks.SUCCEEDED
     assert time.monotonic() - started < 5
     assert len(reads) == 1, reads
+
+
+SAME = ("project_id", "owner", "project_name", "task_type", "queue", "status", "request")
+SAME += ("user_data", "tags", "notification", "request_hash", "attempts", "result", "progress")
+
+
+def test_the_one_statement_create_writes_what_create_writes(svc: Services) -> None:
+    """``create_unkeyed`` (INSERT … SELECT from the project, no transaction around it) is
+    ``create`` for a task without a ClientToken; ``peek`` reads it back detached."""
+    spec = tasks.NewTask("Diagnostic", "default", {"Mode": "Noop"}, user_data="u", tags={"k": 1})
+    with svc.db.statement() as s:
+        ids = tasks.create_unkeyed(s, "AK1", "p", spec, request_id="r1")
+    assert ids is not None
+    with svc.db.session() as s:
+        first, _ = tasks.create(s, projects.get_project(s, "AK1", "p"), spec, request_id="r2")
+        first_cols = {c: getattr(first, c) for c in SAME}
+    with svc.db.statement() as s:
+        task = tasks.peek(s, ids[0])
+    assert task is not None and (task.id, task.event_id) == ids
+    assert {c: getattr(task, c) for c in SAME} == first_cols
+    assert task.request_id == "r1" and task.start_time is not None
+
+
+def test_the_one_statement_create_in_a_missing_project_writes_nothing(svc: Services) -> None:
+    spec = tasks.NewTask("Diagnostic", "default", {"Mode": "Noop"})
+    with svc.db.statement() as s:
+        assert tasks.create_unkeyed(s, "AK1", "nope", spec, request_id="r") is None
+        assert tasks.create_unkeyed(s, "AK2", "p", spec, request_id="r") is None  # not AK2's
+        assert tasks.peek(s, "no-such-task") is None
+    with svc.db.session() as s:
+        assert s.query(Task).count() == 0
