@@ -10,7 +10,10 @@ forward pass is shared. In a prefork pool (one task per process) a batch is simp
 A task that announces its input while it is still fetching and decoding it (:meth:`slot`)
 lets the window close early: a batch whose inputs were all announced stops waiting as soon as
 no announced input is still on its way, so a lone request pays no delay at all, and a burst
-waits exactly for its own members (never longer than ``max_delay``).
+waits exactly for its own members (never longer than ``max_delay``). With ``caller_runs``, a
+lone announced input (no batch running, queued or announced) runs in its caller's thread,
+saving the hand-off to the batcher thread and back; whatever arrives meanwhile queues for
+the batcher thread, so batches still run one at a time.
 """
 
 from __future__ import annotations
@@ -62,11 +65,21 @@ class Slot(Generic[In, Out]):
 class DynamicBatcher(Generic[In, Out]):
     """Run ``fn(list_of_inputs) -> list_of_outputs`` on batches of concurrent submissions."""
 
-    def __init__(self, fn: Callable[[list[In]], Sequence[Out]], policy: BatchPolicy) -> None:
-        self._fn, self._policy = fn, policy
+    def __init__(
+        self,
+        fn: Callable[[list[In]], Sequence[Out]],
+        policy: BatchPolicy,
+        *,
+        caller_runs: bool = False,
+    ) -> None:
+        """``caller_runs``: a lone announced input runs in its caller's thread. Only for an
+        ``fn`` that may run in any thread at no cost: an OpenMP runtime keeps a team of
+        threads for every thread that starts a parallel region."""
+        self._fn, self._policy, self._caller_runs = fn, policy, caller_runs
         self._cond = threading.Condition()
         self._queue: list[_Pending[In, Out]] = []
         self._expected = 0  # announced inputs not submitted yet
+        self._busy = False  # a batch is running (in the batcher thread or its caller's)
         self._thread: threading.Thread | None = None
         self.batches = 0  # for benchmarks and tests: how the inputs were grouped
         self.items = 0
@@ -107,10 +120,19 @@ class DynamicBatcher(Generic[In, Out]):
         pendings: list[_Pending[In, Out]] = [_Pending(item, announced) for item in items]
         self._ensure_thread()
         with self._cond:
-            self._queue.extend(pendings)
             if announced:
                 self._expected -= 1
-            self._cond.notify_all()
+            # Alone (nothing running, waiting or announced): run in this thread. Handing a
+            # lone input to the batcher thread and waking back cost 1-2 ms per call.
+            alone = self._caller_runs and announced
+            alone = alone and not (self._busy or self._queue or self._expected)
+            if alone:
+                self._busy = True
+            else:
+                self._queue.extend(pendings)
+                self._cond.notify_all()
+        if alone:
+            self._execute(pendings)
         for pending in pendings:
             pending.done.wait()
         for pending in pendings:
@@ -133,7 +155,7 @@ class DynamicBatcher(Generic[In, Out]):
 
     def _gather(self) -> list[_Pending[In, Out]]:
         with self._cond:
-            while not self._queue:
+            while not self._queue or self._busy:
                 self._cond.wait()
             deadline = time.monotonic() + self._policy.max_delay
             while self._more_coming():
@@ -144,11 +166,16 @@ class DynamicBatcher(Generic[In, Out]):
             # Past the deadline, still take what is already waiting (up to max_size).
             batch = self._queue[: self._policy.max_size]
             del self._queue[: self._policy.max_size]
+            self._busy = True
         return batch
 
     def _loop(self) -> None:
         while True:
-            batch = self._gather()
+            self._execute(self._gather())
+
+    def _execute(self, batch: list[_Pending[In, Out]]) -> None:
+        """Run one batch (``_busy`` is set) and release its callers."""
+        try:
             try:
                 outputs = self._fn([p.item for p in batch])
                 if len(outputs) != len(batch):
@@ -158,9 +185,12 @@ class DynamicBatcher(Generic[In, Out]):
             except BaseException as exc:  # every caller of the batch sees the failure
                 for pending in batch:
                     pending.error = exc
-            finally:
+        finally:
+            with self._cond:
+                self._busy = False
                 self.batches += 1
                 self.items += len(batch)
-                for pending in batch:
-                    pending.batch_size = len(batch)
-                    pending.done.set()
+                self._cond.notify_all()
+            for pending in batch:
+                pending.batch_size = len(batch)
+                pending.done.set()

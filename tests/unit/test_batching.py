@@ -118,3 +118,57 @@ def test_a_slot_withdrawn_without_input_releases_the_batch() -> None:
         assert slot.run([3]) == ([30], 1)
     thread.join(10)
     assert time.monotonic() - start < 10
+
+
+def test_a_lone_announced_input_runs_in_its_callers_thread() -> None:
+    threads: list[threading.Thread] = []
+
+    def fn(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread())
+        return [i + 1 for i in items]
+
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=8, max_delay=1.0), caller_runs=True)
+    with batcher.slot() as slot:
+        assert slot.run([1]) == ([2], 1)
+    assert threads == [threading.current_thread()] and batcher.batches == 1
+    handing_off = DynamicBatcher(fn, BatchPolicy(max_size=8, max_delay=1.0))
+    with handing_off.slot() as slot:
+        assert slot.run([1]) == ([2], 1)
+    assert threads[1] is not threading.current_thread()  # the default: the batcher thread
+
+
+def test_inputs_arriving_during_an_inline_batch_wait_and_share_the_next_one() -> None:
+    """One batch at a time: what arrives while a caller runs its lone input in its own
+    thread queues, and the batcher thread runs it as one batch once that call returns."""
+    release, running = threading.Event(), threading.Event()
+    active, most, sizes = [0], [0], []
+    lock = threading.Lock()
+
+    def fn(items: list[int]) -> list[int]:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            sizes.append(len(items))
+        running.set()
+        if items == [0]:
+            release.wait(5)
+        with lock:
+            active[0] -= 1
+        return [i * 10 for i in items]
+
+    batcher = DynamicBatcher(fn, BatchPolicy(max_size=8, max_delay=0.05), caller_runs=True)
+
+    def call(i: int) -> tuple[list[int], int]:
+        with batcher.slot() as slot:
+            return slot.run([i])
+
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(call, 0)
+        assert running.wait(5)
+        rest = [pool.submit(call, i) for i in range(1, 5)]
+        time.sleep(0.2)  # all four queued behind the running inline batch
+        release.set()
+        assert first.result(5) == ([0], 1)
+        outputs = [f.result(5) for f in rest]
+    assert [o[0] for o in outputs] == [[10], [20], [30], [40]]
+    assert most[0] == 1 and sizes[0] == 1 and sum(sizes) == 5 and len(sizes) == 2
