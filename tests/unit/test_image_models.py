@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pipeline import jobs
 from pipeline.buckets import eas_bucket
 from pipeline.errors import ModelNotInstalled
 from pipeline.models import Task
@@ -243,3 +244,20 @@ def test_the_eas_answer_names_the_compact_probabilities_and_reads_old_rows() -> 
         out = _classification_output(task)
         assert out == {"class": 967, "class_name": "espresso", "class_probs": old}
         assert tuple(out["class_probs"]) == tuple(names)  # class-id order, as Model Hub lists them
+
+
+def test_a_cpu_batch_is_bounded_by_the_intra_op_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU one image per intra-op thread plus one (a bigger batch only makes the others
+    wait); a GPU, and a CPU with many threads, keep the declared size."""
+    from workers.processors import image_models
+
+    declared = jobs.kind("ImageClassification").batching
+    assert declared is not None and declared.max_size == 16
+    monkeypatch.setattr(image_models, "_intra_op_threads", lambda: 1)
+    assert image_models._policy("ImageClassification", "cpu").max_size == 2
+    assert image_models._policy("ImageClassification", "cuda:0").max_size == 16
+    assert image_models._caller_runs()
+    monkeypatch.setattr(image_models, "_intra_op_threads", lambda: 31)
+    assert image_models._policy("ImageSimilarity", "cpu").max_size == 16
+    assert image_models._policy("ImageSimilarity", "cpu").max_delay == 0.005
+    assert not image_models._caller_runs()
