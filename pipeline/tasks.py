@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -294,19 +294,10 @@ class Claim:
 
     def row(self) -> dict[str, Any]:
         """The claimed task's columns as :func:`message_content` reads them."""
-        return {
-            "id": self.task_id,
-            "task_type": self.task_type,
-            "request": self.request,
-            "start_time": self.start_time,
-            "owner": self.owner,
-            "project_name": self.project_name,
-            "dataset_name": self.dataset_name,
-            "user_data": self.user_data,
-            "request_id": self.request_id,
-            "event_id": self.event_id,
-            "notification": self.notification,
-        }
+        return {_CLAIM_COLUMN.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+
+
+_CLAIM_COLUMN = {"task_id": "id"}  # Claim fields named otherwise than their column
 
 
 def _bind(table: Table, column: str) -> Any:
@@ -326,25 +317,7 @@ _CLAIM = (
         heartbeat_at=bindparam("b_now", type_=TASKS.c.heartbeat_at.type),
         lease_expires_at=bindparam("b_lease", type_=TASKS.c.lease_expires_at.type),
     )
-    .returning(
-        *(
-            TASKS.c[name]
-            for name in (
-                "id",
-                "task_type",
-                "request",
-                "attempts",
-                "start_time",
-                "owner",
-                "project_name",
-                "dataset_name",
-                "user_data",
-                "request_id",
-                "event_id",
-                "notification",
-            )
-        )
-    )
+    .returning(*(TASKS.c[_CLAIM_COLUMN.get(f.name, f.name)] for f in fields(Claim)))
 )
 
 
@@ -475,19 +448,9 @@ def finish_claimed(
 
 
 def _finish_statement() -> Any:
-    set_ = {
-        name: _bind(TASKS, name)
-        for name in (
-            "status",
-            "code",
-            "message",
-            "end_time",
-            "heartbeat_at",
-            "duration_ms",
-            "progress",
-            "result",
-        )
-    }
+    now = utcnow()
+    written = [*_terminal_values(SUCCEEDED, "", "", now, now), "result"]
+    set_ = {n: _bind(TASKS, n) for n in written if n != "lease_expires_at"}
     done = (
         TASKS.update()
         .where(TASKS.c.id == _bind(TASKS, "id"), TASKS.c.status == RUNNING)
@@ -495,7 +458,8 @@ def _finish_statement() -> Any:
         .returning(TASKS.c.id)
         .cte("done")
     )
-    names = list(_TERMINAL_EVENT_FIELDS)
+    # Every outbox column but the sequence and the dispatcher's published_at.
+    names = [c.name for c in EVENTS.c if c.name not in ("seq", "published_at")]
     row = select(*(bindparam(f"e_{n}", type_=EVENTS.c[n].type).label(n) for n in names))
     return (
         EVENTS.insert()
@@ -550,18 +514,6 @@ EVENT_COLUMNS = [
     )
 ]
 EVENT_COLUMNS_BUT_RESULT = [c for c in EVENT_COLUMNS if c.name != "result"]
-
-
-_TERMINAL_EVENT_FIELDS = (
-    "id",
-    "owner",
-    "project_name",
-    "type",
-    "task_id",
-    "topic",
-    "content",
-    "created_at",
-)
 
 
 def _terminal_event(task: Any) -> dict[str, Any]:

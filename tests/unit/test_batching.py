@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.e2e.stack import wait_until
 from workers.batching import BatchPolicy, DynamicBatcher
 
 
@@ -166,7 +167,7 @@ def test_inputs_arriving_during_an_inline_batch_wait_and_share_the_next_one() ->
         first = pool.submit(call, 0)
         assert running.wait(5)
         rest = [pool.submit(call, i) for i in range(1, 5)]
-        time.sleep(0.2)  # all four queued behind the running inline batch
+        wait_until(lambda: len(batcher._queue) == 4, 5, what="four queued behind it")
         release.set()
         assert first.result(5) == ([0], 1)
         outputs = [f.result(5) for f in rest]
