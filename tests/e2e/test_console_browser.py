@@ -29,7 +29,10 @@ from tests.mediagen import planted_video, speech_wav
 from tests.realservices import PostgresServer, RedisServer
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -149,7 +152,8 @@ def until(predicate: Callable[[], Any], what: str, timeout: float = UI_TIMEOUT) 
     def safe() -> Any:
         try:
             return predicate()
-        except StaleElementReferenceException:  # replaced by a partial refresh: look again
+        # Replaced, or not yet back, after a partial refresh: look again until the timeout.
+        except (StaleElementReferenceException, NoSuchElementException):
             return None
 
     return wait_until(safe, timeout, interval=0.2, what=what)
