@@ -167,3 +167,49 @@ def test_a_big_jpeg_is_decoded_at_reduced_size_when_the_caller_needs_less(tmp_pa
     reduced, info = imaging.load_image(path, reduce_to=512)
     assert full.shape == (4000, 6000, 3)
     assert reduced.shape == (1000, 1500, 3) and (info.width, info.height) == (1500, 1000)
+
+
+@pytest.mark.parametrize("kind", ["rotated-jpeg", "grey-png", "rgba-png", "cmyk-jpeg"])
+def test_load_upright_is_the_upright_flattened_photo(tmp_path: Path, kind: str) -> None:
+    """The Pillow path of the classifiers (no array round trip): upright (EXIF orientation
+    applied), transparency composited on white, RGB or L; and the classifier's crop of it is
+    the crop of ``load_image``'s array."""
+    import numpy
+    from PIL import Image, ImageOps
+
+    from workers.models.imagenet import crop
+
+    gradient = numpy.linspace(0, 255, 120 * 80 * 3).astype(numpy.uint8).reshape(80, 120, 3)
+    image = Image.fromarray(gradient)
+    path = tmp_path / f"{kind}.{'jpg' if kind.endswith('jpeg') else 'png'}"
+    alpha = gradient[:, :, 0].astype(numpy.float64) / 255
+    if kind == "rotated-jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # viewers rotate it 90° clockwise
+        image.save(path, exif=exif.tobytes())
+    elif kind == "grey-png":
+        image.convert("L").save(path)
+    elif kind == "rgba-png":
+        image.putalpha(Image.fromarray(gradient[:, :, 0]))
+        image.save(path)
+    else:
+        image.convert("CMYK").save(path)
+    upright, info = imaging.load_upright(path)
+    with Image.open(path) as decoded:
+        if kind == "rgba-png":  # on white: rgb * a + 255 * (1 - a)
+            rgba = numpy.asarray(decoded).astype(numpy.float64)
+            expected = rgba[:, :, :3] * alpha[..., None] + 255 * (1 - alpha[..., None])
+        elif kind == "grey-png":
+            expected = numpy.asarray(decoded)
+        else:
+            expected = numpy.asarray(ImageOps.exif_transpose(decoded).convert("RGB"))
+    assert upright.mode == ("L" if kind == "grey-png" else "RGB")
+    assert numpy.abs(numpy.asarray(upright).astype(numpy.float64) - expected).max() <= 1
+    width, height = (80, 120) if kind == "rotated-jpeg" else (120, 80)
+    assert (info.width, info.height, info.orientation) == (
+        width,
+        height,
+        6 if kind == "rotated-jpeg" else 1,
+    )
+    pixels, _ = imaging.load_image(path)
+    assert numpy.array_equal(crop(upright), crop(Image.fromarray(pixels)))

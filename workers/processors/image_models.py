@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy
-from PIL import Image
 
 from pipeline import jobs, vectors
 from workers import models
@@ -34,8 +33,8 @@ def _images(ctx: JobContext, uris: list[str]) -> Iterator[numpy.ndarray]:
     for i, uri in enumerate(uris):
         path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
         # The network sees 224 px of a 256 px shorter side: a big JPEG is decoded reduced.
-        rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=REDUCE_TO)
-        yield crop(Image.fromarray(rgb))
+        image, _ = imaging.load_upright(path, ctx.settings.image_max_pixels, reduce_to=REDUCE_TO)
+        yield crop(image)
 
 
 def _labels(probs: numpy.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, Any]]:

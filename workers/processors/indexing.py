@@ -122,14 +122,12 @@ def analyse(ctx: JobContext, path: Path, uri: str, ops: Operators) -> files.Inde
 
 def _image_labels(ctx: JobContext, path: Path) -> list[dict[str, Any]]:
     """IMM ``Labels`` (levels 1-3) from the ImageNet classifier (workers.models.imagenet)."""
-    from PIL import Image
-
     from workers import models
     from workers.media import imaging
     from workers.models.imagenet import ImageNetModel, imm_labels
 
-    rgb, _ = imaging.load_image(path, ctx.settings.image_max_pixels, reduce_to=512)
-    (result,) = models.get(ImageNetModel, ctx.device).classify([Image.fromarray(rgb)])
+    image, _ = imaging.load_upright(path, ctx.settings.image_max_pixels, reduce_to=512)
+    (result,) = models.get(ImageNetModel, ctx.device).classify([image])
     return imm_labels(result.probs)
 
 
