@@ -31,6 +31,7 @@ from workers.models.base import InferenceModel, ModelCard, ModelFile
 
 INPUT_SIZE = 224
 RESIZE_TO = 256  # shorter side, then a centre crop of INPUT_SIZE (torchvision's eval transform)
+DECODE_AT_LEAST = 2 * RESIZE_TO  # a JPEG is decoded at no less (imaging.load_upright reduce_to)
 MEAN = numpy.array([0.485, 0.456, 0.406], numpy.float32)
 STD = numpy.array([0.229, 0.224, 0.225], numpy.float32)
 NUM_CLASSES = 1000

@@ -20,10 +20,9 @@ from workers import models
 from workers.batching import BatchPolicy, DynamicBatcher
 from workers.context import JobContext
 from workers.media import imaging
-from workers.models.imagenet import Classification, ImageNetModel, crop
+from workers.models.imagenet import DECODE_AT_LEAST, Classification, ImageNetModel, crop
 
 CHUNK = 32  # images per forward pass: activations of 32 x 224² stay well under 1 GB
-REDUCE_TO = 2 * 256  # decode JPEGs at no less than twice the model's resize target
 TOP_K = 5
 
 
@@ -33,7 +32,8 @@ def _images(ctx: JobContext, uris: list[str]) -> Iterator[numpy.ndarray]:
     for i, uri in enumerate(uris):
         path = ctx.media.fetch(uri, ctx.workdir / f"in{i}")
         # The network sees 224 px of a 256 px shorter side: a big JPEG is decoded reduced.
-        image, _ = imaging.load_upright(path, ctx.settings.image_max_pixels, reduce_to=REDUCE_TO)
+        limit = ctx.settings.image_max_pixels
+        image, _ = imaging.load_upright(path, limit, reduce_to=DECODE_AT_LEAST)
         yield crop(image)
 
 

@@ -124,9 +124,9 @@ def _image_labels(ctx: JobContext, path: Path) -> list[dict[str, Any]]:
     """IMM ``Labels`` (levels 1-3) from the ImageNet classifier (workers.models.imagenet)."""
     from workers import models
     from workers.media import imaging
-    from workers.models.imagenet import ImageNetModel, imm_labels
+    from workers.models.imagenet import DECODE_AT_LEAST, ImageNetModel, imm_labels
 
-    image, _ = imaging.load_upright(path, ctx.settings.image_max_pixels, reduce_to=512)
+    image, _ = imaging.load_upright(path, ctx.settings.image_max_pixels, reduce_to=DECODE_AT_LEAST)
     (result,) = models.get(ImageNetModel, ctx.device).classify([image])
     return imm_labels(result.probs)
 
