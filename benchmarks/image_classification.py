@@ -13,8 +13,11 @@ sides; the summary gives the median ratio over the rounds. Prints throughput rat
 (service / raw), p50 latency overhead at 1 client, top-1 agreement
 between the service and the raw model over every image, and a top-5 check on the scene photos
 of ``shared/data/images`` whose names have an ImageNet class (no ImageNet-labelled set is
-available offline). Then, on the same PostgreSQL + Redis, the push-vs-poll wait figure of
-``benchmarks/predict_wait.py`` (skip with ``--wait-calls 0``), and a summary line.
+available offline). Then the same engine behind a bare HTTP endpoint at 1 and 8 clients
+(``benchmarks/bare_endpoint.py``, no task model: what is left of the gap is the cost of a task
+per request; skip with ``--bare-rounds 0``). Then, on the same PostgreSQL + Redis, the
+push-vs-poll wait figure of ``benchmarks/predict_wait.py`` (skip with ``--wait-calls 0``), and
+a summary line.
 
 ``BENCH_SETTINGS=torch_threads=1,batch_pool_threads=8`` passes settings to the service
 processes (the stack gives them none of the caller's ``OPENIMM_*`` variables).
@@ -32,6 +35,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,7 +138,59 @@ def best_raw(images: list[tuple[str, bytes]]) -> RawRun:
     return runs[best]
 
 
-def client(stack: Stack) -> PredictClient:
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint: str  # host:port, as Stack.endpoint
+
+
+def run_bare(
+    images: list[tuple[str, bytes]], rounds: int, requests: int, logs: Path
+) -> dict[int, list[float]]:
+    """Throughput ratios of the same engine behind a bare HTTP endpoint
+    (``benchmarks/bare_endpoint.py``: no task model) at 1 and 8 clients, each round between
+    two raw rounds like the service's."""
+    ratios: dict[int, list[float]] = {1: [], 8: []}
+    if not rounds:
+        return ratios
+    port = free_port()
+    with open(logs / "bare.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bare_endpoint", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    bare = Endpoint(f"127.0.0.1:{port}")
+    try:
+        wait_until(lambda: _answers(bare, images), 120, what="bare endpoint")
+        before = run_raw(images)
+        for round_ in range(1, rounds + 1):
+            for clients in ratios:
+                tp, lat, _ = run_service(bare, images, clients, requests)
+                after = run_raw(images)
+                raw_tp = (before.throughput + after.throughput) / 2
+                ratios[clients].append(tp / raw_tp)
+                print(
+                    f"bare endpoint round {round_}, {clients} clients: {tp:6.1f} req/s = "
+                    f"{tp / raw_tp:.2f}x raw   p50 {statistics.median(lat):6.1f} ms",
+                    flush=True,
+                )
+                before = after
+    finally:
+        server.kill()
+        server.wait()
+    return ratios
+
+
+def _answers(endpoint: Endpoint, images: list[tuple[str, bytes]]) -> bool:
+    try:
+        run_service(endpoint, images[:1], 1, 1)
+    except Exception:  # not listening yet
+        return False
+    return True
+
+
+def client(stack: Stack | Endpoint) -> PredictClient:
     c = PredictClient(f"http://{stack.endpoint}", "image_classification")
     c.set_token(KEY_SECRET)
     c.set_timeout(120_000)
@@ -143,7 +199,7 @@ def client(stack: Stack) -> PredictClient:
 
 
 def run_service(
-    stack: Stack, images: list[tuple[str, bytes]], clients: int, requests: int
+    stack: Stack | Endpoint, images: list[tuple[str, bytes]], clients: int, requests: int
 ) -> tuple[float, list[float], dict[str, str]]:
     bodies = [(n, json.dumps({"image": base64.b64encode(d).decode()})) for n, d in images]
     pool = [client(stack) for _ in range(clients)]
@@ -171,6 +227,7 @@ def main() -> None:
     parser.add_argument("--prefork", action="store_true", help="a prefork pool (no batching)")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder of the photo sets")
     parser.add_argument("--rounds", type=int, default=3, help="service rounds per client count")
+    parser.add_argument("--bare-rounds", type=int, default=2, help="bare-endpoint rounds; 0: skip")
     parser.add_argument("--wait-calls", type=int, default=100, help="push-vs-poll calls; 0: skip")
     args = parser.parse_args()
     images = load_images(args.images, args.data)
@@ -196,6 +253,7 @@ def main() -> None:
     overheads: dict[int, list[float]] = {c: [] for c in levels}
     raw_rates: list[float] = []
     waits: dict[str, list[float]] = {}
+    bare: dict[int, list[float]] = {}
     try:
         stack.run("migrate")
         stack.start_api()
@@ -231,9 +289,10 @@ def main() -> None:
                 before = after
         _, _, answers = run_service(stack, images, 8, len(images))
         agreement.update(answers)
+        stack.stop("image")
+        stack.stop("api")
+        bare = run_bare(images, args.bare_rounds, args.requests, data)
         if args.wait_calls:
-            stack.stop("image")
-            stack.stop("api")
             stack.start_worker(queues="default", concurrency=2)
             waits = predict_wait.measure(stack, env, args.wait_calls)
     finally:
@@ -253,6 +312,12 @@ def main() -> None:
     if waits:
         print(f"\npredict wait, {args.wait_calls} sequential diagnostic Noop calls:")
         print(predict_wait.report(waits))
+    if bare.get(1):
+        print(
+            f"\nthe same engine behind a bare HTTP endpoint (no task model), median of "
+            f"{args.bare_rounds} rounds: throughput vs raw 1/8 clients "
+            f"{statistics.median(bare[1]):.2f}x / {statistics.median(bare[8]):.2f}x"
+        )
     median = {c: statistics.median(ratios[c]) for c in levels}
     print(
         f"\nsummary (median of {args.rounds} rounds, each against the raw rounds on either side; "
