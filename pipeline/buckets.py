@@ -152,10 +152,13 @@ class BucketPolicy:
                     "the bucket has no owner; assign it with `openimm buckets create`.",
                 )
             return _insert(self.db, bucket, claimant)
+        # Reads too, and in the words used once the bucket exists: another owner's EAS bucket
+        # answers the same before that owner's first call as after it, so nobody learns from
+        # the answer whether that owner has used EAS yet.
+        if _reserved_against(self.settings, bucket, owner):
+            raise _denied(bucket, owner, "the bucket belongs to another owner.")
         if access != WRITE:
             return None
-        if _reserved_against(self.settings, bucket, owner):
-            raise _denied(bucket, owner, "the name is reserved for another owner's EAS outputs.")
         return _insert(self.db, bucket, owner) if claim else None
 
     def first_owner(self) -> str | None:

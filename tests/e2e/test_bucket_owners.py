@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -17,12 +18,18 @@ from alibabacloud_imm20200930.client import Client as ImmSdk
 from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+from eas_prediction import PredictClient, StringRequest
+from eas_prediction.exception import PredictException
+
+from pipeline.buckets import eas_bucket
 from pipeline.client import ClientError, ImmClient
 from tests.e2e.stack import Stack, launch, wait_until
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 A, B = ("LTAIownerA", "secret-a"), ("LTAIownerB", "secret-b")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +182,52 @@ def test_dropped_in_folder_belongs_to_the_first_key(stack: Stack) -> None:
         http_for(stack, B).get_object("oss://dropped-in/x.txt")
     assert info.value.code == "AccessDenied"
     assert http_for(stack, A).get_object("oss://dropped-in/x.txt") == b"dropped"
+
+
+# ---- the image services (issue 12) under a second owner -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def a_photo(stack: Stack) -> str:
+    """A photo in A's own bucket (``openimm cp`` signs with A), shared with nobody."""
+    done = cli(stack, "cp", str(FIXTURES / "coffee.jpg"), "oss://a-photos/coffee.jpg")
+    assert done.returncode == 0, done.stderr
+    return "oss://a-photos/coffee.jpg"
+
+
+def predict_as(stack: Stack, key: tuple[str, str], service: str, body: object) -> PredictException:
+    """The official EAS client's failure for ``key``'s call (the call must be refused)."""
+    client = PredictClient(f"http://{stack.endpoint}", service)
+    client.set_token(key[1])
+    client.set_retry_count(1)
+    client.init()
+    with pytest.raises(PredictException) as info:
+        client.predict(StringRequest(json.dumps(body)))
+    return info.value
+
+
+def test_b_cannot_classify_a_photo_of_a_by_its_uri(stack: Stack, a_photo: str) -> None:
+    refused = predict_as(stack, B, "image_classification", {"input": {"url": a_photo}})
+    answer = json.loads(refused.message)
+    assert refused.code == 403 and answer["success"] is False
+    assert answer["error_code"] == 403 and "AccessDenied" in answer["error_msg"]
+    # nor an inline image A staged: the staging bucket is A's, whatever key B guesses
+    staged = f"oss://{eas_bucket('eas-outputs', A[0])}/inputs/guess.jpg"
+    refused = predict_as(stack, B, "image_classification", {"input": {"url": staged}})
+    assert refused.code == 403 and json.loads(refused.message)["success"] is False
+
+
+def test_b_classification_task_over_a_photo_is_refused_at_create(
+    stack: Stack, projects: dict[str, ImmSdk], a_photo: str
+) -> None:
+    sources = [{"URI": a_photo}]
+    with pytest.raises(ClientError) as info:
+        http_for(stack, B).call("CreateImageClassificationTask", ProjectName="p-b", Sources=sources)
+    assert (info.value.status, info.value.code) == (403, "AccessDenied")
+    listed = projects["b"].list_tasks(m.ListTasksRequest(project_name="p-b")).body
+    assert not [t for t in listed.tasks if t.task_type == "ImageClassification"]
+    # the refusal is about the owner, not the request: A's own call is accepted
+    created = http_for(stack, A).call(
+        "CreateImageClassificationTask", ProjectName="p-a", Sources=sources
+    )
+    assert created["TaskId"]

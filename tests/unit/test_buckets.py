@@ -229,9 +229,14 @@ def test_eas_output_buckets_are_per_owner_and_reserved(
     assert BUCKET_RE.match(bucket_1) and BUCKET_RE.match(buckets.eas_bucket("a" * 63, "AK1"))
     assert targets["AK1"].startswith(f"oss://{bucket_1}/video_super_resolution/")
     assert targets["AK2"].startswith(f"oss://{bucket_2}/video_super_resolution/")
-    # AK2 cannot squat AK1's output bucket before AK1's first predict call
+    # AK2 cannot squat AK1's output bucket before AK1's first predict call, nor probe it:
+    # reading it is refused as it will be once it exists
     denied(lambda: put_bytes(imm_other, f"oss://{bucket_1}/x", b"squat", tmp_path))
+    before = denied(lambda: imm_other.get_object(f"oss://{bucket_1}/inputs/x.jpg"))
+    denied(lambda: imm_other.list_objects(f"oss://{bucket_1}/"))
     put_bytes(imm, f"oss://{bucket_1}/x", b"mine", tmp_path)
+    after = denied(lambda: imm_other.get_object(f"oss://{bucket_1}/inputs/x.jpg"))
+    assert before.body["Message"] == after.body["Message"]  # no "has A used EAS yet?" oracle
 
 
 def test_shares_grant_read_then_write_and_can_be_withdrawn(
