@@ -24,11 +24,13 @@ from pipeline.errors import (
 from pipeline.ids import parse_time
 from pipeline.notify import topics as notify_topics
 from pipeline.notify import wake
-from pipeline.outages import dependency_of
+from pipeline.outages import Backoff, OutageLog, dependency_of, retrying
 from pipeline.params import Params
 from pipeline.storage import parse_oss_prefix, parse_oss_uri, resolve_file_uri
 
 log = logging.getLogger("openimm.api")
+# The reads of waiting calls ride out outages (one log line per change, like the workers').
+_WAIT_OUTAGES = OutageLog(log)
 USER_DATA_MAX_BYTES = 2048
 TAGS_MAX_BYTES = 8192
 COMMON_TASK_PARAMS = "ProjectName Notification UserData Tags CredentialConfig"
@@ -176,8 +178,7 @@ def _wait(
     if not read_first:
         waiter.wait(min(fallback, timeout))
     while True:
-        with svc.db.statement() as s:  # one SELECT: no transaction around it
-            task = tasks.peek(s, task_id)
+        task = _read_riding_outages(svc, task_id, deadline)
         assert task is not None
         if task.status != tasks.RUNNING:
             break
@@ -190,6 +191,21 @@ def _wait(
     if task.status != tasks.SUCCEEDED:
         raise TaskFailed(task.message or "The operation failed.", code=task.code or None)
     return task
+
+
+def _read_riding_outages(svc: Services, task_id: str, deadline: float) -> tasks.Task | None:
+    """The waited-on task as it is now. Its row exists and its job is on the queue, so a
+    database outage (a restart, a failover) only delays the answer: the read is retried
+    until the database is back or the call's own deadline passes (then 503, as for a call
+    that arrives during the outage). A 3-second outage used to end every waiting call with
+    a 503 while its task went on to succeed."""
+
+    def read() -> tasks.Task | None:
+        with svc.db.statement() as s:  # one SELECT: no transaction around it
+            return tasks.peek(s, task_id)
+
+    left = max(0.0, deadline - time.monotonic())
+    return retrying(read, _WAIT_OUTAGES, give_up_after=left, backoff=Backoff(0.05, cap=1.0))
 
 
 def _cancel(svc: Services, caller: Caller, task: tasks.Task) -> bool:

@@ -20,6 +20,7 @@ from pipeline.errors import SyncTimeout
 from pipeline.models import Task
 from pipeline.notify import wake
 from pipeline.notify.dispatcher import Dispatcher
+from pipeline.outages import StillUnavailable
 from pipeline.settings import Settings
 from tests.e2e.stack import wait_until
 
@@ -122,6 +123,33 @@ def test_a_task_that_ends_before_the_wait_starts_wakes_it_and_is_read_once(
     assert task.status == tasks.SUCCEEDED
     assert time.monotonic() - started < 5
     assert len(reads) == 1, reads
+
+
+def test_a_waiting_call_rides_out_a_database_outage_within_its_deadline(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a finished task whose first two reads meet a database that is away
+    import psycopg
+
+    task_id = _running_task(svc.db)
+    _finish(svc.db, task_id)
+    real_peek, failures = tasks.peek, [psycopg.OperationalError("connection refused")] * 2
+
+    def peek(session: object, wanted: str) -> Task | None:
+        if failures:
+            raise failures.pop()
+        return real_peek(session, wanted)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks, "peek", peek)
+    # When the call reads it, then it is answered once the database is back
+    assert wait_for_task(svc, CALLER, task_id, timeout=30).status == tasks.SUCCEEDED
+    assert not failures
+    # And a database that stays away past the deadline is an outage (503), not a hang
+    failures.extend([psycopg.OperationalError("connection refused")] * 1000)
+    started = time.monotonic()
+    with pytest.raises(StillUnavailable):
+        wait_for_task(svc, CALLER, task_id, timeout=0.3)
+    assert time.monotonic() - started < 3
 
 
 SAME = ("project_id", "owner", "project_name", "task_type", "queue", "status", "request")

@@ -1,0 +1,186 @@
+"""EAS image predicts through a 3-second PostgreSQL outage: eight official ``eas-prediction``
+clients call ``image_classification`` on a batching ``--pool threads`` worker without pause
+while PostgreSQL stops (``pg_ctl stop -m fast``: every connection drops) and comes back.
+
+The fear (the lesson of the chaos drill): calls in flight die with the database, or end with a
+wrong answer, a 500 or a hang, and tasks are left Running or staged images behind. Wanted: a
+call either answers the right class or, while the database is away, Model Hub's error shape
+with HTTP 503; calls waiting when it went away ride it out; afterwards every task row has
+ended, every success answer has its Succeeded row, and no staged image is left."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+from eas_prediction import PredictClient, StringRequest
+from eas_prediction.exception import PredictException
+
+from pipeline.buckets import eas_bucket
+from pipeline.models import Task
+from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
+from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
+from workers.models.imagenet import CARD
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(bool(CARD.missing()), reason=f"needs {CARD.install}"),
+]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CLIENTS = 8
+OUTAGE_SECONDS = 3.0
+PHOTOS = {"coffee.jpg": "espresso", "chelsea.jpg": None}  # None: a cat (classes 281-285)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    pg = start_postgres()  # paused by the test: keep it away from the shared one
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    rd = start_redis()
+    yield rd
+    rd.stop()
+
+
+@pytest.fixture
+def outage_stack(
+    own_postgres: PostgresServer, own_redis: RedisServer, tmp_path: Path
+) -> Iterator[Stack]:
+    stack = launch(
+        tmp_path,
+        database_url=own_postgres.create_database("outage"),
+        broker_url=own_redis.url(0),
+        worker=False,
+    )
+    stack._start("image", "worker", "-Q", "image", "-c", "8", "--pool", "threads")
+    wait_until(lambda: "ready" in stack.log("image"), 120, what="threads pool ready")
+    yield stack
+    stack.stop_all()
+
+
+class Calls:
+    """Closed-loop callers; every outcome is kept with the time it started."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.stop = threading.Event()
+        self.outcomes: list[tuple[float, float, str]] = []  # (started, ended, outcome)
+        self.lock = threading.Lock()
+        self.bodies = {
+            name: json.dumps({"image": base64.b64encode((FIXTURES / name).read_bytes()).decode()})
+            for name in PHOTOS
+        }
+
+    def client(self) -> PredictClient:
+        client = PredictClient(f"http://{self.endpoint}", "image_classification")
+        client.set_token(KEY_SECRET)
+        client.set_retry_count(1)  # one attempt: every answer is seen
+        client.set_timeout(120_000)
+        client.init()
+        return client
+
+    def loop(self, index: int) -> None:
+        client = self.client()
+        names = list(PHOTOS)
+        n = index
+        while not self.stop.is_set():
+            name = names[n % len(names)]
+            n += 1
+            started = time.monotonic()
+            outcome = self.call(client, name)
+            with self.lock:
+                self.outcomes.append((started, time.monotonic(), outcome))
+            if outcome.startswith("503"):
+                time.sleep(0.05)  # what a client does with a 503: back off a little
+
+    def call(self, client: PredictClient, name: str) -> str:
+        try:
+            answer = json.loads(client.predict(StringRequest(self.bodies[name])).response_data)
+        except PredictException as exc:
+            body = exc.message if isinstance(exc.message, bytes) else str(exc.message).encode()
+            try:
+                error = json.loads(body)
+            except ValueError:
+                return f"{exc.code} not JSON: {body[:200]!r}"
+            if error.get("success") is False and error.get("error_code") == exc.code:
+                return f"{exc.code} {error.get('error_msg', '')[:120]}"
+            return f"{exc.code} not Model Hub's shape: {body[:200]!r}"
+        if not answer.get("success"):
+            return f"200 failed: {answer.get('error_msg')}"
+        expected = PHOTOS[name]
+        right = answer["class_name"] == expected if expected else 281 <= int(answer["class"]) <= 285
+        return "ok" if right else f"200 wrong class {answer['class_name']}"
+
+
+def test_predicts_ride_out_a_postgres_outage(
+    outage_stack: Stack, own_postgres: PostgresServer
+) -> None:
+    stack, pg = outage_stack, own_postgres
+    calls = Calls(stack.endpoint)
+    threads = [threading.Thread(target=calls.loop, args=(i,), daemon=True) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(o == "ok" for _, _, o in calls.outcomes) >= 20, 120, what="traffic")
+
+    # When PostgreSQL goes away for 3 s under the traffic
+    paused_at = time.monotonic()
+    pg.pause()
+    # a call that arrives meanwhile is told to come back (it cannot even be recorded)
+    probe_at = time.monotonic()
+    probe = calls.call(calls.client(), "coffee.jpg")
+    assert probe.startswith("503 [ServiceUnavailable]"), probe
+    assert time.monotonic() - probe_at < OUTAGE_SECONDS  # answered, not held
+    time.sleep(max(0.0, paused_at + OUTAGE_SECONDS - time.monotonic()))
+    pg.resume()
+    resumed_at = time.monotonic()
+    wait_until(
+        lambda: sum(o == "ok" and t > resumed_at for t, _, o in calls.outcomes) >= 20,
+        120,
+        what="successes after the outage",
+    )
+    calls.stop.set()
+    for thread in threads:
+        thread.join(150)
+    assert not any(t.is_alive() for t in threads), "a call hung"
+
+    # Then every answer is the right class, or a 503 in Model Hub's shape
+    kinds = Counter(o if o == "ok" else o[:3] for _, _, o in calls.outcomes)
+    odd = [o for _, _, o in calls.outcomes if o != "ok" and not o.startswith("503 [")]
+    print(f"\npredicts through a {OUTAGE_SECONDS:.0f} s PostgreSQL outage: {dict(kinds)}")
+    assert not odd, odd[:5]
+    # and the calls in flight when it went away rode it out: answered, with the right class
+    in_flight = [o for t, end, o in calls.outcomes if t < paused_at < end]
+    assert in_flight and all(o == "ok" for o in in_flight), in_flight
+
+    # And afterwards every task has ended, each success has its row, nothing staged is left
+    engine = create_engine(
+        stack.env["OPENIMM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
+    )
+
+    def statuses() -> dict[str, int]:
+        with engine.connect() as conn:
+            query = select(Task.status, func.count()).group_by(Task.status)
+            return {status: n for status, n in conn.execute(query).all()}
+
+    wait_until(lambda: "Running" not in statuses(), 60, 0.5, what="no task Running")
+    ended = statuses()  # a call refused with 503 wrote no row; every recorded task succeeded
+    assert set(ended) == {"Succeeded"} and ended["Succeeded"] >= kinds["ok"], ended
+    staged = stack.data_dir / "oss" / eas_bucket("eas-outputs", KEY_ID) / "inputs"
+    assert not staged.exists() or not any(staged.iterdir()), list(staged.iterdir())[:5]
+    assert "Traceback" not in stack.log("api"), stack.log("api")[-3000:]
