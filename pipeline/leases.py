@@ -100,21 +100,28 @@ class Reaper:
         return len(rows) + restored
 
     def _unclaimed(self, task_ids: set[str]) -> set[str]:
-        """Running, unleased, and not queued again by this reaper within the last lease
-        (``release`` stamps ``heartbeat_at``): the dead worker's old delivery of a task just
-        re-enqueued is left to expire, rather than sent a second time."""
+        """Unclaimed, and not queued again by this reaper within the last lease (``release``
+        stamps ``heartbeat_at``): the dead worker's old delivery of a task just re-enqueued
+        is left to expire, rather than sent a second time."""
         quiet_since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
-        with self.db.session() as s:
-            return set(
-                s.scalars(
-                    select(TASKS.c.id).where(
-                        TASKS.c.id.in_(sorted(task_ids)),
-                        TASKS.c.status == RUNNING,
-                        TASKS.c.lease_expires_at.is_(None),
-                        func.coalesce(TASKS.c.heartbeat_at, TASKS.c.start_time) < quiet_since,
-                    )
+        return unclaimed(self.db, task_ids, quiet_since)
+
+
+def unclaimed(db: Database, task_ids: set[str], quiet_since: datetime) -> set[str]:
+    """Those of ``task_ids`` still Running without a lease, created (or released by the
+    reaper) before ``quiet_since``: nobody claimed their delivery and nobody queued them
+    again since."""
+    with db.session() as s:
+        return set(
+            s.scalars(
+                select(TASKS.c.id).where(
+                    TASKS.c.id.in_(sorted(task_ids)),
+                    TASKS.c.status == RUNNING,
+                    TASKS.c.lease_expires_at.is_(None),
+                    func.coalesce(TASKS.c.heartbeat_at, TASKS.c.start_time) < quiet_since,
                 )
             )
+        )
 
 
 @dataclass

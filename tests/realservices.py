@@ -357,6 +357,13 @@ class RedisServer:
         self._terminate()
         self._launch()
 
+    def pause(self) -> None:
+        """SIGTERM (the AOF is flushed); :meth:`resume` starts it again, data kept."""
+        self._terminate()
+
+    def resume(self) -> None:
+        self._launch()
+
 
 def _redis_stop_dir(root: Path) -> None:
     pidfile = root / "redis.pid"

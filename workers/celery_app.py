@@ -14,7 +14,7 @@ from celery.signals import worker_process_init
 
 from pipeline.queue import RUN_TASK, make_celery
 from pipeline.settings import Settings, load_settings
-from workers import runtime, warmup
+from workers import redelivery, runtime, warmup
 
 
 def build_worker_app(settings: Settings) -> Celery:
@@ -39,6 +39,7 @@ def build_worker_app(settings: Settings) -> Celery:
             warmup.start(settings, list(app.amqp.queues.consume_from or app.amqp.queues))
 
     worker_process_init.connect(_init, weak=False)
+    app.steps["consumer"].add(redelivery.GiveBackDropped)
     return app
 
 

@@ -1,12 +1,15 @@
-"""EAS image predicts through a 3-second PostgreSQL outage: eight official ``eas-prediction``
-clients call ``image_classification`` on a batching ``--pool threads`` worker without pause
-while PostgreSQL stops (``pg_ctl stop -m fast``: every connection drops) and comes back.
+"""EAS image predicts through a 3-second outage of PostgreSQL, then of Redis (the broker):
+eight official ``eas-prediction`` clients call ``image_classification`` on a batching
+``--pool threads`` worker without pause while the dependency stops (``pg_ctl stop -m fast``,
+every connection dropped; Redis SIGTERMed, its AOF flushed) and comes back.
 
 The fear (the lesson of the chaos drill): calls in flight die with the database, or end with a
 wrong answer, a 500 or a hang, and tasks are left Running or staged images behind. Wanted: a
 call either answers the right class or, while the database is away, Model Hub's error shape
 with HTTP 503; calls waiting when it went away ride it out; afterwards every task row has
-ended, every success answer has its Succeeded row, and no staged image is left."""
+ended, every success answer has its Succeeded row, and no staged image is left. The stack is
+the distributed one: API, worker pool and dispatcher (whose reaper gives back deliveries a
+worker lost with its broker connection)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
@@ -67,6 +71,7 @@ def outage_stack(
         database_url=own_postgres.create_database("outage"),
         broker_url=own_redis.url(0),
         worker=False,
+        dispatcher=True,
     )
     stack._start("image", "worker", "-Q", "image", "-c", "8", "--pool", "threads")
     wait_until(lambda: "ready" in stack.log("image"), 120, what="threads pool ready")
@@ -128,26 +133,29 @@ class Calls:
         return "ok" if right else f"200 wrong class {answer['class_name']}"
 
 
-def test_predicts_ride_out_a_postgres_outage(
-    outage_stack: Stack, own_postgres: PostgresServer
+@pytest.mark.parametrize("dependency", ["postgres", "redis"])
+def test_predicts_ride_out_an_outage(
+    outage_stack: Stack, own_postgres: PostgresServer, own_redis: RedisServer, dependency: str
 ) -> None:
-    stack, pg = outage_stack, own_postgres
+    stack = outage_stack
+    down: PostgresServer | RedisServer = own_postgres if dependency == "postgres" else own_redis
     calls = Calls(stack.endpoint)
     threads = [threading.Thread(target=calls.loop, args=(i,), daemon=True) for i in range(CLIENTS)]
     for thread in threads:
         thread.start()
     wait_until(lambda: sum(o == "ok" for _, _, o in calls.outcomes) >= 20, 120, what="traffic")
 
-    # When PostgreSQL goes away for 3 s under the traffic
+    # When the dependency goes away for 3 s under the traffic
     paused_at = time.monotonic()
-    pg.pause()
-    # a call that arrives meanwhile is told to come back (it cannot even be recorded)
+    down.pause()
+    # a call that arrives meanwhile is told to come back (its row cannot be written, or its
+    # job cannot be queued and the row is removed again)
     probe_at = time.monotonic()
     probe = calls.call(calls.client(), "coffee.jpg")
     assert probe.startswith("503 [ServiceUnavailable]"), probe
     assert time.monotonic() - probe_at < OUTAGE_SECONDS  # answered, not held
     time.sleep(max(0.0, paused_at + OUTAGE_SECONDS - time.monotonic()))
-    pg.resume()
+    down.resume()
     resumed_at = time.monotonic()
     wait_until(
         lambda: sum(o == "ok" and t > resumed_at for t, _, o in calls.outcomes) >= 20,
@@ -162,8 +170,14 @@ def test_predicts_ride_out_a_postgres_outage(
     # Then every answer is the right class, or a 503 in Model Hub's shape
     kinds = Counter(o if o == "ok" else o[:3] for _, _, o in calls.outcomes)
     odd = [o for _, _, o in calls.outcomes if o != "ok" and not o.startswith("503 [")]
-    print(f"\npredicts through a {OUTAGE_SECONDS:.0f} s PostgreSQL outage: {dict(kinds)}")
+    slowest = max(end - t for t, end, _ in calls.outcomes)
+    print(
+        f"\npredicts through a {OUTAGE_SECONDS:.0f} s {dependency} outage: {dict(kinds)}, "
+        f"slowest call {slowest:.1f} s"
+    )
     assert not odd, odd[:5]
+    # no call waited for the reaper's lease (30 s): a dropped delivery came back at reconnect
+    assert slowest < 20, slowest
     # and the calls in flight when it went away rode it out: answered, with the right class
     in_flight = [o for t, end, o in calls.outcomes if t < paused_at < end]
     assert in_flight and all(o == "ok" for o in in_flight), in_flight
@@ -184,3 +198,47 @@ def test_predicts_ride_out_a_postgres_outage(
     staged = stack.data_dir / "oss" / eas_bucket("eas-outputs", KEY_ID) / "inputs"
     assert not staged.exists() or not any(staged.iterdir()), list(staged.iterdir())[:5]
     assert "Traceback" not in stack.log("api"), stack.log("api")[-3000:]
+
+
+def test_a_delivery_lost_with_the_broker_connection_is_given_back_at_reconnect(
+    own_postgres: PostgresServer, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A job taken off the queue by a consumer that lost it (Celery forgets reserved
+    deliveries with the connection) comes back as soon as the worker reconnects, not a lease
+    later: there is no dispatcher here, so no reaper, and only the worker can answer it."""
+    stack = launch(
+        tmp_path,
+        database_url=own_postgres.create_database("dropped"),
+        broker_url=own_redis.url(0),
+        worker=False,
+    )
+    try:
+        # Given a predict call whose job a consumer took and dropped (unacknowledged)
+        calls = Calls(stack.endpoint)
+        answer: list[str] = []
+
+        def call() -> None:
+            answer.append(calls.call(calls.client(), "coffee.jpg"))
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        raw = redis.Redis(host="127.0.0.1", port=own_redis.port)
+        wait_until(lambda: raw.llen("image") == 1, 60, 0.05, what="the job queued")
+        message = raw.rpop("image")
+        assert message is not None
+        raw.hset("unacked", "dropped", json.dumps([json.loads(message), "", "image"]))
+        raw.zadd("unacked_index", {"dropped": time.time()})
+        stack._start("image", "worker", "-Q", "image", "-c", "2", "--pool", "threads")
+        wait_until(lambda: "ready" in stack.log("image"), 120, what="threads pool ready")
+        time.sleep(1.0)
+        assert caller.is_alive()  # nobody runs the job
+        # When Redis restarts under the worker
+        own_redis.restart()
+        restarted = time.monotonic()
+        # Then the worker gives the delivery back once reconnected, and the call is answered
+        caller.join(60)
+        assert answer == ["ok"], (answer, stack.log("image")[-3000:])
+        assert time.monotonic() - restarted < 20  # not a lease (30 s), not the call's timeout
+        assert "gave back 1 message(s) dropped with the broker connection" in stack.log("image")
+    finally:
+        stack.stop_all()

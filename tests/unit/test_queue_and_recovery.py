@@ -172,3 +172,46 @@ def test_embedded_broker_binds_queues_concurrently_on_a_fresh_data_dir(
     with Connection("openimm-fs://", transport_options=options) as c:
         table = c.default_channel.get_table("celery")
     assert sorted(q.queue for q in table) == names
+
+
+def test_a_reconnected_worker_gives_back_what_it_lost_with_the_connection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from workers.redelivery import give_back_dropped
+
+    server = fakeredis.FakeServer()
+
+    def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
+        return fakeredis.FakeRedis(server=server)
+
+    monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
+    settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
+    migrate.upgrade(settings.db_url)
+    db = Database.from_settings(settings)
+    with db.session() as s:
+        project = projects.create_project(s, "o", "p", {})
+        new = tasks.NewTask("Diagnostic", "default", {})
+        dropped, running, fresh = (
+            tasks.create(s, project, new, request_id="r")[0].id for _ in range(3)
+        )
+    app = queue.make_celery(settings)
+    for task_id in (dropped, running, fresh):
+        queue.enqueue(app, task_id, "Diagnostic", "default", settings)
+    with db.session() as s:
+        assert tasks.claim(s, running, "w@host", 30) is not None  # a live worker runs it
+    # Given deliveries of all three, two of them made before the connection was lost
+    raw = fakeredis.FakeRedis(server=server)
+    time.sleep(0.01)
+    lost_at = time.time()  # the tasks were created before: their deliveries came before it
+    for tag, delivered in (("t1", lost_at - 0.5), ("t2", lost_at - 0.5), ("t3", lost_at + 0.5)):
+        message = raw.rpop("default")
+        assert message is not None
+        raw.hset("unacked", tag, json.dumps([json.loads(message), "", "default"]))
+        raw.zadd("unacked_index", {tag: delivered})
+    # When the worker is connected again, only the unclaimed delivery from before the loss
+    # goes back to its queue; the claimed one and the one delivered since stay with their
+    # workers
+    assert give_back_dropped(app, settings, db, lost_at) == 1
+    assert queue.queued_task_ids(app, settings) >= {dropped}
+    assert raw.llen("default") == 1 and sorted(raw.hkeys("unacked")) == [b"t2", b"t3"]
+    assert give_back_dropped(app, settings, db, lost_at) == 0  # idempotent
