@@ -59,6 +59,36 @@ def release(session: Session, task_ids: Iterable[str], now: datetime) -> None:
     )
 
 
+def requeue_held_by(settings: Settings, db: Database, celery: Celery, holder: str) -> int:
+    """Queue again, at once, the Running tasks leased by ``holder`` (``host:pid``), a process
+    known to be dead: its supervisor saw it exit. What the reaper does once a lease expires,
+    without waiting for the lease; the same order (messages first, then the release), so a
+    broker error leaves them to the reaper, never lost. Returns how many."""
+    now = utcnow()
+    with db.session() as s:
+        query = select(TASKS.c.id, TASKS.c.task_type, TASKS.c.queue).where(
+            TASKS.c.status == RUNNING,
+            TASKS.c.worker == holder,
+            TASKS.c.lease_expires_at.is_not(None),
+        )
+        if not db.is_sqlite:  # never alongside a reaper pass over the same rows
+            query = query.with_for_update(skip_locked=True)
+        rows = list(s.execute(query).all())
+        for row in rows:
+            queue.enqueue(celery, row.id, row.task_type, row.queue, settings)
+        if rows:
+            s.execute(
+                TASKS.update()
+                .where(
+                    TASKS.c.id.in_([row.id for row in rows]),
+                    TASKS.c.status == RUNNING,
+                    TASKS.c.worker == holder,
+                )
+                .values(lease_expires_at=None, worker="", heartbeat_at=now)
+            )
+    return len(rows)
+
+
 class Reaper:
     """Re-enqueues expired leases; ``maybe_run`` is cheap to call from a busy loop."""
 

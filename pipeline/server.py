@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,6 +206,8 @@ class WorkerSupervisor(threading.Thread):
         self.stop_grace, self.die_with_parent = stop_grace, die_with_parent
         self.stopping = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._db: Database | None = None  # made when a pool first exits
+        self._celery: Any = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "OPENIMM_DATA_DIR": str(self.settings.resolved_data_dir)}
@@ -218,7 +221,30 @@ class WorkerSupervisor(threading.Thread):
             self.proc.wait()
             if not self.stopping.is_set():
                 log.warning("worker pool exited with %s; restarting", self.proc.returncode)
+                self._requeue_jobs_of(self.proc.pid)
                 self.stopping.wait(WORKER_RESTART_DELAY)
+
+    def _requeue_jobs_of(self, pid: int) -> None:
+        """The jobs the exited process ran go back to their queues now, not a lease later
+        (``leases.requeue_held_by``). The process is dead, so nothing can renew its leases.
+        Jobs run in it in a ``--pool threads`` or ``solo`` pool, the batching image pool
+        among them: a crash there takes every in-flight predict with it. A prefork pool's
+        jobs run in its children, whose deaths Celery handles itself; a whole prefork worker
+        killed is left to the reaper."""
+        from pipeline import leases
+
+        holder = f"{socket.gethostname()}:{pid}"
+        try:
+            if self._db is None:
+                self._db = Database.from_settings(self.settings)
+            if self._celery is None:
+                self._celery = queue.make_celery(self.settings)
+            requeued = leases.requeue_held_by(self.settings, self._db, self._celery, holder)
+        except Exception as exc:  # the reaper still re-enqueues them once the leases expire
+            log.warning("could not re-enqueue the exited pool's jobs now: %s", exc)
+            return
+        if requeued:
+            log.warning("re-enqueued %d job(s) the exited pool was running", requeued)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -5,6 +5,7 @@ finishes it once."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -82,3 +83,48 @@ def test_killed_worker_host_job_restarts_within_the_lease_and_ends_once(
     assert attempts == 2 and events == 1
     assert "worker-b" in stack.log("worker-b") and task_id in stack.log("worker-b")
     assert worker  # the finishing delivery recorded its process
+
+
+def test_a_crashed_threads_pool_gives_its_jobs_back_at_once(
+    postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The pool process of a supervised ``--pool threads`` worker (where the batching image
+    pool runs every job) killed mid-job: its supervisor re-enqueues the jobs it held as it
+    restarts it, instead of leaving them for a lease. No dispatcher: no reaper could."""
+    stack = launch(
+        tmp_path,
+        database_url=postgres_server.create_database("pool_crash"),
+        broker_url=redis_server.url(13),
+        worker=False,
+    )
+    try:
+        stack._start("pool", "worker", "-Q", "default", "-c", "2", "--pool", "threads")
+        wait_until(lambda: "ready" in stack.log("pool"), 120, what="threads pool ready")
+        client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
+        client.call("CreateProject", ProjectName="p")
+        task_id = client.call("CreateDiagnosticTask", ProjectName="p", Mode="Sleep", Seconds=3)[
+            "TaskId"
+        ]
+        engine = create_engine(
+            stack.env["OPENIMM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
+        )
+
+        def holder() -> str:
+            with engine.connect() as conn:
+                return str(conn.execute(select(Task.worker).where(Task.id == task_id)).scalar())
+
+        pid = int(wait_until(lambda: holder() or None, 60, 0.05, what="job leased").split(":")[1])
+        assert pid != stack.procs["pool"].pid  # the pool process, not its supervisor
+        os.kill(pid, signal.SIGKILL)  # e.g. the OOM killer
+        killed_at = time.monotonic()
+
+        def done() -> dict[str, object] | None:
+            task = client.call("GetTask", ProjectName="p", TaskType="Diagnostic", TaskId=task_id)
+            return task if task["Status"] != "Running" else None
+
+        task = wait_until(done, 60, what="the job finished by the restarted pool")
+        assert task["Status"] == "Succeeded"
+        assert time.monotonic() - killed_at < Settings().lease_seconds  # not a lease later
+        assert "re-enqueued 1 job(s) the exited pool was running" in stack.log("pool")
+    finally:
+        stack.stop_all()

@@ -215,3 +215,29 @@ def test_a_reconnected_worker_gives_back_what_it_lost_with_the_connection(
     assert queue.queued_task_ids(app, settings) >= {dropped}
     assert raw.llen("default") == 1 and sorted(raw.hkeys("unacked")) == [b"t2", b"t3"]
     assert give_back_dropped(app, settings, db, lost_at) == 0  # idempotent
+
+
+def test_the_jobs_of_a_dead_pool_process_are_queued_again_at_once(tmp_path: Path) -> None:
+    from pipeline import leases
+    from pipeline.models import Task
+
+    settings = Settings(data_dir=tmp_path)  # the embedded broker: its depth is countable
+    migrate.upgrade(settings.db_url)
+    db = Database.from_settings(settings)
+    with db.session() as s:
+        project = projects.create_project(s, "o", "p", {})
+        new = tasks.NewTask("Diagnostic", "default", {})
+        dead_job, live_job = (tasks.create(s, project, new, request_id="r")[0].id for _ in "ab")
+    with db.session() as s:
+        assert tasks.claim(s, dead_job, "host:101", 30) is not None
+        assert tasks.claim(s, live_job, "host:202", 30) is not None
+    app = queue.make_celery(settings)
+    # When the supervisor saw process 101 exit, only its job goes back, lease released
+    assert leases.requeue_held_by(settings, db, app, "host:101") == 1
+    assert queue.queue_depths(app, settings)["default"] == 1
+    with db.session() as s:
+        dead, live = s.get(Task, dead_job), s.get(Task, live_job)
+        assert dead is not None and live is not None
+        assert (dead.status, dead.worker, dead.lease_expires_at) == ("Running", "", None)
+        assert live.worker == "host:202" and live.lease_expires_at is not None
+    assert leases.requeue_held_by(settings, db, app, "host:101") == 0  # nothing held any more
