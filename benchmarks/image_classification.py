@@ -260,8 +260,7 @@ def main() -> None:
         # The image queue's pool runs jobs in threads so concurrent requests share forward
         # passes (workers.batching); --prefork measures one process per job instead.
         pool = "prefork" if args.prefork else "threads"
-        stack._start("image", "worker", "-Q", "image", "-c", str(args.concurrency), "--pool", pool)
-        wait_until(lambda: "ready" in stack.log("image"), 180, what="image pool ready")
+        stack.start_worker("image", "image", args.concurrency, pool=pool)
         run_service(stack, images[:8], 2, 8)  # warm up: model load in every pool process
         agreement: dict[str, str] = {}
         # Shared cores change speed from one minute to the next, so each service round sits

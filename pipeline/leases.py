@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from pipeline import queue
@@ -35,9 +35,13 @@ QUEUED_GRACE = timedelta(seconds=10)
 
 def expired(session: Session, now: datetime, *, lock: bool) -> list[Any]:
     """Running tasks whose lease has expired (oldest first), locked when ``lock``."""
+    return _leased(session, TASKS.c.lease_expires_at < now, lock=lock)
+
+
+def _leased(session: Session, which: ColumnElement[bool], *, lock: bool) -> list[Any]:
     query = (
         select(TASKS.c.id, TASKS.c.task_type, TASKS.c.queue)
-        .where(TASKS.c.status == RUNNING, TASKS.c.lease_expires_at < now)
+        .where(TASKS.c.status == RUNNING, TASKS.c.lease_expires_at.is_not(None), which)
         .order_by(TASKS.c.lease_expires_at)
         .limit(REAP_BATCH)
     )
@@ -46,46 +50,36 @@ def expired(session: Session, now: datetime, *, lock: bool) -> list[Any]:
     return list(session.execute(query).all())
 
 
-def release(session: Session, task_ids: Iterable[str], now: datetime) -> None:
-    """Queued again: no lease, no holder (a late original can no longer renew or report)."""
-    session.execute(
-        TASKS.update()
-        .where(
-            TASKS.c.id.in_(list(task_ids)),
-            TASKS.c.status == RUNNING,
-            TASKS.c.lease_expires_at < now,
+def _queue_again(
+    session: Session,
+    rows: list[Any],
+    which: ColumnElement[bool],
+    now: datetime,
+    celery: Celery,
+    settings: Settings,
+) -> None:
+    """Send ``rows`` (from :func:`expired` / ``_leased``) to their queues, then release
+    them: no lease, no holder (a late original can no longer renew or report). Messages
+    first, so a broker error leaves the tasks leased for the next pass, never lost.
+    ``which`` is the selection again: a row that changed meanwhile is not released."""
+    for row in rows:
+        queue.enqueue(celery, row.id, row.task_type, row.queue, settings)
+    if rows:
+        session.execute(
+            TASKS.update()
+            .where(TASKS.c.id.in_([row.id for row in rows]), TASKS.c.status == RUNNING, which)
+            .values(lease_expires_at=None, worker="", heartbeat_at=now)
         )
-        .values(lease_expires_at=None, worker="", heartbeat_at=now)
-    )
 
 
 def requeue_held_by(settings: Settings, db: Database, celery: Celery, holder: str) -> int:
     """Queue again, at once, the Running tasks leased by ``holder`` (``host:pid``), a process
     known to be dead: its supervisor saw it exit. What the reaper does once a lease expires,
-    without waiting for the lease; the same order (messages first, then the release), so a
-    broker error leaves them to the reaper, never lost. Returns how many."""
-    now = utcnow()
+    without waiting for the lease. Returns how many."""
+    held = TASKS.c.worker == holder
     with db.session() as s:
-        query = select(TASKS.c.id, TASKS.c.task_type, TASKS.c.queue).where(
-            TASKS.c.status == RUNNING,
-            TASKS.c.worker == holder,
-            TASKS.c.lease_expires_at.is_not(None),
-        )
-        if not db.is_sqlite:  # never alongside a reaper pass over the same rows
-            query = query.with_for_update(skip_locked=True)
-        rows = list(s.execute(query).all())
-        for row in rows:
-            queue.enqueue(celery, row.id, row.task_type, row.queue, settings)
-        if rows:
-            s.execute(
-                TASKS.update()
-                .where(
-                    TASKS.c.id.in_([row.id for row in rows]),
-                    TASKS.c.status == RUNNING,
-                    TASKS.c.worker == holder,
-                )
-                .values(lease_expires_at=None, worker="", heartbeat_at=now)
-            )
+        rows = _leased(s, held, lock=not db.is_sqlite)
+        _queue_again(s, rows, held, utcnow(), celery, settings)
     return len(rows)
 
 
@@ -109,10 +103,7 @@ class Reaper:
         now = utcnow()
         with self.db.session() as s:
             rows = expired(s, now, lock=not self.db.is_sqlite)
-            for row in rows:
-                queue.enqueue(self.celery, row.id, row.task_type, row.queue, self.settings)
-            if rows:
-                release(s, [row.id for row in rows], now)
+            _queue_again(s, rows, TASKS.c.lease_expires_at < now, now, self.celery, self.settings)
         if rows:
             log.warning(
                 "re-enqueued %d task(s) whose worker stopped renewing its lease: %s",
@@ -130,9 +121,9 @@ class Reaper:
         return len(rows) + restored
 
     def _unclaimed(self, task_ids: set[str]) -> set[str]:
-        """Unclaimed, and not queued again by this reaper within the last lease (``release``
-        stamps ``heartbeat_at``): the dead worker's old delivery of a task just re-enqueued
-        is left to expire, rather than sent a second time."""
+        """Unclaimed, and not queued again by this reaper within the last lease
+        (``_queue_again`` stamps ``heartbeat_at``): the dead worker's old delivery of a task
+        just re-enqueued is left to expire, rather than sent a second time."""
         quiet_since = utcnow() - timedelta(seconds=self.settings.lease_seconds)
         return unclaimed(self.db, task_ids, quiet_since)
 

@@ -8,7 +8,7 @@ import pytest
 from alibabacloud_imm20200930.client import Client as ImmSdk
 
 from tests.e2e.stack import Stack, imm_sdk, launch
-from tests.realservices import PostgresServer, RedisServer
+from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
 
 _counter = iter(range(1, 1000))
 
@@ -35,3 +35,19 @@ def stack(
 def sdk(stack: Stack) -> ImmSdk:
     """The official alibabacloud-imm20200930 client pointed at openimm."""
     return imm_sdk(stack.endpoint)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the test's own, for tests that stop or pause it."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that restart or pause it."""
+    server = start_redis()
+    yield server
+    server.stop()

@@ -83,9 +83,12 @@ class Stack:
             return False
 
     def start_worker(
-        self, name: str = "worker", queues: str = "all", concurrency: int = 2
+        self, name: str = "worker", queues: str = "all", concurrency: int = 2, pool: str = ""
     ) -> subprocess.Popen[bytes]:
-        proc = self._start(name, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h")
+        """``openimm worker`` (supervised) for ``queues``; ``pool`` e.g. ``threads`` for the
+        batching image pool (default: the settings' pool)."""
+        args = ["-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h"]
+        proc = self._start(name, "worker", *args, *(["--pool", pool] if pool else []))
         wait_until(lambda: "ready" in self.log(name), STARTUP_TIMEOUT, what=f"{name} ready")
         return proc
 

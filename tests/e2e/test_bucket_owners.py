@@ -25,11 +25,11 @@ from eas_prediction.exception import PredictException
 from pipeline.buckets import eas_bucket
 from pipeline.client import ClientError, ImmClient
 from tests.e2e.stack import Stack, launch, wait_until
+from tests.e2e.test_image_services import FIXTURES
 from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 A, B = ("LTAIownerA", "secret-a"), ("LTAIownerB", "secret-b")
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pipeline.client import ImmClient
 from pipeline.models import Event, Task
 from schemas.events import MnsEnvelope
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, imm_sdk, launch, sdk_call, wait_until
-from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
+from tests.realservices import PostgresServer, RedisServer
 from tests.unit.test_notify import Receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -39,11 +39,10 @@ INPUT_BYTES = 1 << 20
 
 
 @pytest.fixture
-def own_servers() -> Iterator[tuple[PostgresServer, RedisServer]]:
-    pg, rd = start_postgres(), start_redis()  # the drill stops both: keep them to itself
-    yield pg, rd
-    rd.stop()
-    pg.stop()
+def own_servers(
+    own_postgres: PostgresServer, own_redis: RedisServer
+) -> tuple[PostgresServer, RedisServer]:
+    return own_postgres, own_redis  # the drill stops both: they are its own
 
 
 @pytest.fixture

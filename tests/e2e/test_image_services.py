@@ -116,8 +116,7 @@ def test_a_threads_pool_batches_concurrent_requests(
         worker=False,
     )
     try:
-        stack._start("batch", "worker", "-Q", "image", "-c", "8", "--pool", "threads")
-        wait_until(lambda: "ready" in stack.log("batch"), 60, what="threads pool ready")
+        stack.start_worker("batch", "image", 8, pool="threads")
         names = ["coffee.jpg", "chelsea.jpg"] * 8
         with ThreadPoolExecutor(16) as pool:
             outs = list(

@@ -8,12 +8,11 @@ wrong answer, a 500 or a hang, and tasks are left Running or staged images behin
 call either answers the right class or, while the database is away, Model Hub's error shape
 with HTTP 503; calls waiting when it went away ride it out; afterwards every task row has
 ended, every success answer has its Succeeded row, and no staged image is left. The stack is
-the distributed one: API, worker pool and dispatcher (whose reaper gives back deliveries a
-worker lost with its broker connection)."""
+the distributed one: API, worker pool and dispatcher (a worker gives back the deliveries it
+lost with its broker connection when it reconnects; the reaper is the backstop)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import statistics
@@ -34,7 +33,8 @@ from eas_prediction.exception import PredictException
 from pipeline.buckets import eas_bucket
 from pipeline.models import Task
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
-from tests.realservices import PostgresServer, RedisServer, start_postgres, start_redis
+from tests.e2e.test_image_services import b64
+from tests.realservices import PostgresServer, RedisServer
 from workers.models.imagenet import CARD
 
 pytestmark = [
@@ -43,24 +43,9 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(bool(CARD.missing()), reason=f"needs {CARD.install}"),
 ]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLIENTS = 8
 OUTAGE_SECONDS = 3.0
 PHOTOS = {"coffee.jpg": "espresso", "chelsea.jpg": None}  # None: a cat (classes 281-285)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    pg = start_postgres()  # paused by the test: keep it away from the shared one
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    rd = start_redis()
-    yield rd
-    rd.stop()
 
 
 @pytest.fixture
@@ -74,24 +59,20 @@ def outage_stack(
         worker=False,
         dispatcher=True,
     )
-    stack._start("image", "worker", "-Q", "image", "-c", "8", "--pool", "threads")
-    wait_until(lambda: "ready" in stack.log("image"), 120, what="threads pool ready")
+    stack.start_worker("image", "image", 8, pool="threads")
     yield stack
     stack.stop_all()
 
 
 class Calls:
-    """Closed-loop callers; every outcome is kept with the time it started."""
+    """Closed-loop callers; every outcome is kept with the times it started and ended."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.stop = threading.Event()
         self.outcomes: list[tuple[float, float, str]] = []  # (started, ended, outcome)
         self.lock = threading.Lock()
-        self.bodies = {
-            name: json.dumps({"image": base64.b64encode((FIXTURES / name).read_bytes()).decode()})
-            for name in PHOTOS
-        }
+        self.bodies = {name: json.dumps({"image": b64(name)}) for name in PHOTOS}
 
     def client(self) -> PredictClient:
         client = PredictClient(f"http://{self.endpoint}", "image_classification")
@@ -233,8 +214,7 @@ def test_a_delivery_lost_with_the_broker_connection_is_given_back_at_reconnect(
         assert message is not None
         raw.hset("unacked", "dropped", json.dumps([json.loads(message), "", "image"]))
         raw.zadd("unacked_index", {"dropped": time.time()})
-        stack._start("image", "worker", "-Q", "image", "-c", "2", "--pool", "threads")
-        wait_until(lambda: "ready" in stack.log("image"), 120, what="threads pool ready")
+        stack.start_worker("image", "image", 2, pool="threads")
         time.sleep(1.0)
         assert caller.is_alive()  # nobody runs the job
         # When Redis restarts under the worker

@@ -18,17 +18,10 @@ from sqlalchemy import create_engine, func, select
 from pipeline.client import ClientError, ImmClient
 from pipeline.models import Event, Task
 from tests.e2e.stack import KEY_ID, KEY_SECRET, Stack, launch, wait_until
-from tests.realservices import PostgresServer, RedisServer, start_redis
+from tests.realservices import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 BURST = 30
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = start_redis()  # restarted by the test: keep it away from the shared one
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -98,8 +98,7 @@ def test_a_crashed_threads_pool_gives_its_jobs_back_at_once(
         worker=False,
     )
     try:
-        stack._start("pool", "worker", "-Q", "default", "-c", "2", "--pool", "threads")
-        wait_until(lambda: "ready" in stack.log("pool"), 120, what="threads pool ready")
+        stack.start_worker("pool", "default", 2, pool="threads")
         client = ImmClient(stack.endpoint, (KEY_ID, KEY_SECRET))
         client.call("CreateProject", ProjectName="p")
         task_id = client.call("CreateDiagnosticTask", ProjectName="p", Mode="Sleep", Seconds=3)[

@@ -20,13 +20,19 @@ from pipeline.server import recover_embedded
 from pipeline.settings import Settings
 
 
-def test_redis_path_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    server = fakeredis.FakeServer()
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeServer:
+    """One fake Redis that every kombu Redis channel of the test talks to."""
+    fake = fakeredis.FakeServer()
 
     def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
-        return fakeredis.FakeRedis(server=server)
+        return fakeredis.FakeRedis(server=fake)
 
     monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
+    return fake
+
+
+def test_redis_path_on_fakeredis(server: fakeredis.FakeServer, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
     app = queue.make_celery(settings)
     for i in range(3):
@@ -60,14 +66,8 @@ def test_filesystem_broker_depth_and_recovery(tmp_path: Path) -> None:
 
 
 def test_unclaimed_redis_delivery_of_a_dead_worker_goes_back(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server: fakeredis.FakeServer, tmp_path: Path
 ) -> None:
-    server = fakeredis.FakeServer()
-
-    def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
-        return fakeredis.FakeRedis(server=server)
-
-    monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
     settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
     app = queue.make_celery(settings)
     for task_id in ("Diagnostic-old", "Diagnostic-new"):
@@ -175,16 +175,10 @@ def test_embedded_broker_binds_queues_concurrently_on_a_fresh_data_dir(
 
 
 def test_a_reconnected_worker_gives_back_what_it_lost_with_the_connection(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server: fakeredis.FakeServer, tmp_path: Path
 ) -> None:
     from workers.redelivery import give_back_dropped
 
-    server = fakeredis.FakeServer()
-
-    def fake_client(self: Any, asynchronous: bool = False) -> fakeredis.FakeRedis:
-        return fakeredis.FakeRedis(server=server)
-
-    monkeypatch.setattr(kombu_redis.Channel, "_create_client", fake_client)
     settings = Settings(data_dir=tmp_path, broker_url="redis://fake:6379/0")
     migrate.upgrade(settings.db_url)
     db = Database.from_settings(settings)
@@ -201,7 +195,6 @@ def test_a_reconnected_worker_gives_back_what_it_lost_with_the_connection(
         assert tasks.claim(s, running, "w@host", 30) is not None  # a live worker runs it
     # Given deliveries of all three, two of them made before the connection was lost
     raw = fakeredis.FakeRedis(server=server)
-    time.sleep(0.01)
     lost_at = time.time()  # the tasks were created before: their deliveries came before it
     for tag, delivered in (("t1", lost_at - 0.5), ("t2", lost_at - 0.5), ("t3", lost_at + 0.5)):
         message = raw.rpop("default")
