@@ -1,7 +1,11 @@
 """Image classification through openimm's EAS service against the raw model, in one run.
 
-    .venv/bin/python benchmarks/image_classification.py [--images 200] [--requests 160]
+    .venv/bin/python benchmarks/image_classification.py [--images N] [--requests N]
         [--data /work/shared/data] [--wait-calls 100]
+
+Inputs: every photo of ``shared/data`` (``FOLDERS``, masks left out) as a JPEG of at most
+640 px, and each one mirrored: 264 photos, 528 inputs. Every raw round and every service
+round covers the same inputs (``--requests`` defaults to all of them).
 
 Raw baseline: the same MobileNetV2 engine (``workers.models.imagenet``) called in a loop in
 this process, one image per call. Service: the official ``eas-prediction`` client posting
@@ -10,8 +14,9 @@ worker -Q image`` processes (PostgreSQL + Redis), with 1, 8 and 32 concurrent cl
 Each service round (1, 8, 32 clients; ``--rounds`` times) runs between two raw rounds and is
 compared with their mean, so a change of the shared machine's speed during the run moves both
 sides; the summary gives the median ratio over the rounds. Prints throughput ratios
-(service / raw), p50 latency overhead at 1 client, top-1 agreement
-between the service and the raw model over every image, and a top-5 check on the scene photos
+(service / raw), p50 latency overhead at 1 client, top-1 agreement of the service with a
+plain evaluation of the same weights (``benchmarks/imagenet_reference.py``) and with the raw
+engine over every input, and a top-5 check on the scene photos
 of ``shared/data/images`` whose names have an ImageNet class (no ImageNet-labelled set is
 available offline). Then the same engine behind a bare HTTP endpoint at 1 and 8 clients
 (``benchmarks/bare_endpoint.py``, no task model: what is left of the gap is the cost of a task
@@ -56,13 +61,16 @@ from eas_prediction import PredictClient, StringRequest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks import predict_wait  # noqa: E402
+from benchmarks.imagenet_reference import classify_all  # noqa: E402
 from tests.e2e.stack import KEY_SECRET, Stack, free_port, make_env, wait_until  # noqa: E402
 from tests.realservices import start_postgres, start_redis  # noqa: E402
 from workers import models  # noqa: E402
 from workers.models.imagenet import ImageNetModel, class_names  # noqa: E402
 
 EXTRA = dict(a.split("=", 1) for a in os.environ.get("BENCH_SETTINGS", "").split(",") if a)
-FOLDERS = ("coco", "images", "faces", "faces2", "headpose")
+# Every photo set of shared/data (masks and label files left out): a few hundred images.
+FOLDERS = ("coco", "images", "faces", "faces2", "headpose", "segmentation", "sr", "ocr")
+MASKS = ("_mask", "_person", "_semantic")
 # Scene photos of shared/data/images whose subject is an ImageNet-1k class (by clean name).
 SCENES = {
     "barn": {"barn"},
@@ -85,16 +93,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def load_images(limit: int, root: Path = SHARED) -> list[tuple[str, bytes]]:
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def load_images(limit: int, root: Path = SHARED, mirror: bool = True) -> list[tuple[str, bytes]]:
+    """The photos of ``FOLDERS`` as JPEGs of at most 640 px (Model Hub callers send photos,
+    not originals); with ``mirror``, each also left-right mirrored (``name#mirror``): other
+    pixels of the same subject, which doubles the inputs the agreement check covers."""
     found = []
     for folder in FOLDERS:
-        for path in sorted((root / folder).glob("*")):
-            if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
-                image = Image.open(path).convert("RGB")
-                image.thumbnail((640, 640))  # Model Hub callers send photos, not originals
-                buffer = io.BytesIO()
-                image.save(buffer, "JPEG", quality=90)
-                found.append((f"{folder}/{path.name}", buffer.getvalue()))
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix.lower() not in (".jpg", ".jpeg", ".png") or path.stem.endswith(MASKS):
+                continue
+            image = Image.open(path).convert("RGB")
+            image.thumbnail((640, 640))
+            name = f"{folder}/{path.relative_to(root / folder)}"
+            found.append((name, _jpeg(image)))
+            if mirror:
+                mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                found.append((f"{name}#mirror", _jpeg(mirrored)))
     return found[:limit]
 
 
@@ -219,10 +239,33 @@ def run_service(
     return requests / (time.perf_counter() - start), latencies, answers
 
 
+def report_agreement(service: dict[str, str], raw: RawRun, images: list[tuple[str, bytes]]) -> None:
+    """Top-1 of the service against a plain evaluation of the same weights
+    (``benchmarks/imagenet_reference.py``: eager network, torchvision's transform, full
+    decode) and against the engine it runs; each disagreement with the reference's margin
+    (top-1 minus top-2 probability), since a near-tie can flip on any preprocessing change."""
+    names = class_names()
+    refs = classify_all(images)
+    reference = {n: names[r.index] for n, r in refs.items()}
+    vs_engine = sum(service[n] == raw.top5[n][0] for n in service)
+    vs_plain = sum(service[n] == reference[n] for n in service)
+    engine_plain = sum(raw.top5[n][0] == reference[n] for n, _ in images)
+    print(
+        f"\ntop-1 agreement over {len(service)} images: service vs plain reference script "
+        f"{vs_plain}/{len(service)}; service vs the raw engine {vs_engine}/{len(service)}; "
+        f"raw engine vs plain reference {engine_plain}/{len(images)}"
+    )
+    for name in sorted(n for n in service if service[n] != reference[n]):
+        print(
+            f"  {name}: service {service[name]!r}, reference {reference[name]!r} "
+            f"(reference p={refs[name].prob:.3f}, margin {refs[name].margin:.3f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--requests", type=int, default=160)
+    parser.add_argument("--images", type=int, default=10_000, help="at most this many inputs")
+    parser.add_argument("--requests", type=int, default=0, help="per round; 0: one per input")
     parser.add_argument("--concurrency", type=int, default=16, help="jobs the pool runs at once")
     parser.add_argument("--prefork", action="store_true", help="a prefork pool (no batching)")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder of the photo sets")
@@ -233,6 +276,7 @@ def main() -> None:
     images = load_images(args.images, args.data)
     if not images:
         raise SystemExit(f"no images under {args.data}/{{{','.join(FOLDERS)}}}")
+    args.requests = args.requests or len(images)
     load_before = os.getloadavg()[0]
     first = best_raw(images)
     print(
@@ -298,13 +342,12 @@ def main() -> None:
         stack.stop_all()
         pg.stop()
         rd.stop()
-    same = sum(agreement[n] == first.top5[n][0] for n in agreement)
-    print(f"\ntop-1 agreement service vs raw: {same}/{len(agreement)} images")
+    report_agreement(agreement, first, images)
     scene_hits = [
         (name, any(c in SCENES[key] for c in top5))
         for name, top5 in first.top5.items()
         for key in SCENES
-        if name.startswith(f"images/{key}_sun")
+        if name.startswith(f"images/{key}_sun") and "#" not in name
     ]
     hits = sum(hit for _, hit in scene_hits)
     print(f"scene photos with a matching ImageNet class in the top 5: {hits}/{len(scene_hits)}")

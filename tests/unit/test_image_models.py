@@ -76,6 +76,19 @@ def test_the_engine_computes_what_the_plain_network_computes() -> None:
         assert float(numpy.abs(ours.probs - reference).max()) < 1e-4
 
 
+@pytest.mark.parametrize("size", [(640, 427), (427, 640), (259, 256), (500, 333), (224, 900)])
+def test_the_crop_is_torchvision_s_eval_transform_to_the_pixel(size: tuple[int, int]) -> None:
+    """Against the plain evaluation script's transform (``benchmarks/imagenet_reference``),
+    at sizes where rounding the longer side (640x427: 383.7 px) or the crop offset (259 px:
+    17.5) the other way moves the crop by a pixel."""
+    from benchmarks.imagenet_reference import tv_eval_transform
+    from workers.models.imagenet import preprocess
+
+    rng = numpy.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=numpy.uint8))
+    numpy.testing.assert_array_equal(preprocess(image), tv_eval_transform(image))
+
+
 @needs_model
 def test_embeddings_tell_a_mirrored_copy_from_another_photo() -> None:
     coffee = photo("coffee.jpg")
