@@ -213,8 +213,19 @@ class ServiceUnavailable(ImmError):
     retry_after_seconds = 1  # the Retry-After header: outages openimm rides out are short
 
 
-class QueueUnavailable(ServiceUnavailable):
+class NotCreated(ServiceUnavailable):
+    """A dependency was unavailable when the task was to be created; the task was not
+    created (a retry cannot duplicate it). Retry later."""
+
+    def __init__(self, dependency: str) -> None:
+        super().__init__(f"The {dependency} is unavailable; the task was not created. Retry later.")
+
+
+class QueueUnavailable(NotCreated):
     """The task queue is unavailable; the task was not created. Retry later."""
+
+    def __init__(self) -> None:
+        super().__init__("task queue")
 
 
 class TaskFailed(ImmError):

@@ -15,6 +15,7 @@ from pipeline import jobs, netpolicy, projects, queue, tasks
 from pipeline.api.services import Caller, Services
 from pipeline.errors import (
     InvalidParameter,
+    NotCreated,
     QueueUnavailable,
     ResourceNotFound,
     StatusConflict,
@@ -88,8 +89,28 @@ def create_task(
     common: dict[str, Any],
     dataset_name: str = "",
 ) -> Created:
-    """Write the Running task row (one transaction); :func:`enqueue` sends it."""
+    """Write the Running task row (one transaction); :func:`enqueue` sends it. A database
+    outage here is :class:`NotCreated`: the caller learns that nothing exists to wait for
+    (unlike a call already waiting on its row, which rides the outage out)."""
     jobs.kind(task_type)  # an undeclared kind is a programming error, never queued
+    try:
+        return _write_task(svc, caller, project_name, task_type, request, common, dataset_name)
+    except Exception as exc:
+        dependency = dependency_of(exc)
+        if dependency is None:
+            raise
+        raise NotCreated(dependency) from exc
+
+
+def _write_task(
+    svc: Services,
+    caller: Caller,
+    project_name: str,
+    task_type: str,
+    request: dict[str, Any],
+    common: dict[str, Any],
+    dataset_name: str,
+) -> Created:
     spec = tasks.NewTask(
         task_type=task_type,
         queue=queue.queue_for(task_type, svc.settings),

@@ -46,6 +46,7 @@ pytestmark = [
 CLIENTS = 8
 OUTAGE_SECONDS = 3.0
 PHOTOS = {"coffee.jpg": "espresso", "chelsea.jpg": None}  # None: a cat (classes 281-285)
+NOT_CREATED = "the task was not created. Retry later."
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ class Calls:
             except ValueError:
                 return f"{exc.code} not JSON: {body[:200]!r}"
             if error.get("success") is False and error.get("error_code") == exc.code:
-                return f"{exc.code} {error.get('error_msg', '')[:120]}"
+                return f"{exc.code} {error.get('error_msg', '')[:160]}"
             return f"{exc.code} not Model Hub's shape: {body[:200]!r}"
         if not answer.get("success"):
             return f"200 failed: {answer.get('error_msg')}"
@@ -134,7 +135,7 @@ def test_predicts_ride_out_an_outage(
     # job cannot be queued and the row is removed again)
     probe_at = time.monotonic()
     probe = calls.call(calls.client(), "coffee.jpg")
-    assert probe.startswith("503 [ServiceUnavailable]"), probe
+    assert probe.startswith("503 [ServiceUnavailable]") and probe.endswith(NOT_CREATED), probe
     assert time.monotonic() - probe_at < OUTAGE_SECONDS  # answered, not held
     time.sleep(max(0.0, paused_at + OUTAGE_SECONDS - time.monotonic()))
     down.resume()
@@ -164,9 +165,12 @@ def test_predicts_ride_out_an_outage(
     # and once it is back, calls are woken by push again (the listener reconnected), not by
     # the 1 s fallback re-read
     assert statistics.median(after_outage()) < 0.8, sorted(after_outage())
-    # and the calls in flight when it went away rode it out: answered, with the right class
+    # and the calls in flight when it went away rode it out: answered, with the right class.
+    # The one exception is a call caught before its task existed (its row or its job was
+    # being written at the pause): it is refused, saying so, like the probe.
     in_flight = [o for t, end, o in calls.outcomes if t < paused_at < end]
-    assert in_flight and all(o == "ok" for o in in_flight), in_flight
+    waiting = [o for o in in_flight if not o.endswith(NOT_CREATED)]
+    assert waiting and all(o == "ok" for o in waiting), in_flight
 
     # And afterwards every task has ended, each success has its row, nothing staged is left
     engine = create_engine(

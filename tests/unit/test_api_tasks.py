@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
+from pipeline import queue, tasks
 from pipeline.client import ClientError, ImmClient
 from pipeline.models import Task
 from tests.conftest import METRICS_TOKEN
@@ -189,4 +193,37 @@ def test_unsafe_zip_aliases_are_refused_before_queueing(imm: ImmClient, project:
         sources = [{"URI": "oss://bucket/one.bin", "Alias": alias, "Mode": "fullname"}]
         err = error_of(lambda sources=sources: compress(imm, Sources=sources))
         assert err.code == "InvalidSources" and "'..'" in str(err)
+    assert task_count(imm) == 0
+
+
+_PG_DOWN = OperationalError("INSERT", {}, psycopg.OperationalError("connection refused"))
+
+
+@pytest.mark.parametrize(
+    ("dependency", "module", "step", "failure"),
+    [
+        ("database", tasks, "create_unkeyed", _PG_DOWN),
+        ("task queue", queue, "enqueue", RedisConnectionError("Connection refused")),
+    ],
+)
+def test_an_outage_at_create_is_a_503_that_says_nothing_was_created(
+    imm: ImmClient,
+    project: str,
+    monkeypatch: pytest.MonkeyPatch,
+    dependency: str,
+    module: object,
+    step: str,
+    failure: Exception,
+) -> None:
+    """A retry after this answer cannot duplicate a task: none exists, and the caller is told."""
+
+    def down(*_: object, **__: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(module, step, down)
+    err = error_of(lambda: compress(imm))
+    assert err.status == 503 and err.code == "ServiceUnavailable"
+    assert str(err.body["Message"]) == (
+        f"The {dependency} is unavailable; the task was not created. Retry later."
+    )
     assert task_count(imm) == 0
