@@ -2,12 +2,18 @@
 Redis AOF (``appendonly yes``, as docker-compose runs it) across Redis restarts.
 
 Keys per queue id ``q`` (all here, nowhere else):
-``openimm:mns:{q}:vis``  ZSET message id → next visible time (ms); FIFO among visible ones;
+``openimm:mns:{q}:vis``  ZSET message id → next visible time (ms); FIFO among visible ones
+                         (puts within one millisecond are told apart by a fraction of it,
+                         ``n/1024`` for the n-th: a ZSET orders equal scores by member, here
+                         a random message id);
+``openimm:mns:{q}:last`` STRING ``<enqueue ms>:<n>`` of the latest put (the tie-breaker);
 ``openimm:mns:{q}:m:{id}`` HASH body, md5, enq, first, deq, handle, prio;
 ``openimm:mns:{q}:h``    HASH receipt handle → message id;
 ``openimm_mns``          pub/sub channel: a put publishes ``<q>:<process token>`` to wake
                          long-polling receivers in other API processes.
 Every state change is one Lua script, so concurrent receivers never get the same message.
+Unlike the database store, visible messages are taken in visibility order, not by
+``Priority`` first (it is kept and returned).
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ PUT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'body', ARGV[1], 'md5', ARGV[2], 'enq', ARGV[3], 'first', '0',
            'deq', '0', 'handle', '', 'prio', ARGV[5])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[6])
+local enq, n = tonumber(ARGV[3]), 0
+local last = redis.call('GET', KEYS[4])
+if last then
+  local sep = string.find(last, ':', 1, true)
+  local last_enq = tonumber(string.sub(last, 1, sep - 1))
+  if enq <= last_enq then  -- same millisecond (or a caller whose clock is behind)
+    enq, n = last_enq, tonumber(string.sub(last, sep + 1)) + 1
+  end
+end
+redis.call('SET', KEYS[4], enq .. ':' .. n, 'PX', 60000)
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]) + math.min(n, 1023) / 1024, ARGV[6])
 redis.call('PUBLISH', KEYS[3], ARGV[7])
 return 1
 """
@@ -82,6 +98,10 @@ def _keys(queue_id: int) -> tuple[str, str, str]:
     return f"{base}:vis", f"{base}:m:", f"{base}:h"
 
 
+def _last_key(queue_id: int) -> str:
+    return f"openimm:mns:{queue_id}:last"
+
+
 def _ms() -> int:
     return int(time.time() * 1000)
 
@@ -129,7 +149,7 @@ class RedisMessageStore:
         vis, msg, _ = _keys(queue.id)
         md5 = md5_upper(body)
         self._put(
-            keys=[vis, msg + mid, wake.CHANNEL],
+            keys=[vis, msg + mid, wake.CHANNEL, _last_key(queue.id)],
             args=[body, md5, now, visible, priority, mid, wake.payload(queue.id)],
         )
         wake.HUB.notify(f"{self.namespace}:{queue.id}")
@@ -200,7 +220,7 @@ class RedisMessageStore:
         pipe = self.client.pipeline()
         for mid in ids:
             pipe.delete(msg + _text(mid))
-        pipe.delete(vis, handles)
+        pipe.delete(vis, handles, _last_key(queue.id))
         pipe.execute()
 
     def next_visible_in(self, queue: MnsQueue) -> float | None:

@@ -62,6 +62,22 @@ def test_store_contract(store: tuple[MessageStore, Database]) -> None:
 
 
 @pytest.mark.integration
+def test_messages_put_within_one_millisecond_are_received_in_order(
+    store: tuple[MessageStore, Database],
+) -> None:
+    """Many puts share a millisecond; Redis orders equal scores by member (a random message
+    id), which received 'second' before 'first' now and then (a flaky CI failure)."""
+    messages, db = store
+    queue, dead = _queues(db, vt=30)
+    bodies = [f"m{i}" for i in range(60)]
+    for body in bodies:
+        messages.put(queue, body)
+    got = [messages.receive(queue, dead, 0) for _ in bodies]
+    assert [r.body if r else None for r in got] == bodies
+    assert messages.receive(queue, dead, 0) is None
+
+
+@pytest.mark.integration
 def test_store_redelivery_and_dead_letter(store: tuple[MessageStore, Database]) -> None:
     messages, db = store
     queue, dead = _queues(db, vt=1)
